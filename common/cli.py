@@ -1,0 +1,21 @@
+"""The shared command line of every stage: `python -m <stage> [--config PATH] [key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+
+from common.config import Config, load_config
+
+
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--config", default=None, help="config file (default: config.yaml at the repo root)")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value",
+        help="config overrides, e.g. train.max_steps=20 run.name=try2 (values are YAML)",
+    )
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)

