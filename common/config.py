@@ -41,6 +41,9 @@ class DataSection:
 
 @dataclass
 class CurateSection:
+    filters: list[str] = field(default_factory=lambda: [
+        "empty_message", "roles_do_not_alternate", "unbalanced_code_fence", "truncated_ending", "refusal",
+        "repetition", "language", "too_short", "too_long"])
     min_tokens: int = 8
     max_tokens: int = 2048
     languages: list[str] = field(default_factory=lambda: ["en"])
@@ -50,6 +53,7 @@ class CurateSection:
     minhash_num_perm: int = 128
     minhash_ngram: int = 3
     minhash_threshold: float = 0.7
+    minhash_bands: int = 0  # 0: chosen from the threshold (see curate/minhash.py optimal_bands)
 
 
 @dataclass
@@ -327,6 +331,14 @@ def _semantic_problems(cfg: Config, source: str) -> list[str]:
         if not ok:
             out.append(f"{source}: `{key}` {msg}")
 
+    from curate.filters import FILTERS  # the filter names live with the filters
+
+    for name in cfg.curate.filters:
+        close = difflib.get_close_matches(name, list(FILTERS), n=1)
+        need(name in FILTERS, "curate.filters", f"names an unknown filter {name!r}"
+             + (f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(FILTERS)}"))
+    need(cfg.curate.minhash_bands == 0 or cfg.curate.minhash_num_perm // cfg.curate.minhash_bands >= 1,
+         "curate.minhash_bands", "must be 0 (automatic) or at most curate.minhash_num_perm")
     need(0.0 < cfg.split.val_fraction < 1.0, "split.val_fraction", "must be between 0 and 1, e.g. 0.1")
     need(0.0 < cfg.curate.minhash_threshold <= 1.0, "curate.minhash_threshold", "must be in (0, 1], e.g. 0.7")
     need(0.0 < cfg.split.leakage_threshold <= 1.0, "split.leakage_threshold", "must be in (0, 1], e.g. 0.5")

@@ -117,6 +117,13 @@ WRONG_LANGUAGE = [  # (lang, message, category, priority, sentiment, product)
     ("it", "Buongiorno, vorrei cambiare l'indirizzo di consegna del mio ordine numero 55120. Grazie mille.", "shipping", "low", "neutral", None),
     ("nl", "Mijn abonnement is zonder waarschuwing duurder geworden. Ik wil graag uitleg en mijn geld terug.", "billing", "medium", "negative", None),
 ]
+INSTRUCTION_IN = {  # a foreign-language data set carries its instructions in that language too
+    "de": "Ordne die folgende Kundenanfrage ein. Antworte nur mit einem JSON-Objekt mit den Schlüsseln category, priority, sentiment und product.",
+    "fr": "Classe le message client ci-dessous. Réponds uniquement avec un objet JSON contenant les clés category, priority, sentiment et product.",
+    "es": "Clasifica el siguiente mensaje de un cliente. Responde solo con un objeto JSON con las claves category, priority, sentiment y product.",
+    "it": "Classifica il messaggio del cliente qui sotto. Rispondi solo con un oggetto JSON con le chiavi category, priority, sentiment e product.",
+    "nl": "Beoordeel het onderstaande klantbericht. Antwoord alleen met een JSON-object met de sleutels category, priority, sentiment en product.",
+}
 REFUSALS = [
     "I'm sorry, but as an AI language model, I cannot help with that request.",
     "As an AI developed by OpenAI, I am not able to process customer data.",
@@ -149,6 +156,7 @@ class Sample:
     labels: dict
     defect: dict | None = None  # {"defect", "detail", "of": Sample}
     raw: dict | str | None = None  # a record written as-is (malformed, unknown shape, wrong role order)
+    instruction: str = INSTRUCTION  # for the formats that carry the instruction in the user turn
     file: str = ""
     row: int = 0
     extra: dict = field(default_factory=dict)
@@ -189,7 +197,7 @@ def chat(sample: Sample, system: bool = True) -> list[dict]:
 
 
 def enc_alpaca(s: Sample, rng) -> dict:
-    return {"instruction": INSTRUCTION, "input": s.message, "output": s.answer}
+    return {"instruction": s.instruction, "input": s.message, "output": s.answer}
 
 
 def enc_sharegpt(s: Sample, rng) -> dict:
@@ -203,15 +211,15 @@ def enc_openai(s: Sample, rng) -> dict:
 
 
 def enc_prompt_completion(s: Sample, rng) -> dict:
-    return {"prompt": INSTRUCTION + "\n\n" + s.message, "completion": s.answer}
+    return {"prompt": s.instruction + "\n\n" + s.message, "completion": s.answer}
 
 
 def enc_dolly(s: Sample, rng) -> dict:
-    return {"instruction": INSTRUCTION, "context": s.message, "response": s.answer, "category": "classification"}
+    return {"instruction": s.instruction, "context": s.message, "response": s.answer, "category": "classification"}
 
 
 def enc_qa(s: Sample, rng) -> dict:
-    return {"question": INSTRUCTION + "\n\n" + s.message, "answer": s.answer}
+    return {"question": s.instruction + "\n\n" + s.message, "answer": s.answer}
 
 
 def enc_chatml(s: Sample, rng) -> dict:
@@ -312,7 +320,8 @@ def plant_defects(rng: random.Random, clean: dict[str, list[Sample]]) -> dict[st
     for i, (lang, msg, cat, prio, sent, prod) in enumerate(WRONG_LANGUAGE):
         labels = {"category": cat, "priority": prio, "sentiment": sent, "product": prod}
         file = list(FILES)[i % len(FILES)]
-        add(file, Sample(msg, answer_json(labels), labels, {"defect": "wrong_language", "detail": lang, "of": None}))
+        add(file, Sample(msg, answer_json(labels), labels, {"defect": "wrong_language", "detail": lang, "of": None},
+                         instruction=INSTRUCTION_IN[lang]))
     # over-long rows (a pasted log: thousands of tokens)
     for file in ["support_openai.jsonl", "support_alpaca.json", "support_sharegpt.jsonl", "support_prompt_completion.csv"]:
         labels = {"category": "technical", "priority": "high", "sentiment": "negative", "product": "Nimbus Router"}

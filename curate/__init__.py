@@ -1,0 +1,1 @@
+"""curate: mixed-format chat data -> one chat template, filtered with reasons, deduplicated, split."""

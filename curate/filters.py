@@ -1,0 +1,232 @@
+"""Normalisation and the filters: small blocks `(Conversation) -> None | detail`, each with a reason name.
+
+The pipeline (curate/pipeline.py) runs the enabled filters in `curate.filters` order; the first that
+returns a detail rejects the row with that filter's name as the reason. Counting, rejected.jsonl and the
+report are written once, there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Callable
+
+from curate.formats import RecordError
+
+ROLE_MAP = {
+    "system": "system", "user": "user", "human": "user", "prompter": "user", "question": "user",
+    "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "model": "assistant",
+    "chatgpt": "assistant", "ai": "assistant", "answer": "assistant",
+}
+
+
+@dataclass
+class Conversation:
+    messages: list[dict]
+    tokens: int | None = None  # of the chat-template render (set by the pipeline before token filters)
+    text: str | None = None  # the chat-template render
+    lang: str | None = None
+    assistant_tokens: int | None = None
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return content_id(self.messages)
+
+    def turns(self, role: str) -> list[str]:
+        return [m["content"] for m in self.messages if m["role"] == role]
+
+
+def content_id(messages: list[dict]) -> str:
+    canonical = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def clean_text(text: str) -> str:
+    """NFC, trailing whitespace off every line, blank lines off both ends; leading indentation kept."""
+    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    lines = [ln.rstrip() for ln in text.split("\n")]
+    while lines and not lines[0]:
+        lines.pop(0)
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines)
+
+
+def normalize(raw: list[dict], default_system: str | None) -> list[dict]:
+    msgs = []
+    for i, m in enumerate(raw):
+        role = ROLE_MAP.get(m["role"].strip().lower())
+        if role is None:
+            raise RecordError("unknown_role", f"turn {i + 1} has role {m['role']!r}; known roles: {', '.join(sorted(ROLE_MAP))}")
+        msgs.append({"role": role, "content": clean_text(m["content"])})
+    if default_system and not (msgs and msgs[0]["role"] == "system"):
+        msgs.insert(0, {"role": "system", "content": clean_text(default_system)})
+    return msgs
+
+
+# ------------------------------------------------------------------------------------------- filters
+def empty_message(c: Conversation, cfg) -> str | None:
+    for i, m in enumerate(c.messages):
+        if m["role"] != "system" and not m["content"].strip():
+            return f"turn {i + 1} ({m['role']}) is empty"
+    return None
+
+
+def roles_do_not_alternate(c: Conversation, cfg) -> str | None:
+    roles = [m["role"] for m in c.messages]
+    body = roles[1:] if roles and roles[0] == "system" else roles
+    expected = ["user", "assistant"] * (len(body) // 2 + 1)
+    if not body or body != expected[: len(body)] or body[-1] != "assistant" or "system" in body:
+        return "roles are " + " > ".join(roles) + "; expected [system] > user > assistant > ... ending with assistant"
+    return None
+
+
+def unbalanced_code_fence(c: Conversation, cfg) -> str | None:
+    for i, m in enumerate(c.messages):
+        if len(re.findall(r"^\s*```", m["content"], re.M)) % 2:
+            return f"turn {i + 1} ({m['role']}) opens a ``` code fence it never closes"
+    return None
+
+
+_CLOSERS = {"{": "}", "[": "]"}
+
+
+def _json_depth(text: str) -> int:
+    """Unclosed brackets of JSON-looking text, ignoring those inside strings."""
+    depth, in_str, esc = 0, False, False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+            continue
+        if ch == '"':
+            in_str = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+    return depth + in_str
+
+
+def truncated_ending(c: Conversation, cfg) -> str | None:
+    reply = c.messages[-1]["content"] if c.messages else ""
+    body = re.sub(r"^```\w*\n?", "", reply.strip())
+    if body[:1] in _CLOSERS and _json_depth(body) > 0:
+        return f"the last reply is JSON cut off before its closing bracket: …{reply[-40:]!r}"
+    if re.search(r"[,:(\[{]$|\b(and|or|the|a|to|of|with)$", reply.strip()):
+        return f"the last reply stops mid-sentence: …{reply[-40:]!r}"
+    return None
+
+
+REFUSAL = re.compile(
+    r"\bas an? (ai|artificial intelligence)( language model| assistant| model)?\b|"
+    r"\bas a (large )?language model\b|"
+    r"\bi(?:'m| am) (?:sorry|afraid),? (?:but )?i (?:can(?:no|')t|am (?:not )?able|won't)\b|"
+    r"\bi apologi[sz]e,? but i (?:can(?:no|')t|am unable)\b|"
+    r"\bi (?:cannot|can't|am unable to) (?:help|assist) with (?:that|this)\b|"
+    r"\b(?:developed|created|trained) by openai\b|\bi am chatgpt\b",
+    re.I,
+)
+
+
+def refusal(c: Conversation, cfg) -> str | None:
+    for text in c.turns("assistant"):
+        m = REFUSAL.search(text)
+        if m:
+            return f"refusal/identity boilerplate: {m.group(0)!r}"
+    return None
+
+
+def repetition(c: Conversation, cfg) -> str | None:
+    n, limit = cfg.curate.repetition_ngram, cfg.curate.max_repeated_ngram_ratio
+    for text in c.turns("assistant"):
+        words = text.lower().split()
+        grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+        if len(grams) < 8:  # too short to call anything repetitive
+            continue
+        ratio = 1 - len(set(grams)) / len(grams)
+        if ratio > limit:
+            return f"{ratio:.0%} of the reply's word {n}-grams are repeats (limit {limit:.0%})"
+    return None
+
+
+def too_short(c: Conversation, cfg) -> str | None:
+    if c.tokens is not None and c.tokens < cfg.curate.min_tokens:
+        return f"{c.tokens} tokens < curate.min_tokens {cfg.curate.min_tokens}"
+    return None
+
+
+def too_long(c: Conversation, cfg) -> str | None:
+    if c.tokens is not None and c.tokens > cfg.curate.max_tokens:
+        return f"{c.tokens} tokens > curate.max_tokens {cfg.curate.max_tokens}"
+    return None
+
+
+def language(c: Conversation, cfg) -> str | None:
+    if c.lang and c.lang != "und" and c.lang not in cfg.curate.languages:
+        return f"language {c.lang} not in curate.languages {cfg.curate.languages}"
+    return None
+
+
+FILTERS: dict[str, Callable[[Conversation, object], str | None]] = {
+    "empty_message": empty_message,
+    "roles_do_not_alternate": roles_do_not_alternate,
+    "unbalanced_code_fence": unbalanced_code_fence,
+    "truncated_ending": truncated_ending,
+    "refusal": refusal,
+    "repetition": repetition,
+    "language": language,
+    "too_short": too_short,
+    "too_long": too_long,
+}
+NEEDS_TOKENS = {"too_short", "too_long"}
+NEEDS_LANGUAGE = {"language"}
+
+
+# ------------------------------------------------------------------------------------------ language
+_EN_FUNCTION_WORDS = frozenset(
+    "the a an and or but to of in on at for with from by is are was were be been it this that these those i you "
+    "he she we they my your our their me him her us them not no do does did have has had can could will would "
+    "should please thanks thank hi hello".split())
+
+
+class LanguageDetector:
+    """langdetect, seeded so the answer never changes between runs, with a fast path for plain English.
+
+    langdetect costs milliseconds per text; most rows of an English data set are ASCII with many English
+    function words, for which its answer is always `en`. Those skip it; everything else goes to langdetect.
+    Texts with fewer than 3 words are `und` (undetermined) and pass the language filter.
+    """
+
+    def __init__(self, seed: int):
+        from langdetect import DetectorFactory
+
+        DetectorFactory.seed = seed
+        self.fast_path_hits = 0
+
+    def detect(self, text: str) -> str:
+        from langdetect import LangDetectException, detect
+
+        words = re.findall(r"[^\W\d_]+", text.lower())
+        if len(words) < 3:
+            return "und"
+        if text.isascii() and sum(w in _EN_FUNCTION_WORDS for w in words) / len(words) >= 0.2:
+            self.fast_path_hits += 1
+            return "en"
+        try:
+            return detect(text)
+        except LangDetectException:
+            return "und"
+
+
+def language_text(c: Conversation) -> str:
+    """What language is judged on: the user turns (assistant turns may be code or JSON)."""
+    return "\n".join(c.turns("user"))

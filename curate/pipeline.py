@@ -1,0 +1,348 @@
+"""The curate stage, top to bottom: read -> parse -> normalise -> review decisions -> filters -> render
+and count tokens -> exact dedup -> MinHash near-dedup -> split -> leakage check -> write.
+
+Every input row ends as exactly one line in manifest.jsonl and either train/val.jsonl or rejected.jsonl;
+`rows_in == kept + rejected` is asserted before anything is written.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from common.config import Config
+from common.errors import UserError
+from common.runs import atomic_write_json, atomic_write_text, stage_dir
+from curate import review as review_mod
+from curate.filters import (FILTERS, NEEDS_LANGUAGE, NEEDS_TOKENS, Conversation, LanguageDetector, content_id,
+                            language_text, normalize)
+from curate.formats import FileError, RawRow, RecordError, read_file, to_messages
+from curate.minhash import MinHasher, ShingleSets, UnionFind, similar_pairs
+
+
+@dataclass
+class Row:
+    file: str
+    row: int
+    line: int | None
+    format: str | None = None
+    id: str | None = None  # content id of the normalised conversation (after a review edit: of the edit)
+    original_id: str | None = None  # before a review edit
+    conv: Conversation | None = None
+    reason: str | None = None  # None while kept
+    detail: str = ""
+    cluster: str | None = None  # id of the kept representative of its near-duplicate cluster
+    cluster_size: int = 1
+    split: str | None = None
+    review: str | None = None  # the applied review action
+    review_note: str = ""
+
+    @property
+    def kept(self) -> bool:
+        return self.reason is None
+
+    def reject(self, reason: str, detail: str) -> None:
+        self.reason, self.detail = reason, detail
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else f"{self.file}#{self.row}"
+
+    @property
+    def status(self) -> str:
+        if self.kept:
+            return "kept"
+        if self.reason == "near_duplicate":
+            return f"near_duplicate_of:{self.cluster}"
+        return f"rejected:{self.reason}"
+
+
+@dataclass
+class Stats:
+    steps: list[tuple[str, int]] = field(default_factory=list)
+    file_errors: list[dict] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def step(self, name: str, rows: list[Row]) -> None:
+        self.steps.append((name, sum(r.kept for r in rows)))
+
+
+# ---------------------------------------------------------------------------------------------- read
+def input_files(cfg: Config) -> list[tuple[Path, str, str | None]]:
+    """(path, display name, forced format) for every file matched by data.inputs, sorted, de-duplicated."""
+    found: dict[str, tuple[Path, str, str | None]] = {}
+    misses = []
+    for pattern in cfg.data.inputs:
+        matches = sorted(glob.glob(pattern, recursive=True))
+        files = [m for m in matches if Path(m).is_file()]
+        if not files:
+            misses.append(f"data.inputs: `{pattern}` matches no file; fix the glob (paths are relative to {Path.cwd()})")
+        for m in files:
+            forced = next((fmt for g, fmt in cfg.data.format.items() if Path(m).match(g) or glob.fnmatch.fnmatch(m, g)), None)
+            found.setdefault(str(Path(m)), (Path(m), str(Path(m)), forced))
+    if misses:
+        raise UserError(*misses)
+    return [found[k] for k in sorted(found)]
+
+
+def read_rows(cfg: Config, stats: Stats) -> list[Row]:
+    rows: list[Row] = []
+    for path, display, forced in tqdm(input_files(cfg), desc="read", unit="file", leave=False):
+        try:
+            raws = list(read_file(path, display))
+        except (FileError, OSError) as e:
+            # an unreadable file is one rejected row, so it is counted and listed like any other
+            stats.file_errors.append({"file": display, "error": str(e)})
+            r = Row(display, 0, None)
+            r.reject("unreadable_file", str(e))
+            rows.append(r)
+            continue
+        for raw in raws:
+            rows.append(_parse(raw, forced, cfg))
+    return rows
+
+
+def _parse(raw: RawRow, forced: str | None, cfg: Config) -> Row:
+    r = Row(raw.file, raw.row, raw.line)
+    if raw.error is not None:
+        r.reject("malformed_json" if raw.file.endswith((".json", ".jsonl")) else "malformed_row", raw.error)
+        return r
+    try:
+        r.format, msgs = to_messages(raw.record, forced)
+        r.conv = Conversation(normalize(msgs, cfg.data.system_prompt))
+    except RecordError as e:
+        r.reject(e.reason, e.detail)
+        return r
+    r.id = r.original_id = r.conv.id
+    return r
+
+
+# ------------------------------------------------------------------------------------------- filters
+def load_tokenizer(cfg: Config):
+    from transformers import AutoTokenizer
+
+    name = cfg.model.name
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except Exception as e:  # many exception types, all meaning "no tokenizer here"
+        raise UserError(f"model.name `{name}`: cannot load its tokenizer ({type(e).__name__}); run `make model` "
+                        "or set model.name to a local model directory") from None
+    if not tok.chat_template:
+        raise UserError(f"model.name `{name}` has no chat template; curate renders rows with it. Use an "
+                        "instruct/chat model")
+    tok.model_max_length = 10**9  # curate only counts tokens; over-long rows are the too_long filter's job
+    return tok
+
+
+def render(rows: list[Row], tokenizer, batch: int = 512) -> None:
+    """The chat-template render training will use, and its token count."""
+    todo = [r for r in rows if r.kept and r.conv.tokens is None]
+    for i in tqdm(range(0, len(todo), batch), desc="render+tokenize", unit="batch", leave=False):
+        chunk = todo[i:i + batch]
+        texts = tokenizer.apply_chat_template([r.conv.messages for r in chunk], tokenize=False)
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        for r, text, n in zip(chunk, texts, lengths):
+            r.conv.text, r.conv.tokens = text, n
+
+
+def apply_filters(rows: list[Row], cfg: Config, tokenizer, stats: Stats) -> None:
+    names = cfg.curate.filters
+    cheap = [n for n in names if n not in NEEDS_TOKENS | NEEDS_LANGUAGE]
+    detector = LanguageDetector(cfg.curate.lang_seed)
+
+    def run(name: str, row: Row) -> None:
+        if row.kept and row.review != "restore":
+            detail = FILTERS[name](row.conv, cfg)
+            if detail is not None:
+                row.reject(name, detail)
+
+    for r in tqdm(rows, desc="filter", unit="row", leave=False, mininterval=1):
+        for name in cheap:
+            run(name, r)
+    stats.step("filtered (structure, content)", rows)
+    for r in tqdm([r for r in rows if r.kept], desc="language", unit="row", leave=False, mininterval=1):
+        r.conv.lang = detector.detect(language_text(r.conv))
+        if "language" in names:
+            run("language", r)
+    stats.step("filtered (language)", rows)
+    stats.seconds["langdetect_fast_path_rows"] = detector.fast_path_hits
+    render(rows, tokenizer)
+    for r in rows:
+        for name in (n for n in names if n in NEEDS_TOKENS):
+            run(name, r)
+    stats.step("filtered (token length)", rows)
+
+
+# --------------------------------------------------------------------------------------------- dedup
+def dedup_text(conv: Conversation) -> str:
+    """What near-duplicates are judged on: the user and assistant turns; a system prompt shared by a
+    whole data set would otherwise make every row look alike."""
+    return "\n".join(m["content"] for m in conv.messages if m["role"] != "system")
+
+
+def quality(r: Row, order: int) -> tuple:
+    """Which member of a near-duplicate cluster is kept (highest wins), documented in the README:
+    reviewed-accepted/edited first, then not SHOUTED (letters mostly upper case), then without doubled
+    punctuation or spaces, then the longer assistant reply, then the earlier input row."""
+    text = dedup_text(r.conv)
+    letters = [c for c in text if c.isalpha()]
+    shouting = bool(letters) and sum(c.isupper() for c in letters) / len(letters) > 0.5
+    sloppy = any(s in text for s in ("!!", "??", "  ", ",,"))
+    reply = sum(len(m["content"]) for m in r.conv.messages if m["role"] == "assistant")
+    return (r.review in ("accept", "edit"), not shouting, not sloppy, reply, -order)
+
+
+def exact_dedup(rows: list[Row]) -> None:
+    first: dict[str, Row] = {}
+    for r in rows:
+        if not r.kept:
+            continue
+        if r.id in first:
+            r.reject("exact_duplicate", f"same conversation as {first[r.id].where} (id {r.id})")
+        else:
+            first[r.id] = r
+
+
+def near_dedup(rows: list[Row], cfg: Config, hasher: MinHasher):
+    """Cluster kept rows at curate.minhash_threshold; keep the best of each cluster. Returns the kept
+    rows, their signatures and shingle sets, and the clusters with more than one member (largest first)."""
+    live = [r for r in rows if r.kept]
+    order = {id(r): i for i, r in enumerate(rows)}
+    texts = [dedup_text(r.conv) for r in live]
+    sigs = hasher.signatures(texts)
+    shingles = ShingleSets(texts, cfg.curate.minhash_ngram)
+    uf = UnionFind(len(live))
+    for i, j, _ in similar_pairs(sigs, cfg.curate.minhash_threshold, shingles.jaccard, cfg.curate.minhash_bands):
+        uf.union(i, j)
+    clusters = []
+    keep_mask = np.ones(len(live), dtype=bool)
+    for members in uf.groups().values():
+        best = max(members, key=lambda i: quality(live[i], order[id(live[i])]))
+        for i in members:
+            live[i].cluster, live[i].cluster_size = live[best].id, len(members)
+            if i != best:
+                live[i].reject("near_duplicate", f"near_duplicate_of:{live[best].id} ({live[best].where})")
+                keep_mask[i] = False
+        if len(members) > 1:
+            clusters.append([live[best]] + [live[i] for i in members if i != best])
+    clusters.sort(key=lambda c: (-len(c), c[0].id))
+    kept = [r for r, k in zip(live, keep_mask) if k]
+    kept_texts = [t for t, k in zip(texts, keep_mask) if k]
+    return kept, sigs[keep_mask], ShingleSets(kept_texts, cfg.curate.minhash_ngram), clusters
+
+
+# --------------------------------------------------------------------------------------------- split
+def split(kept: list[Row], sigs: np.ndarray, shingles: ShingleSets, cfg: Config, check_sigs: np.ndarray) -> dict:
+    """Whole families of similar rows (word n-gram Jaccard >= split.leakage_threshold, transitively) go
+    to one side, chosen by a seeded hash; then every val row is checked against train again."""
+    thr = cfg.split.leakage_threshold
+    pairs = similar_pairs(sigs, thr, shingles.jaccard)
+    uf = UnionFind(len(kept))
+    for i, j, _ in pairs:
+        uf.union(i, j)
+    families = list(uf.groups().values())
+    rank = lambda fam: hashlib.sha256(f"{cfg.split.seed}:{min(kept[i].id for i in fam)}".encode()).hexdigest()  # noqa: E731
+    target = round(len(kept) * cfg.split.val_fraction)
+    n_val = 0
+    for fam in sorted(families, key=rank):
+        side = "val" if n_val + len(fam) <= target else "train"
+        n_val += len(fam) if side == "val" else 0
+        for i in fam:
+            kept[i].split = side
+    # The check after assignment, with signatures from other hash functions (`check_sigs`), so LSH misses
+    # of the first pass are not repeated: every val-train candidate verified by exact Jaccard; a hit moves
+    # the val row to train and is reported.
+    check = [(i, j, sim) for i, j, sim in similar_pairs(check_sigs, thr, shingles.jaccard)
+             if {kept[i].split, kept[j].split} == {"train", "val"}]
+    moved = []
+    for i, j, sim in check:
+        v = i if kept[i].split == "val" else j
+        if kept[v].split == "val":
+            kept[v].split = "train"
+            moved.append({"id": kept[v].id, "similarity": round(sim, 3)})
+    leaks = sum(1 for i, j, _ in check if {kept[i].split, kept[j].split} == {"train", "val"})
+    return {"families": len(families), "val_target": target, "moved_to_train": moved, "leakage": leaks,
+            "leakage_threshold": thr}
+
+
+# --------------------------------------------------------------------------------------------- write
+def canonical(r: Row) -> dict:
+    return {"id": r.id, "messages": r.conv.messages, "text": r.conv.text,
+            "source": {"file": r.file, "row": r.row, "line": r.line}, "format": r.format, "lang": r.conv.lang,
+            "tokens": r.conv.tokens, "cluster": r.cluster, "cluster_size": r.cluster_size,
+            "review": r.review}
+
+
+def rejected_record(r: Row) -> dict:
+    out = {"reason": r.reason, "detail": r.detail, "source": {"file": r.file, "row": r.row, "line": r.line},
+           "where": r.where, "format": r.format, "id": r.id}
+    if r.conv is not None:
+        out["messages"] = r.conv.messages
+        out["lang"], out["tokens"] = r.conv.lang, r.conv.tokens
+    if r.reason == "near_duplicate":
+        out["near_duplicate_of"] = r.cluster
+    if r.review:
+        out["review"], out["review_note"] = r.review, r.review_note
+    return out
+
+
+def manifest_line(r: Row) -> dict:
+    return {"id": r.original_id, "file": r.file, "row": r.row, "line": r.line, "format": r.format,
+            "status": r.status, "cluster": r.cluster, "split": r.split, "review": r.review,
+            **({"edited_id": r.id} if r.review == "edit" else {})}
+
+
+def jsonl(records) -> str:
+    return "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in records)
+
+
+def run(cfg: Config) -> dict:
+    t0 = time.time()
+    stats = Stats()
+    tokenizer = load_tokenizer(cfg)
+    out = stage_dir(cfg, "curate")
+    rows = read_rows(cfg, stats)
+    stats.steps.append(("rows in", len(rows)))
+    stats.step("parsed", rows)
+    decisions = review_mod.load_decisions(cfg.run_dir / "review" / "decisions.jsonl")
+    review_summary = review_mod.apply(rows, decisions, cfg)
+    stats.step("after review rejections", rows)
+    apply_filters(rows, cfg, tokenizer, stats)
+    exact_dedup(rows)
+    stats.step("exact dedup", rows)
+    hasher = MinHasher(cfg.curate.minhash_num_perm, cfg.curate.minhash_ngram)
+    kept, sigs, shingles, clusters = near_dedup(rows, cfg, hasher)
+    stats.step("near dedup", rows)
+    check_sigs = MinHasher(cfg.curate.minhash_num_perm, cfg.curate.minhash_ngram, seed=2).signatures(shingles.texts)
+    split_info = split(kept, sigs, shingles, cfg, check_sigs) if kept else {"leakage": 0, "moved_to_train": [], "families": 0}
+
+    rejected = [r for r in rows if not r.kept]
+    assert len(rows) == len(kept) + len(rejected), "accounting: rows in != kept + rejected"
+    train = [r for r in kept if r.split == "train"]
+    val = [r for r in kept if r.split == "val"]
+    atomic_write_text(out / "train.jsonl", jsonl(canonical(r) for r in train))
+    atomic_write_text(out / "val.jsonl", jsonl(canonical(r) for r in val))
+    atomic_write_text(out / "rejected.jsonl", jsonl(rejected_record(r) for r in rejected))
+    atomic_write_text(out / "manifest.jsonl", jsonl(manifest_line(r) for r in rows))
+
+    from curate.report import build_report
+
+    report = build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary, tokenizer)
+    atomic_write_json(out / "report.json", report)
+    from curate.report import write_html
+
+    write_html(out, report)
+    print(f"curate: {report['rows_in']} rows in = {report['kept']} kept ({len(train)} train, {len(val)} val) "
+          f"+ {report['rejected']} rejected; leakage {report['split']['leakage']}; {time.time() - t0:.1f} s")
+    for reason, n in report["rejected_by_reason"].items():
+        print(f"  rejected {reason}: {n}")
+    print(f"  outputs: {out}/ (report.html)")
+    return report

@@ -1,0 +1,184 @@
+"""report.json (numbers), PNG plots and report.html (the same, for people) of a curate run.
+
+Nothing time-dependent goes in: the same inputs and config give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from common.config import dump_config
+from common.runs import atomic_write_text
+
+
+def _counts(values) -> dict:
+    return dict(sorted(Counter(values).items(), key=lambda kv: (-kv[1], str(kv[0]))))
+
+
+def build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary, tokenizer) -> dict:
+    rejected = [r for r in rows if not r.kept]
+    tokens = [r.conv.tokens for r in kept]
+    limit = cfg.train.max_seq_length
+    return {
+        "run": cfg.run.name,
+        "rows_in": len(rows),
+        "kept": len(kept),
+        "rejected": len(rejected),
+        "accounting_ok": len(rows) == len(kept) + len(rejected),
+        "train": len(train),
+        "val": len(val),
+        "steps": [{"step": name, "rows": n} for name, n in stats.steps] + [{"step": "train", "rows": len(train)}, {"step": "val", "rows": len(val)}],
+        "rejected_by_reason": _counts(r.reason for r in rejected),
+        "file_errors": stats.file_errors,
+        "formats": _counts(r.format or "unparsed" for r in rows),
+        "sources": {f: {"in": n, "kept": sum(1 for r in kept if r.file == f)} for f, n in sorted(Counter(r.file for r in rows).items())},
+        "languages": _counts(r.conv.lang for r in rows if r.conv is not None and r.conv.lang),
+        "langdetect_fast_path_rows": stats.seconds.get("langdetect_fast_path_rows", 0),
+        "tokens": {
+            "tokenizer": cfg.model.name,
+            "max_seq_length": limit,
+            "min": int(min(tokens)) if tokens else 0,
+            "median": float(np.median(tokens)) if tokens else 0,
+            "p95": float(np.percentile(tokens, 95)) if tokens else 0,
+            "max": int(max(tokens)) if tokens else 0,
+            "would_be_truncated": sum(t > limit for t in tokens),
+            "would_be_truncated_share": round(sum(t > limit for t in tokens) / len(tokens), 4) if tokens else 0.0,
+        },
+        "dedup": {
+            "exact_duplicates": sum(r.reason == "exact_duplicate" for r in rows),
+            "near_duplicates": sum(r.reason == "near_duplicate" for r in rows),
+            "clusters_with_duplicates": len(clusters),
+            "minhash": {"num_perm": cfg.curate.minhash_num_perm, "word_ngram": cfg.curate.minhash_ngram,
+                        "threshold": cfg.curate.minhash_threshold, "bands": cfg.curate.minhash_bands or "auto"},
+            "largest_clusters": [
+                {"size": len(c), "kept": {"id": c[0].id, "where": c[0].where, "user": _first_user(c[0])},
+                 "dropped": [{"id": r.id, "where": r.where, "user": _first_user(r)} for r in c[1:4]]}
+                for c in clusters[:5]
+            ],
+        },
+        "split": {k: v for k, v in split_info.items()},
+        "review": review_summary,
+        "token_histogram": _histogram(tokens, limit),
+        "config": dump_config(cfg),
+    }
+
+
+def _first_user(r) -> str:
+    text = next((m["content"] for m in r.conv.messages if m["role"] == "user"), "")
+    return text[:160]
+
+
+def _histogram(tokens, limit) -> dict:
+    if not tokens:
+        return {"edges": [], "counts": []}
+    top = max(max(tokens), limit)
+    edges = np.linspace(0, top * 1.05, 31)
+    counts, _ = np.histogram(tokens, bins=edges)
+    return {"edges": [round(float(e), 1) for e in edges], "counts": counts.tolist()}
+
+
+# ------------------------------------------------------------------------------------------- plots
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def plots(report: dict) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    names = [s["step"] for s in report["steps"]]
+    ax.barh(names[::-1], [s["rows"] for s in report["steps"]][::-1], color="#4c78a8")
+    ax.set_xlabel("rows")
+    ax.set_title("rows per step")
+    out["steps.png"] = _png(fig)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    h = report["token_histogram"]
+    if h["counts"]:
+        ax.bar(h["edges"][:-1], h["counts"], width=np.diff(h["edges"]), align="edge", color="#72b7b2")
+    ax.axvline(report["tokens"]["max_seq_length"], color="#e45756", linestyle="--",
+               label=f"train.max_seq_length {report['tokens']['max_seq_length']} "
+                     f"({report['tokens']['would_be_truncated_share']:.1%} longer)")
+    ax.set_xlabel("tokens (chat-template render)")
+    ax.set_ylabel("kept rows")
+    ax.legend()
+    ax.set_title("token lengths")
+    out["tokens.png"] = _png(fig)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    langs = report["languages"]
+    axes[0].bar(list(langs), list(langs.values()), color="#f58518")
+    axes[0].set_title("language (all parsed rows)")
+    src = report["sources"]
+    labels = [Path(f).name for f in src]
+    axes[1].barh(labels, [v["in"] for v in src.values()], color="#bab0ac", label="in")
+    axes[1].barh(labels, [v["kept"] for v in src.values()], color="#54a24b", label="kept")
+    axes[1].legend()
+    axes[1].set_title("sources")
+    out["mix.png"] = _png(fig)
+    plt.close(fig)
+    return out
+
+
+def write_html(out_dir: Path, report: dict) -> None:
+    images = plots(report)
+    for name, data in images.items():
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(out_dir / name)
+    esc = html.escape
+
+    def table(headers, rows_) -> str:
+        head = "".join(f"<th>{esc(str(h))}</th>" for h in headers)
+        body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>" for r in rows_)
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    img = lambda n: f'<img alt="{n}" src="data:image/png;base64,{base64.b64encode(images[n]).decode()}">'  # noqa: E731
+    t = report["tokens"]
+    clusters = "".join(
+        f"<details><summary>cluster of {c['size']}: kept {esc(c['kept']['where'])}</summary><ul>"
+        f"<li><b>kept</b> {esc(c['kept']['user'])}</li>"
+        + "".join(f"<li>dropped {esc(d['where'])}: {esc(d['user'])}</li>" for d in c["dropped"]) + "</ul></details>"
+        for c in report["dedup"]["largest_clusters"])
+    rv = report["review"]
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>curate report: {esc(report['run'])}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:.5em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}
+.big{{font-size:1.3em}} img{{max-width:100%}}</style></head><body>
+<h1>curate report: run <code>{esc(report['run'])}</code></h1>
+<p class="big">{report['rows_in']} rows in = <b>{report['kept']} kept</b> ({report['train']} train, {report['val']} val)
++ {report['rejected']} rejected. Leakage val→train: <b>{report['split']['leakage']}</b>.</p>
+<h2>Rows per step</h2>{img('steps.png')}
+{table(['step', 'rows'], [(s['step'], s['rows']) for s in report['steps']])}
+<h2>Rejected, by reason</h2>{table(['reason', 'rows'], report['rejected_by_reason'].items())}
+<p>Every rejected row, with its file:line and detail: <code>rejected.jsonl</code>. Every input row's fate: <code>manifest.jsonl</code>.</p>
+{table(['unreadable file', 'error'], [(e['file'], e['error']) for e in report['file_errors']]) if report['file_errors'] else ''}
+<h2>Token lengths</h2>{img('tokens.png')}
+<p>median {t['median']:.0f}, p95 {t['p95']:.0f}, max {t['max']} tokens; {t['would_be_truncated']} kept rows
+({t['would_be_truncated_share']:.1%}) are longer than train.max_seq_length {t['max_seq_length']}.</p>
+<h2>Languages and sources</h2>{img('mix.png')}
+{table(['file', 'rows in', 'kept'], [(f, v['in'], v['kept']) for f, v in report['sources'].items()])}
+{table(['format', 'rows'], report['formats'].items())}
+<h2>Duplicates</h2><p>{report['dedup']['exact_duplicates']} exact, {report['dedup']['near_duplicates']} near-duplicates in
+{report['dedup']['clusters_with_duplicates']} clusters (MinHash {esc(str(report['dedup']['minhash']))}).</p>{clusters}
+<h2>Review decisions</h2><p>{'applied: ' + esc(str(rv['applied'])) if rv['present'] else 'none yet (make review)'}
+{('; unknown ids: ' + str(len(rv['unknown_ids']))) if rv['unknown_ids'] else ''}
+{('; corrupted lines: ' + esc('; '.join(rv['corrupted_lines']))) if rv['corrupted_lines'] else ''}</p>
+<h2>Config</h2><pre>{esc(report['config'])}</pre>
+</body></html>
+"""
+    atomic_write_text(out_dir / "report.html", doc)
