@@ -23,6 +23,7 @@ from collections import defaultdict
 import numpy as np
 
 WORD = re.compile(r"\w+")
+SEGMENT = "\x1e"  # separates segments (turns) of one text; word n-grams never span it
 _U32 = np.uint32
 _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9)
 
@@ -72,7 +73,14 @@ class MinHasher:
         return (h >> np.uint64(32)).astype(_U32), counts
 
     def signatures(self, texts: list[str]) -> np.ndarray:
-        """uint32 array (len(texts), num_perm)."""
+        """uint32 array (len(texts), num_perm). A text may hold several segments separated by SEGMENT
+        (e.g. the turns of a conversation): n-grams do not span segments, and the signature is that of
+        the union of the segments' n-grams (the element-wise minimum of their signatures)."""
+        if any(SEGMENT in t for t in texts):
+            parts = [t.split(SEGMENT) for t in texts]
+            flat = self.signatures([p for ps in parts for p in ps])
+            counts = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+            return np.minimum.reduceat(flat, np.cumsum(counts) - counts, axis=0) if len(flat) else flat
         out = np.empty((len(texts), self.num_perm), dtype=_U32)
         if not texts:
             return out
@@ -163,8 +171,11 @@ class ShingleSets:
     def get(self, i: int) -> frozenset:
         s = self.cache.get(i)
         if s is None:
-            w = words(self.texts[i])
-            s = self.cache[i] = frozenset(tuple(w[k:k + self.n]) for k in range(max(1, len(w) - self.n + 1)))
+            grams = set()
+            for segment in self.texts[i].split(SEGMENT):
+                w = words(segment)
+                grams.update(tuple(w[k:k + self.n]) for k in range(max(1, len(w) - self.n + 1)))
+            s = self.cache[i] = frozenset(grams)
         return s
 
     def jaccard(self, i: int, j: int) -> float:

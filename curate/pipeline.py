@@ -7,6 +7,7 @@ Every input row ends as exactly one line in manifest.jsonl and either train/val.
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -25,7 +26,7 @@ from curate import review as review_mod
 from curate.filters import (FILTERS, NEEDS_LANGUAGE, NEEDS_TOKENS, Conversation, LanguageDetector, content_id,
                             language_text, normalize)
 from curate.formats import FileError, RawRow, RecordError, read_file, to_messages
-from curate.minhash import MinHasher, ShingleSets, UnionFind, similar_pairs
+from curate.minhash import SEGMENT, MinHasher, ShingleSets, UnionFind, similar_pairs
 
 
 @dataclass
@@ -127,9 +128,13 @@ def _parse(raw: RawRow, forced: str | None, cfg: Config) -> Row:
 
 # ------------------------------------------------------------------------------------------- filters
 def load_tokenizer(cfg: Config):
+    return _tokenizer(cfg.model.name)
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(name: str):
     from transformers import AutoTokenizer
 
-    name = cfg.model.name
     try:
         tok = AutoTokenizer.from_pretrained(name)
     except Exception as e:  # many exception types, all meaning "no tokenizer here"
@@ -183,9 +188,9 @@ def apply_filters(rows: list[Row], cfg: Config, tokenizer, stats: Stats) -> None
 
 # --------------------------------------------------------------------------------------------- dedup
 def dedup_text(conv: Conversation) -> str:
-    """What near-duplicates are judged on: the user and assistant turns; a system prompt shared by a
-    whole data set would otherwise make every row look alike."""
-    return "\n".join(m["content"] for m in conv.messages if m["role"] != "system")
+    """What near-duplicates are judged on: the user and assistant turns, as separate segments (n-grams
+    do not span turns); a system prompt shared by a whole data set would make every row look alike."""
+    return SEGMENT.join(m["content"] for m in conv.messages if m["role"] != "system")
 
 
 def quality(r: Row, order: int) -> tuple:

@@ -141,11 +141,17 @@ def shingles(text: str, n: int = 3) -> set[tuple[str, ...]]:
     return {tuple(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
 
 
+def row_shingles(file: str, message: str, answer: str) -> set[tuple[str, ...]]:
+    """The row as curate's dedup sees it: user and assistant turns, n-grams within each turn."""
+    user = INSTRUCTION + "\n\n" + message if file in INSTRUCTION_STYLE else message
+    return shingles(user) | shingles(answer)
+
+
 def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
-MAX_CLEAN_SIMILARITY = 0.5  # no two clean messages are this similar (word 3-gram Jaccard)
+MAX_CLEAN_SIMILARITY = 0.5  # no two clean rows are this similar (word 3-gram Jaccard of user + assistant turns)
 MIN_NEAR_DUP_SIMILARITY = 0.7  # every planted near-duplicate is at least this similar to its original
 
 
@@ -436,7 +442,7 @@ def main() -> int:
         clean[name] = []
         while len(clean[name]) < n:
             msg, labels = make_message(rng)
-            sh = shingles(msg)
+            sh = row_shingles(name, msg, answer_json(labels))
             # clean rows are far apart, so every (near-)duplicate in the data is a planted, listed one
             if any(jaccard(sh, other) >= MAX_CLEAN_SIMILARITY for other in kept):
                 continue
