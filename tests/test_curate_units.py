@@ -1,0 +1,178 @@
+"""Curate's parts on their own: MinHash accuracy, filters, and random/malformed records (hypothesis)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from common.config import load_config
+from curate.filters import FILTERS, Conversation, LanguageDetector, clean_text
+from curate.minhash import SEGMENT, MinHasher, ShingleSets, UnionFind, candidate_pairs, lsh_params, similar_pairs
+
+CFG = load_config()
+
+
+def conv(*turns: str, system: str | None = None) -> Conversation:
+    msgs = [{"role": "system", "content": system}] if system else []
+    for i, t in enumerate(turns):
+        msgs.append({"role": "user" if i % 2 == 0 else "assistant", "content": t})
+    return Conversation(msgs)
+
+
+# ------------------------------------------------------------------------------------------ minhash
+def test_estimated_jaccard_tracks_exact_jaccard():
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(3000)]
+    base = [" ".join(rng.choice(vocab) for _ in range(60)) for _ in range(200)]
+    variants = []
+    for text in base:  # replace a random share of the words: exact Jaccard from ~0.05 to 1
+        w = text.split()
+        k = rng.randint(0, 40)
+        for i in rng.sample(range(len(w)), k):
+            w[i] = rng.choice(vocab)
+        variants.append(" ".join(w))
+    sigs = MinHasher(128, 3).signatures(base + variants)
+    sets = ShingleSets(base + variants, 3)
+    errors = [np.mean(sigs[i] == sigs[200 + i]) - sets.jaccard(i, 200 + i) for i in range(200)]
+    assert abs(np.mean(errors)) < 0.01  # unbiased
+    assert np.std(errors) < 0.05  # theory for 128 permutations: at most sqrt(0.25 / 128) = 0.044
+
+
+def test_signatures_are_deterministic_and_case_and_punctuation_blind():
+    h = MinHasher(64, 3)
+    a = h.signatures(["Hello, World! How are you?", "hello world how are you"])
+    b = MinHasher(64, 3).signatures(["Hello, World! How are you?"])
+    assert (a[0] == a[1]).all() and (a[0] == b[0]).all()
+    assert not (MinHasher(64, 3, seed=2).signatures(["hello world how are you"])[0] == a[0]).all()
+
+
+def test_short_texts_are_still_compared():
+    texts = ["Yes", "yes!", "No", "ok then", "OK, then."]  # fewer words than the 3-gram size
+    sigs = MinHasher(128, 3).signatures(texts)
+    sets = ShingleSets(texts, 3)
+    pairs = {(i, j) for i, j, _ in similar_pairs(sigs, 0.7, sets.jaccard)}
+    assert pairs == {(0, 1), (3, 4)}
+
+
+def test_segments_do_not_form_ngrams_across_turns():
+    joined = MinHasher(128, 2).signatures([f"a b{SEGMENT}c d"])[0]
+    separate = MinHasher(128, 2).signatures(["a b", "c d"])
+    assert (joined == np.minimum(separate[0], separate[1])).all()
+    assert ShingleSets([f"a b{SEGMENT}c d"], 2).get(0) == {("a", "b"), ("c", "d")}
+
+
+def test_lsh_recall_at_the_threshold():
+    rng = random.Random(1)
+    vocab = [f"w{i}" for i in range(5000)]
+    texts, dup_pairs = [], []
+    for _ in range(300):
+        w = [rng.choice(vocab) for _ in range(40)]
+        v = list(w)
+        for i in rng.sample(range(40), rng.choice([1, 2])):  # 1-2 word changes in 40: Jaccard ~0.7-0.86
+            v[i] = rng.choice(vocab)
+        dup_pairs.append((len(texts), len(texts) + 1))
+        texts += [" ".join(w), " ".join(v)]
+    sets = ShingleSets(texts, 3)
+    truth = {p for p in dup_pairs if sets.jaccard(*p) >= 0.7}
+    found = {(i, j) for i, j, _ in similar_pairs(MinHasher(128, 3).signatures(texts), 0.7, sets.jaccard)}
+    assert len(truth) > 150
+    assert len(truth & found) / len(truth) >= 0.97
+    assert found <= set(dup_pairs)  # exact verification: no false positives
+
+
+def test_lsh_params_and_large_buckets():
+    assert lsh_params(0.7, 128) == (25, 5)
+    assert lsh_params(0.7, 128, bands=16) == (16, 8)
+    sigs = np.zeros((200, 16), dtype=np.uint32)  # 200 identical rows: pairs grow linearly, not 200^2
+    assert len(candidate_pairs(sigs, 4, 4)) == 199
+    uf = UnionFind(5)
+    uf.union(3, 1)
+    uf.union(4, 3)
+    assert uf.groups() == {0: [0], 1: [1, 3, 4], 2: [2]}
+
+
+# ------------------------------------------------------------------------------------------ filters
+def check(name: str, c: Conversation):
+    return FILTERS[name](c, CFG)
+
+
+def test_filters_reject_what_they_name_and_keep_the_rest():
+    good = conv("Where is my parcel #123?", '{"category": "shipping", "priority": "low"}')
+    assert all(check(n, good) is None for n in ("empty_message", "roles_do_not_alternate", "unbalanced_code_fence",
+                                                "truncated_ending", "refusal", "repetition"))
+    assert check("empty_message", conv("Hi", "   ")) == "turn 2 (assistant) is empty"
+    assert check("roles_do_not_alternate", Conversation([{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]))
+    assert check("roles_do_not_alternate", conv("q", "a", "q2"))  # ends with the user
+    assert check("roles_do_not_alternate", conv("q", "a", system="s")) is None
+    assert check("unbalanced_code_fence", conv("code?", "```python\nprint(1)"))
+    assert check("unbalanced_code_fence", conv("code?", "```python\nprint(1)\n```")) is None
+    assert check("truncated_ending", conv("json?", '{"a": [1, 2'))
+    assert check("truncated_ending", conv("json?", '{"a": "}{"}')) is None  # brackets inside strings
+    assert check("truncated_ending", conv("more?", "I went to the shop and"))
+    assert check("refusal", conv("do it", "I'm sorry, but I can't help with that."))
+    assert check("refusal", conv("who?", "I am ChatGPT, a model developed by OpenAI."))
+    assert check("refusal", conv("who?", "Sorry to hear that! Here is the fix.")) is None
+    assert check("repetition", conv("?", " ".join(["the same thing again"] * 10)))
+    assert check("repetition", conv("?", "one two three four five six seven eight nine ten eleven")) is None
+
+
+def test_token_and_language_filters_read_what_the_pipeline_set():
+    c = conv("a", "b")
+    c.tokens = 3
+    assert check("too_short", c) == "3 tokens < curate.min_tokens 8"
+    c.tokens = 5000
+    assert check("too_long", c) == "5000 tokens > curate.max_tokens 2048"
+    c.lang = "de"
+    assert "language de not in" in check("language", c)
+
+
+def test_language_detector_is_seeded_and_has_a_safe_fast_path():
+    d = LanguageDetector(0)
+    assert d.detect("Where is my parcel? I ordered it two weeks ago and the tracking shows nothing.") == "en"
+    assert d.fast_path_hits == 1
+    assert d.detect("Wo ist mein Paket? Ich habe es vor zwei Wochen bestellt.") == "de"
+    assert d.detect("ok") == "und"
+    answers = {LanguageDetector(0).detect("Ciao, il mio ordine non è arrivato, potete aiutarmi?") for _ in range(5)}
+    assert answers == {"it"}
+
+
+def test_clean_text():
+    assert clean_text("\n\n  Cafe\u0301 \r\nline two   \n\n") == "  Café\nline two"
+
+
+# ------------------------------------------------------------------------------------------ property
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=12)
+KEYS = ["messages", "conversations", "instruction", "input", "output", "response", "context", "prompt",
+        "completion", "question", "answer", "text", "system", "history", "role", "content", "from", "value"]
+RECORD = st.one_of(
+    JSON,
+    st.dictionaries(st.sampled_from(KEYS), JSON | st.text(min_size=0, max_size=80), max_size=5),
+    st.builds(lambda turns: {"messages": turns}, st.lists(st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "assistant", "system", "gpt", "x", ""]), "content": JSON | st.text(max_size=60)}), max_size=5)),
+)
+LINE = st.one_of(RECORD.map(lambda r: json.dumps(r).encode()), st.binary(min_size=1, max_size=60))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(lines=st.lists(LINE, min_size=1, max_size=12))
+def test_random_and_malformed_records_never_crash_and_are_all_accounted_for(lines, tmp_path, model_dir):
+    from curate.pipeline import run
+
+    data = tmp_path / "in"
+    data.mkdir(exist_ok=True)
+    body = b"\n".join(ln.replace(b"\n", b" ").replace(b"\r", b" ") for ln in lines) + b"\n"
+    (data / "x.jsonl").write_bytes(body)
+    cfg = load_config(None, [f"run.root={tmp_path / 'runs'}", "run.name=p", f"data.inputs=[{data}/x.jsonl]"])
+    report = run(cfg)
+    expected = sum(1 for ln in body.split(b"\n") if ln.strip())
+    assert report["rows_in"] == expected == report["kept"] + report["rejected"]
+    out = cfg.run_dir / "curate"
+    rejected = [json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()]
+    assert len(rejected) == report["rejected"] and all(r["reason"] and r["where"] for r in rejected)
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == expected
