@@ -1,18 +1,19 @@
 """Batched MinHash signatures, LSH banding and union-find, in numpy.
 
 Why not datasketch's `MinHash.update` per shingle: it hashes each shingle with SHA-1 and runs several
-numpy calls on a 128-vector per shingle, ~1,500 short rows/s here. This module does the Python work once
-per *word* (pandas.factorize over all words of a batch, then xxh64 once per distinct word), builds every
-word n-gram's hash from the word hashes with vectorised arithmetic, and applies all permutations to a
-block of shingles at once in 32-bit integers (which numpy runs with SIMD).
+numpy calls on a 128-vector per shingle (~1,000-1,500 short rows/s here). Here a whole batch of texts is
+one byte buffer: words are found and hashed with vectorised arithmetic over the bytes (no Python object
+per word), every word n-gram's hash is built from the word hashes, and all permutations are applied to
+a block of n-grams at once in 32-bit integers, which numpy runs with SIMD (docs/benchmarks.md).
 
 Permutations: h_i(x) = ((x XOR m_i) * a_i) mod 2^32 with random masks m_i and odd multipliers a_i, each a
-bijection on 32-bit values; x is a well-mixed 32-bit hash of the shingle. The estimated Jaccard
+bijection on 32-bit values; x is a well-mixed 32-bit hash of the n-gram. The estimated Jaccard
 similarity of two rows is the share of equal signature values (checked against exact Jaccard in the
 tests). LSH candidates are verified with the exact Jaccard of the two rows' shingle sets, so a pair is
-a near-duplicate exactly when its word n-gram Jaccard reaches the threshold. Rows are normalised before shingling: lower-cased, `\\w+` words only, so
-re-casing and re-punctuation do not hide a duplicate. A row with fewer words than the shingle size is
-one shingle of all its words (datatrove skips such rows; we compare them).
+a near-duplicate exactly when its word n-gram Jaccard reaches the threshold. Texts are normalised before
+shingling: lower-cased, `\\w+` words only, so re-casing and re-punctuation do not hide a duplicate. A text
+with fewer words than the n-gram size is one n-gram of all its words (datatrove skips such documents;
+we compare them).
 """
 
 from __future__ import annotations
@@ -23,12 +24,20 @@ from collections import defaultdict
 import numpy as np
 
 WORD = re.compile(r"\w+")
+_NON_WORD = re.compile(r"\W+")
 SEGMENT = "\x1e"  # separates segments (turns) of one text; word n-grams never span it
 _U32 = np.uint32
 _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9)
 
 
+# ASCII characters that are not \w, mapped to spaces: for ASCII text, translate + split == \w+ findall, faster
+_ASCII_NON_WORD = str.maketrans({c: " " for c in map(chr, range(128)) if not (c.isalnum() or c == "_")})
+
+
 def words(text: str) -> list[str]:
+    """Lower-cased `\w+` words."""
+    if text.isascii():
+        return text.lower().translate(_ASCII_NON_WORD).split()
     return WORD.findall(text.lower())
 
 
@@ -40,61 +49,92 @@ class MinHasher:
         self.mults = (rng.integers(0, 2**31, size=num_perm, dtype=np.uint64) * 2 + 1).astype(_U32)
 
     def shingle_hashes(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(32-bit hash of every word n-gram, number of n-grams per text); empty texts get one n-gram."""
-        import pandas as pd
-        import xxhash
-
-        toks = [WORD.findall(t.lower()) for t in texts]
-        lens = np.fromiter(map(len, toks), dtype=np.int64, count=len(toks))
-        flat = [w for ws in toks for w in ws]
-        if flat:
-            codes, uniques = pd.factorize(np.array(flat, dtype=object))
-            word_hash = np.fromiter((xxhash.xxh64_intdigest(u.encode("utf-8")) for u in uniques),
-                                    dtype=np.uint64, count=len(uniques))[codes]
-        else:
-            word_hash = np.zeros(0, dtype=np.uint64)
+        """(32-bit hash of every word n-gram, number of n-grams per text). N-grams stay within a text's
+        segments; a text without words gets one (empty) n-gram, so it is still compared."""
+        segments = [t.split(SEGMENT) for t in texts]
+        per_text = np.fromiter(map(len, segments), dtype=np.int64, count=len(texts))
+        word_hash, lens = _word_hashes([seg for segs in segments for seg in segs])
         n = self.ngram
+        seg_counts = np.where(lens == 0, 0, np.maximum(1, lens - n + 1))
+        seg_text = np.repeat(np.arange(len(texts)), per_text)
+        text_counts = np.bincount(seg_text, weights=seg_counts, minlength=len(texts)).astype(np.int64)
+        first_seg = np.cumsum(per_text) - per_text
+        empty = text_counts == 0  # no word at all: one n-gram of "nothing" in its first segment
+        seg_counts[first_seg[empty]] = 1
+        text_counts[empty] = 1
         starts = np.cumsum(lens) - lens
-        counts = np.maximum(1, lens - n + 1)
-        first = np.cumsum(counts) - counts
-        owner = np.repeat(np.arange(len(texts)), counts)
-        pos = np.arange(int(counts.sum())) - first[owner] + starts[owner]
+        first = np.cumsum(seg_counts) - seg_counts
+        owner = np.repeat(np.arange(len(lens)), seg_counts)
+        pos = np.arange(int(seg_counts.sum())) - first[owner] + starts[owner]
         end = (starts + lens)[owner]
-        padded = np.append(word_hash, np.uint64(0))  # position len(flat) reads as "no word"
+        padded = np.append(word_hash, np.uint64(0))  # index len(word_hash) reads as "no word"
         h = np.zeros(len(pos), dtype=np.uint64)
         with np.errstate(over="ignore"):
             for k in range(n):
                 p = pos + k
                 h *= _MIX1
-                h ^= padded[np.where(p < end, p, len(flat))]
-            h ^= h >> np.uint64(31)
-            h *= _MIX2
-            h ^= h >> np.uint64(29)
-        return (h >> np.uint64(32)).astype(_U32), counts
+                h ^= padded[np.where(p < end, p, len(word_hash))]
+            h = _mix(h)
+        return (h >> np.uint64(32)).astype(_U32), text_counts
 
-    def signatures(self, texts: list[str]) -> np.ndarray:
+    def signatures(self, texts: list[str], chunk: int = 8192) -> np.ndarray:
         """uint32 array (len(texts), num_perm). A text may hold several segments separated by SEGMENT
-        (e.g. the turns of a conversation): n-grams do not span segments, and the signature is that of
-        the union of the segments' n-grams (the element-wise minimum of their signatures)."""
-        if any(SEGMENT in t for t in texts):
-            parts = [t.split(SEGMENT) for t in texts]
-            flat = self.signatures([p for ps in parts for p in ps])
-            counts = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
-            return np.minimum.reduceat(flat, np.cumsum(counts) - counts, axis=0) if len(flat) else flat
+        (e.g. the turns of a conversation): its signature is that of the union of the segments' n-grams."""
         out = np.empty((len(texts), self.num_perm), dtype=_U32)
-        if not texts:
-            return out
-        hashes, counts = self.shingle_hashes(texts)
-        first = np.cumsum(counts) - counts
-        # cut the texts into blocks of about `block` shingles, so a block's matrix stays in cache
-        cuts = np.unique(np.concatenate([[0], np.searchsorted(first, np.arange(self.block, len(hashes), self.block)), [len(texts)]]))
-        with np.errstate(over="ignore"):
-            for d0, d1 in zip(cuts[:-1], cuts[1:]):
-                s0, s1 = first[d0], first[d1 - 1] + counts[d1 - 1]
-                x = np.bitwise_xor.outer(hashes[s0:s1], self.masks)
-                x *= self.mults
-                out[d0:d1] = np.minimum.reduceat(x, first[d0:d1] - s0, axis=0)
+        for c0 in range(0, len(texts), chunk):
+            batch = texts[c0:c0 + chunk]
+            hashes, counts = self.shingle_hashes(batch)
+            first = np.cumsum(counts) - counts
+            # blocks of about `block` n-grams, so a block's matrix stays in cache
+            cuts = np.unique(np.concatenate([[0], np.searchsorted(first, np.arange(self.block, len(hashes), self.block)), [len(batch)]]))
+            with np.errstate(over="ignore"):
+                for d0, d1 in zip(cuts[:-1], cuts[1:]):
+                    s0, s1 = first[d0], first[d1 - 1] + counts[d1 - 1]
+                    # (num_perm, n-grams): the per-text minimum then runs along contiguous memory
+                    x = np.bitwise_xor.outer(self.masks, hashes[s0:s1])
+                    x *= self.mults[:, None]
+                    out[c0 + d0:c0 + d1] = np.minimum.reduceat(x, first[d0:d1] - s0, axis=1).T
         return out
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """A 64-bit finaliser (splitmix64-style): every input bit affects every output bit."""
+    with np.errstate(over="ignore"):
+        h = h ^ (h >> np.uint64(31))
+        h = h * _MIX2
+        return h ^ (h >> np.uint64(29))
+
+
+_P = 0x100000001B3  # odd, so it has an inverse modulo 2^64
+_P_INV = pow(_P, -1, 2**64)
+
+
+def _word_hashes(segments: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(64-bit hash of every word, in order; number of words per segment), vectorised over bytes.
+
+    Each segment is lower-cased and every non-word character becomes a space (for ASCII text with
+    str.translate, otherwise with the `\\W` regex: the same words as `\\w+`). A word's hash is the
+    polynomial sum of its bytes, made position-independent with powers of the inverse, then mixed."""
+    joined = " ".join(segments)
+    if joined.isascii():  # the common case: one C call each for the whole batch, and bytes == characters
+        data = (joined.lower().translate(_ASCII_NON_WORD) + " ").encode("ascii")
+        seg_bytes = np.fromiter(map(len, segments), dtype=np.int64, count=len(segments)) + 1
+    else:
+        parts = [(s.lower().translate(_ASCII_NON_WORD) if s.isascii() else _NON_WORD.sub(" ", s.lower())).encode("utf-8")
+                 for s in segments]
+        seg_bytes = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)) + 1
+        data = b" ".join(parts) + b" "
+    buf = np.frombuffer(data, dtype=np.uint8)
+    is_word = np.concatenate([[False], buf != 32, [False]])
+    edges = np.flatnonzero(is_word[1:] != is_word[:-1])
+    w_start, w_end = edges[0::2], edges[1::2]
+    with np.errstate(over="ignore"):
+        powers = np.cumprod(np.full(len(buf), _P, dtype=np.uint64)) * np.uint64(_P_INV)  # P^k, k = 0..
+        inv_powers = np.cumprod(np.full(len(buf), _P_INV, dtype=np.uint64)) * np.uint64(_P)  # P^-k
+        prefix = np.concatenate([[np.uint64(0)], np.cumsum((buf.astype(np.uint64) + np.uint64(1)) * powers, dtype=np.uint64)])
+        word_hash = _mix((prefix[w_end] - prefix[w_start]) * inv_powers[w_start])
+    seg_of_word = np.searchsorted(np.cumsum(seg_bytes) - seg_bytes, w_start, side="right") - 1
+    return word_hash, np.bincount(seg_of_word, minlength=len(segments)).astype(np.int64)
 
 
 def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -130,11 +170,13 @@ def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, max_bucket: int = 5
                 key = (key * _MIX1) ^ col
             order = np.argsort(key, kind="stable")
             sorted_keys = key[order]
-            boundaries = np.flatnonzero(np.diff(sorted_keys)) + 1
-            for members in np.split(order, boundaries):
-                if len(members) < 2:
-                    continue
-                members = np.sort(members).tolist()
+            same = np.concatenate([[False], sorted_keys[1:] == sorted_keys[:-1], [False]])
+            if not same.any():
+                continue
+            # runs of equal keys: [start, end] in sorted order (only the colliding ones are visited)
+            change = np.diff(same.astype(np.int8))
+            for start, end in zip(np.flatnonzero(change == 1), np.flatnonzero(change == -1)):
+                members = np.sort(order[start:end + 1]).tolist()
                 if len(members) > max_bucket:
                     pairs.update((members[0], m) for m in members[1:])
                 else:

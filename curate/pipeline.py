@@ -7,12 +7,12 @@ Every input row ends as exactly one line in manifest.jsonl and either train/val.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import glob
 import hashlib
 import json
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from common.config import Config
 from common.errors import UserError
 from common.runs import atomic_write_json, atomic_write_text, stage_dir
 from curate import review as review_mod
-from curate.filters import (FILTERS, NEEDS_LANGUAGE, NEEDS_TOKENS, Conversation, LanguageDetector, content_id,
+from curate.filters import (FILTERS, NEEDS_LANGUAGE, NEEDS_TOKENS, Conversation, LanguageDetector,
                             language_text, normalize)
 from curate.formats import FileError, RawRow, RecordError, read_file, to_messages
 from curate.minhash import SEGMENT, MinHasher, ShingleSets, UnionFind, similar_pairs
@@ -87,7 +87,7 @@ def input_files(cfg: Config) -> list[tuple[Path, str, str | None]]:
         if not files:
             misses.append(f"data.inputs: `{pattern}` matches no file; fix the glob (paths are relative to {Path.cwd()})")
         for m in files:
-            forced = next((fmt for g, fmt in cfg.data.format.items() if Path(m).match(g) or glob.fnmatch.fnmatch(m, g)), None)
+            forced = next((fmt for g, fmt in cfg.data.format.items() if fnmatch.fnmatch(m, g) or Path(m).match(g)), None)
             found.setdefault(str(Path(m)), (Path(m), str(Path(m)), forced))
     if misses:
         raise UserError(*misses)
@@ -153,7 +153,7 @@ def render(rows: list[Row], tokenizer, batch: int = 512) -> None:
     for i in tqdm(range(0, len(todo), batch), desc="render+tokenize", unit="batch", leave=False):
         chunk = todo[i:i + batch]
         texts = tokenizer.apply_chat_template([r.conv.messages for r in chunk], tokenize=False)
-        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        lengths = [len(e.ids) for e in tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
         for r, text, n in zip(chunk, texts, lengths):
             r.conv.text, r.conv.tokens = text, n
 
@@ -230,7 +230,7 @@ def near_dedup(rows: list[Row], cfg: Config, hasher: MinHasher):
     clusters = []
     keep_mask = np.ones(len(live), dtype=bool)
     for members in uf.groups().values():
-        best = max(members, key=lambda i: quality(live[i], order[id(live[i])]))
+        best = members[0] if len(members) == 1 else max(members, key=lambda i: quality(live[i], order[id(live[i])]))
         for i in members:
             live[i].cluster, live[i].cluster_size = live[best].id, len(members)
             if i != best:
