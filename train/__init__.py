@@ -1,0 +1,1 @@
+"""train: Unsloth-patched LoRA/QLoRA through TRL on curate's train split."""

@@ -1,0 +1,102 @@
+"""Trainer callbacks: a progress bar with loss and tokens/s plus train_log.jsonl, and the checkpoint
+completion marker that makes resume ignore half-written checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+from transformers import TrainerCallback
+
+from common.runs import atomic_write_json
+
+
+class ProgressAndLog(TrainerCallback):
+    def __init__(self, log_path: Path, resume: bool):
+        self.log_path, self.resume = log_path, resume
+        self.bar = None
+        self.tokens_seen = self.loss_tokens_seen = 0
+        self.train_seconds = 0.0
+        self.last_loss = self.last_val_loss = None
+        self._t = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        if not self.resume and self.log_path.exists():
+            self.log_path.unlink()
+        elif self.resume and self.log_path.exists():  # keep the lines up to the resumed step only
+            keep = [ln for ln in self.log_path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= state.global_step]
+            self.log_path.write_text("".join(ln + "\n" for ln in keep))
+        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step", dynamic_ncols=True)
+        self._t = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kw):
+        self._t = time.perf_counter()
+
+    def count(self, inputs, pad_token_id: int) -> None:
+        """Real (non-pad) tokens of a training batch: the attention mask, or for packed rows every
+        position that is not the pad token (the pad token never occurs inside a curated chat)."""
+        if "attention_mask" in inputs:
+            self.tokens_seen += int(inputs["attention_mask"].sum())
+        else:
+            self.tokens_seen += int((inputs["input_ids"] != pad_token_id).sum())
+        self.loss_tokens_seen += int((inputs["labels"] != -100).sum())
+
+    def on_step_end(self, args, state, control, **kw):
+        self.train_seconds += time.perf_counter() - self._t
+        self.bar.update(1)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = dict(logs or {})
+        rec = {"step": state.global_step, "time": round(time.time(), 3), **logs}
+        if "loss" in logs:
+            self.last_loss = round(float(logs["loss"]), 6)
+        if "eval_loss" in logs:
+            self.last_val_loss = round(float(logs["eval_loss"]), 6)
+        rec["tokens_seen"] = self.tokens_seen
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if self.bar is not None:
+            tps = self.tokens_seen / max(1e-9, self.train_seconds)
+            self.bar.set_postfix(loss=self.last_loss, val=self.last_val_loss, tok_s=f"{tps:.0f}")
+
+    def on_train_end(self, args, state, control, **kw):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class CompletionMarker(TrainerCallback):
+    """After the trainer has written a checkpoint, mark it complete (written last, atomically)."""
+
+    def __init__(self, fingerprint: dict):
+        self.fingerprint = fingerprint
+
+    def on_save(self, args, state, control, **kw):
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if ckpt.is_dir():
+            atomic_write_json(ckpt / "complete.json", {"step": state.global_step, "fingerprint": self.fingerprint})
+
+
+def plot_loss(log_path: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.strip()] if log_path.exists() else []
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    if train:
+        ax.plot(*zip(*train), label="train loss (assistant tokens)", color="#4c78a8")
+    if val:
+        ax.plot(*zip(*val), "o-", label="val loss", color="#e45756")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.savefig(png, dpi=90, bbox_inches="tight")
+    plt.close(fig)
