@@ -8,8 +8,9 @@ That is exactly what a server sends as the prompt and what the model must produc
 
 Packing: examples are placed first-fit-decreasing into rows of at most `max_seq_length` tokens; each
 example restarts its position ids at 0. With no attention mask, transformers builds a block-diagonal
-causal mask from those position ids (masking_utils.find_packed_sequence_indices), so packed examples
-never see each other (tests/test_train.py compares packed and unpacked losses).
+causal mask from those position ids (masking_utils.find_packed_sequence_indices) - provided no KV cache
+is built, so training runs with use_cache=False - and packed examples never see each other
+(tests/test_train.py compares packed and unpacked losses).
 """
 
 from __future__ import annotations

@@ -83,12 +83,6 @@ def main(cfg: Config, fresh: bool = False) -> dict:
     val_records = read_jsonl(val_path) if val_path.is_file() else []
     model_dir = resolve_model(cfg.model.name)
 
-    import unsloth  # noqa: F401  (it patches transformers, PEFT and TRL, so it is imported before them)
-    from common.doctor import require_healthy
-
-    doctor = require_healthy(model_dir)  # template, eos, pad and stop tokens agree, or stop here
-    end_of_turn_id = doctor.end_of_turn_id
-
     out = stage_dir(cfg, "train")
     ckpt_dir = out / "checkpoints"
     if fresh and ckpt_dir.exists():
@@ -104,8 +98,14 @@ def main(cfg: Config, fresh: bool = False) -> dict:
     gradient_checkpointing = on_gpu  # "unsloth" offloaded checkpointing on GPU; on CPU memory is plentiful
     from train import preflight
 
-    est = preflight.check(model_dir, cfg, device, gradient_checkpointing)
+    est = preflight.check(model_dir, cfg, device, gradient_checkpointing)  # before anything heavy is loaded
     print(est.line())
+
+    import unsloth  # noqa: F401  (it patches transformers, PEFT and TRL, so it is imported before them)
+    from common.doctor import require_healthy
+
+    doctor = require_healthy(model_dir)  # template, eos, pad and stop tokens agree, or stop here
+    end_of_turn_id = doctor.end_of_turn_id
 
     # ---------------------------------------------------------------- model
     from unsloth import FastLanguageModel
@@ -117,6 +117,9 @@ def main(cfg: Config, fresh: bool = False) -> dict:
         model, r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.target_modules, bias="none", random_state=cfg.train.seed,
         use_gradient_checkpointing="unsloth" if gradient_checkpointing else False)
+    # Packed rows are kept apart by the position ids only when no KV cache is built (transformers'
+    # masking_utils looks for packed sequences only then); training never needs the cache.
+    model.config.use_cache = False
     backend = {"device": device, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                "load_in_4bit": bool(cfg.model.load_in_4bit and on_gpu), "gradient_checkpointing": gradient_checkpointing,
                "why": ("GPU found" if on_gpu else "no GPU: Unsloth's CPU backend (stock transformers + PEFT + TRL, chunked CE); "

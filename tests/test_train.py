@@ -1,0 +1,199 @@
+"""`python -m train` for real: Unsloth's CPU backend, TRL, the embedded model, a few steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from common.config import load_config
+from train.data import Collator, pack, tokenize
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN_ARGS = ["train.max_steps=6", "train.batch_size=2", "train.max_seq_length=256", "train.logging_steps=1",
+              "train.save_steps=2", "train.eval_steps=6", "train.learning_rate=5e-4", "train.warmup_ratio=0"]
+
+
+def records(n: int, offset: int = 0) -> list[dict]:
+    """Conversations from the sample data's OpenAI-format file, as curate writes them."""
+    good = []
+    for line in (ROOT / "data/sample/support_openai.jsonl").read_text().splitlines():
+        try:
+            m = json.loads(line)["messages"]
+            if ([x["role"] for x in m] == ["system", "user", "assistant"] and m[2]["content"].startswith('{"category"')
+                    and len(m[1]["content"]) < 1000):  # not the planted over-long rows
+                good.append({"id": f"r{len(good)}", "messages": m})
+        except (TypeError, KeyError, json.JSONDecodeError):
+            pass
+    return good[offset:offset + n]
+
+
+def run_train(root: Path, *extra: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "train", f"run.root={root}", "run.name=t", *TRAIN_ARGS, *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def make_curate_dir(root: Path, n_train: int = 48, n_val: int = 4) -> None:
+    cur = root / "t" / "curate"
+    cur.mkdir(parents=True, exist_ok=True)
+    (cur / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records(n_train)))
+    (cur / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records(n_val, offset=n_train)))
+
+
+# ------------------------------------------------------------------------------------- data
+def test_labels_are_the_assistant_reply_and_its_end_of_turn_token(tokenizer):
+    rec = records(1)[0]
+    t = tokenize([rec], tokenizer, 512, tokenizer.eos_token_id)
+    ex = t.examples[0]
+    loss_ids = [i for i in ex["labels"] if i != -100]
+    assert tokenizer.decode(loss_ids) == rec["messages"][-1]["content"] + "<|im_end|>"
+    assert t.with_end_of_turn_loss == 1 and t.truncated == 0
+    assert tokenizer.decode(ex["input_ids"]) == tokenizer.apply_chat_template(rec["messages"], tokenize=False)
+
+
+def test_truncation_is_counted_and_fully_masked_rows_are_reported(tokenizer):
+    t = tokenize(records(3), tokenizer, 40, tokenizer.eos_token_id)  # 40 tokens: the reply is cut off
+    assert t.truncated == 3 and len(t.fully_masked) == 3 and t.examples == []
+
+
+def test_packed_rows_give_the_same_per_token_loss_as_separate_examples(tokenizer, hf_model):
+    exs = tokenize(records(3), tokenizer, 512, tokenizer.eos_token_id).examples
+    rows = pack(exs, 512)
+    assert len(rows) == 1 and len(rows[0]["input_ids"]) == sum(len(e["input_ids"]) for e in exs)
+    collate = Collator(tokenizer.pad_token_id)
+
+    def per_token_losses(batch):
+        with torch.no_grad():
+            # use_cache=False as in training: with a KV cache transformers does not look for packed rows
+            logits = hf_model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+        labels = batch["labels"][:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), reduction="none")
+        return loss[labels.flatten() != -100]
+
+    separate = torch.cat([per_token_losses(collate([e])) for e in exs])
+    packed = per_token_losses(collate(rows + [{**exs[0], "position_ids": list(range(len(exs[0]["input_ids"])))}]))
+    assert torch.allclose(packed[: len(separate)], separate, atol=1e-4)
+
+
+def test_collator_pads_packed_rows_as_their_own_segment(tokenizer):
+    b = Collator(tokenizer.pad_token_id)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "position_ids": [0, 1, 0]},
+                                         {"input_ids": [8], "labels": [8], "position_ids": [0]}])
+    assert b["input_ids"].tolist() == [[5, 6, 7], [8, tokenizer.pad_token_id, tokenizer.pad_token_id]]
+    assert b["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert b["position_ids"].tolist() == [[0, 1, 0], [0, 0, 1]]
+    assert "attention_mask" not in b
+
+
+# ------------------------------------------------------------------------------------- a real run
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, model_dir):
+    root = tmp_path_factory.mktemp("train")
+    make_curate_dir(root)
+    proc = run_train(root)
+    return root, root / "t" / "train", proc
+
+
+def log_losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines()) if "loss" in r}
+
+
+def test_a_short_run_learns_and_writes_its_outputs(trained):
+    _, out, proc = trained
+    losses = log_losses(out)
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+    assert losses[6] < losses[1] * 0.8, losses
+    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/tokenizer.json",
+                 "adapter/chat_template.jinja", "train_log.jsonl", "loss.png", "summary.json", "config.yaml", "versions.json"):
+        assert (out / name).stat().st_size > 0, name
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps"] == 6 and s["tokens_seen"] > 0 and s["tokens_per_second"] > 0
+    assert s["backend"]["device"] == "cpu" and s["backend"]["load_in_4bit"] is False
+    assert 0 < s["peak_memory_gib"] < s["memory_estimate_gib"]["total"] * 1.5
+    assert s["examples_with_end_of_turn_loss"] == s["examples"] == 48
+    assert s["final_val_loss"] is not None
+    assert "Unsloth (CPU)" in proc.stdout + proc.stderr and "OK: template, eos" in proc.stdout
+
+
+def test_every_lora_parameter_changed_and_the_adapter_changes_the_output(trained, hf_model, tokenizer):
+    from peft import PeftModel
+
+    _, out, _ = trained
+    early = load_file(str(out / "checkpoints/checkpoint-2/adapter_model.safetensors"))
+    final = load_file(str(out / "adapter/adapter_model.safetensors"))
+    assert set(early) == set(final) and len(final) == 30 * 7 * 2  # A and B of 7 modules in 30 layers
+    unchanged = [k for k in final if torch.equal(early[k], final[k])]
+    assert unchanged == []
+    assert all(final[k].abs().sum() > 0 for k in final if "lora_B" in k)  # B starts at zero
+    msgs = records(1, offset=100)[0]["messages"][:-1]
+    ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        base_logits = hf_model(ids).logits
+        tuned = PeftModel.from_pretrained(hf_model, str(out / "adapter"))
+        tuned_logits = tuned(ids).logits
+        tuned.unload()
+    assert (base_logits - tuned_logits).abs().max() > 1e-3
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(trained, tmp_path):
+    _, reference, _ = trained
+    make_curate_dir(tmp_path)
+    out = tmp_path / "t" / "train"
+    proc = subprocess.Popen([sys.executable, "-m", "train", f"run.root={tmp_path}", "run.name=t", *TRAIN_ARGS],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 400
+    while not (out / "checkpoints/checkpoint-4/complete.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before checkpoint 4"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (out / "checkpoints/checkpoint-99").mkdir()  # a half-written checkpoint: no completion marker
+    resumed = run_train(tmp_path)
+    assert "resuming from" in resumed.stdout and "checkpoint-4" in resumed.stdout
+    assert "ignoring incomplete checkpoint" in resumed.stdout
+    ref, got = log_losses(reference), log_losses(out)
+    assert sorted(got) == sorted(ref) == [1, 2, 3, 4, 5, 6]
+    assert all(abs(ref[s] - got[s]) < 1e-4 for s in ref), (ref, got)
+    a = load_file(str(reference / "adapter/adapter_model.safetensors"))
+    b = load_file(str(out / "adapter/adapter_model.safetensors"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+# ------------------------------------------------------------------------------------- refusals
+def test_resume_with_a_different_config_is_refused_naming_the_keys(trained):
+    root, _, _ = trained
+    proc = run_train(root, "train.learning_rate=1e-3", check=False)
+    assert proc.returncode == 2
+    assert "train.learning_rate: 0.0005 -> 0.001" in proc.stderr and "FRESH=1" in proc.stderr
+
+
+def test_preflight_refuses_an_impossible_config(tmp_path, model_dir):
+    make_curate_dir(tmp_path, 4, 1)
+    proc = run_train(tmp_path, "train.batch_size=4096", "train.max_seq_length=8192", check=False, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "it does not fit" in err[0]
+    assert "train.batch_size=2048 with train.grad_accum=2" in err[0] and "train.max_seq_length=4096" in err[0]
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, model_dir):
+    proc = run_train(tmp_path, check=False, timeout=120)
+    assert proc.returncode == 2 and "run `make curate` first" in proc.stderr
+    (tmp_path / "t/curate").mkdir(parents=True)
+    (tmp_path / "t/curate/train.jsonl").write_text("")
+    proc = run_train(tmp_path, check=False, timeout=120)
+    assert proc.returncode == 2 and "curate kept no training rows" in proc.stderr and "report.html" in proc.stderr
+    make_curate_dir(tmp_path, 4, 1)
+    proc = run_train(tmp_path, "model.name=nobody/no-such-model", check=False, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: model.name `nobody/no-such-model` is neither a local directory")
