@@ -83,9 +83,9 @@ class LoraSection:
 @dataclass
 class TrainSection:
     max_seq_length: int = 512
-    max_steps: int = 60  # -1: use epochs
+    max_steps: int = 36  # -1: use epochs
     epochs: float = 1.0
-    batch_size: int = 8
+    batch_size: int = 4
     grad_accum: int = 1
     learning_rate: float = 2e-4
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
@@ -94,8 +94,8 @@ class TrainSection:
     seed: int = 42
     packing: bool = True
     logging_steps: int = 5
-    eval_steps: int = 20
-    save_steps: int = 20
+    eval_steps: int = 12
+    save_steps: int = 12
     early_stopping_patience: int = 0  # 0: off
 
 

@@ -1,0 +1,123 @@
+"""Training throughput: plain TRL + PEFT with their defaults against this project's train path, one run.
+
+    python scripts/bench_train.py [--steps 8] [--batch-size 4] [--out docs/bench_train.json]
+
+Same data (runs/bench-train/curate/train.jsonl, made from the sample data by the curate stage), same
+steps, batch size, LoRA settings, learning rate and seed; each variant in its own process (Unsloth patches
+TRL when imported, and each process reports its own peak RSS):
+  (a) plain:       transformers model + PEFT LoRA + TRL SFTTrainer on the `messages` column, TRL's defaults
+                   otherwise (chat template applied by TRL, loss on all tokens, padding to the longest row of
+                   each batch, no packing, gradient checkpointing on, max_length 1024)
+  (b) ours:        `python -m train` (Unsloth's backend, assistant-only labels, packing, chunked CE)
+  (b') ours, unpacked: the same with train.packing=false, to show what packing adds
+Tokens/s counts real (non-pad) tokens over the time spent inside training steps (evaluation and saving
+excluded), so a variant is not rewarded for padding or for doing fewer tokens per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+LORA = dict(r=16, lora_alpha=16, lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+def plain(data: Path, steps: int, batch: int, model_dir: str) -> dict:
+    """(a): no Unsloth anywhere in this process."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    rows = [{"messages": json.loads(x)["messages"]} for x in data.read_text().splitlines()]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    timing = {"seconds": 0.0, "tokens": 0}
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            timing["t"] = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            timing["seconds"] += time.perf_counter() - timing["t"]
+
+    class Counting(SFTTrainer):
+        def training_step(self, model, inputs, *a, **k):
+            timing["tokens"] += int(inputs["attention_mask"].sum())
+            return super().training_step(model, inputs, *a, **k)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = SFTConfig(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch, learning_rate=2e-4,
+                         seed=42, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, use_cpu=True)
+        trainer = Counting(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                           peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA), callbacks=[Timer()])
+        trainer.train()
+    return {"tokens": timing["tokens"], "train_seconds": round(timing["seconds"], 1),
+            "tokens_per_second": round(timing["tokens"] / timing["seconds"], 1),
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
+            "gradient_checkpointing": bool(args.gradient_checkpointing), "packing": bool(args.packing)}
+
+
+def ours(root: Path, steps: int, batch: int, packing: bool) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "train", "--fresh", f"run.root={root}", "run.name=bench-train",
+                           f"train.max_steps={steps}", f"train.batch_size={batch}", f"train.packing={str(packing).lower()}",
+                           f"train.save_steps={steps * 10}", f"train.eval_steps={steps * 10}", "train.logging_steps=1"],
+                          cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(proc.stdout[-2000:] + proc.stderr[-2000:])
+    s = json.loads((root / "bench-train" / "train" / "summary.json").read_text())
+    return {"tokens": s["tokens_seen"], "train_seconds": s["train_seconds"], "tokens_per_second": s["tokens_per_second"],
+            "peak_rss_gib": s["peak_memory_gib"], "memory_estimate_gib": s["memory_estimate_gib"]["total"],
+            "packing": packing, "gradient_checkpointing": s["backend"]["gradient_checkpointing"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--variant", choices=["plain"], help=argparse.SUPPRESS)  # internal: run (a) in this process
+    ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    from common.config import load_config
+
+    model_dir = load_config().model.name
+    if args.variant == "plain":
+        print(json.dumps(plain(args.data, args.steps, args.batch_size, model_dir)))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        from curate.pipeline import run as curate
+
+        curate(load_config(None, [f"run.root={root}", "run.name=bench-train"]))
+        data = root / "bench-train" / "curate" / "train.jsonl"
+        a = subprocess.run([sys.executable, __file__, "--variant", "plain", "--data", str(data), "--steps", str(args.steps),
+                            "--batch-size", str(args.batch_size)], capture_output=True, text=True, cwd=ROOT)
+        if a.returncode:
+            raise SystemExit(a.stderr[-3000:])
+        result_a = json.loads(a.stdout.strip().splitlines()[-1])
+        result_b = ours(root, args.steps, args.batch_size, packing=True)
+        result_b2 = ours(root, args.steps, args.batch_size, packing=False)
+    result = {"steps": args.steps, "batch_size": args.batch_size, "plain_trl_peft": result_a, "ours": result_b,
+              "ours_unpacked": result_b2,
+              "speedup_tokens_per_second": round(result_b["tokens_per_second"] / result_a["tokens_per_second"], 2),
+              "speedup_unpacked": round(result_b2["tokens_per_second"] / result_a["tokens_per_second"], 2),
+              "peak_memory_ratio": round(result_b["peak_rss_gib"] / result_a["peak_rss_gib"], 2)}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
