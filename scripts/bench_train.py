@@ -7,7 +7,11 @@ steps, batch size, LoRA settings, learning rate and seed; each variant in its ow
 TRL when imported, and each process reports its own peak RSS):
   (a) plain:       transformers model + PEFT LoRA + TRL SFTTrainer on the `messages` column, TRL's defaults
                    otherwise (chat template applied by TRL, loss on all tokens, padding to the longest row of
-                   each batch, no packing, gradient checkpointing on, max_length 1024)
+                   each batch, no packing, gradient checkpointing on, max_length 1024). Two changes, both so
+                   that it runs at all / fairly on this CPU: TRL 1.15 cannot train on a CPU as shipped (its
+                   fused LM head is a Triton kernel; see TorchLogProbs), and bf16=False: TRL defaults to bf16
+                   autocast, which this CPU (no AVX512-BF16) emulates at ~4 tokens/s (measured), 40x slower
+                   than fp32 - a misconfiguration, not a baseline.
   (b) ours:        `python -m train` (Unsloth's backend, assistant-only labels, packing, chunked CE)
   (b') ours, unpacked: the same with train.packing=false, to show what packing adds
 Tokens/s counts real (non-pad) tokens over the time spent inside training steps (evaluation and saving
@@ -31,9 +35,35 @@ LORA = dict(r=16, lora_alpha=16, lora_dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
+class TorchLogProbs:
+    """TRL 1.15's SFTTrainer always sends the LM head through a Triton kernel, which has no driver on a CPU
+    (training fails with "0 active drivers"). The baseline swaps in this plain-torch twin of that one
+    function (the same math, logits for the loss positions only); everything else is stock TRL + PEFT."""
+
+    @staticmethod
+    def apply(hidden, weight, bias, targets, temperature, chunk_size, softcap=None, logit_scale=1.0, outputs=()):
+        import torch
+
+        logits = hidden @ weight.t()
+        if bias is not None:
+            logits = logits + bias
+        logits = logits * logit_scale
+        if softcap:
+            logits = softcap * torch.tanh(logits / softcap)
+        logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+        picked = logp.gather(-1, targets[:, None]).squeeze(-1)
+        with torch.no_grad():  # logging-only outputs, as in TRL's kernel
+            entropy = -(logp.exp() * logp).sum(-1) if "entropy" in outputs else None
+            top1 = (logp.argmax(-1) == targets) if "is_top1" in outputs else None
+        return picked, entropy, None, None, top1
+
+
 def plain(data: Path, steps: int, batch: int, model_dir: str) -> dict:
     """(a): no Unsloth anywhere in this process."""
     import torch
+    import trl.trainer.utils as trl_utils
+
+    trl_utils._ChunkedLogProbFunction = TorchLogProbs
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -58,7 +88,8 @@ def plain(data: Path, steps: int, batch: int, model_dir: str) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         args = SFTConfig(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch, learning_rate=2e-4,
-                         seed=42, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, use_cpu=True)
+                         seed=42, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, use_cpu=True,
+                         bf16=False)  # TRL's default bf16 autocast is emulated on this CPU (no AVX512-BF16): ~4 tok/s
         trainer = Counting(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                            peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA), callbacks=[Timer()])
         trainer.train()

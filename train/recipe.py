@@ -1,5 +1,6 @@
-"""The train stage, top to bottom: check inputs -> doctor -> memory preflight -> Unsloth load + LoRA ->
-tokenize (assistant-only labels) and pack -> TRL SFTTrainer -> checkpoints/resume -> adapter + report.
+"""The train stage, top to bottom: inputs -> resume check -> memory preflight -> Unsloth import -> doctor ->
+Unsloth load + LoRA -> tokenize (assistant-only labels) and pack -> TRL SFTTrainer (checkpoints) ->
+adapter, loss plot, summary.
 
 Reads runs/<name>/curate/{train,val}.jsonl; writes runs/<name>/train/.
 """
