@@ -70,7 +70,7 @@ class Row:
 class Stats:
     steps: list[tuple[str, int]] = field(default_factory=list)
     file_errors: list[dict] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
 
     def step(self, name: str, rows: list[Row]) -> None:
         self.steps.append((name, sum(r.kept for r in rows)))
@@ -152,7 +152,16 @@ def render(rows: list[Row], tokenizer, batch: int = 512) -> None:
     todo = [r for r in rows if r.kept and r.conv.tokens is None]
     for i in tqdm(range(0, len(todo), batch), desc="render+tokenize", unit="batch", leave=False):
         chunk = todo[i:i + batch]
-        texts = tokenizer.apply_chat_template([r.conv.messages for r in chunk], tokenize=False)
+        try:
+            texts = tokenizer.apply_chat_template([r.conv.messages for r in chunk], tokenize=False)
+        except Exception:  # some templates raise on rows they refuse (e.g. a restored row): find those
+            texts = []
+            for r in chunk:
+                try:
+                    texts.append(tokenizer.apply_chat_template(r.conv.messages, tokenize=False))
+                except Exception as e:
+                    r.reject("template_error", f"the chat template refuses this conversation: {str(e)[:200]}")
+                    texts.append("")
         lengths = [len(e.ids) for e in tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
         for r, text, n in zip(chunk, texts, lengths):
             r.conv.text, r.conv.tokens = text, n
@@ -178,7 +187,7 @@ def apply_filters(rows: list[Row], cfg: Config, tokenizer, stats: Stats) -> None
         if "language" in names:
             run("language", r)
     stats.step("filtered (language)", rows)
-    stats.seconds["langdetect_fast_path_rows"] = detector.fast_path_hits
+    stats.counters["langdetect_fast_path_rows"] = detector.fast_path_hits
     render(rows, tokenizer)
     for r in rows:
         for name in (n for n in names if n in NEEDS_TOKENS):

@@ -39,7 +39,7 @@ def build_report(cfg, rows, kept, train, val, clusters, stats, split_info, revie
         "formats": _counts(r.format or "unparsed" for r in rows),
         "sources": {f: {"in": n, "kept": sum(1 for r in kept if r.file == f)} for f, n in sorted(Counter(r.file for r in rows).items())},
         "languages": _counts(r.conv.lang for r in rows if r.conv is not None and r.conv.lang),
-        "langdetect_fast_path_rows": stats.seconds.get("langdetect_fast_path_rows", 0),
+        "langdetect_fast_path_rows": stats.counters.get("langdetect_fast_path_rows", 0),
         "tokens": {
             "tokenizer": cfg.model.name,
             "max_seq_length": limit,

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from common.errors import UserError
+
 
 @dataclass
 class Tokenized:
@@ -44,8 +46,9 @@ def tokenize(records: list[dict], tokenizer, max_seq_length: int, end_of_turn_id
                                add_special_tokens=False)["input_ids"]
             upto = tokenizer(tokenizer.apply_chat_template(msgs[: i + 1], tokenize=False), add_special_tokens=False)["input_ids"]
             if ids[: len(upto)] != upto or upto[: len(prompt)] != prompt:
-                raise ValueError(f"record {rec.get('id')}: the chat template's renders are not prefixes of each other; "
-                                 "run `make doctor` on the model")
+                raise UserError(f"record {rec.get('id')}: the chat template renders this conversation differently "
+                                "when it is cut after a turn, so the trained prompt would not be the served one; "
+                                "run `make doctor` on the model")
             end = len(upto)
             if end_of_turn_id in upto[len(prompt):]:  # stop right after the end-of-turn token
                 end = len(prompt) + upto[len(prompt):].index(end_of_turn_id) + 1
