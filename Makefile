@@ -6,6 +6,7 @@
 #   make doctor    check that chat template, eos, generation stop and pad agree (model.name, or MODEL=path)
 #   make curate    data.inputs -> runs/<name>/curate/ (train/val/rejected/manifest .jsonl, report.html)
 #   make train     LoRA on runs/<name>/curate/train.jsonl -> runs/<name>/train/ (resumes; FRESH=1 starts over)
+#   make eval      base vs tuned on runs/<name>/curate/val.jsonl -> runs/<name>/eval/ (report.html)
 #   make test      the test suite (sets up first)
 #   make sample-data   regenerate data/sample/ and data/sample_defects.json (seeded, committed)
 
@@ -27,7 +28,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup model doctor test sample-data clean-venv curate train
+.PHONY: setup model doctor test sample-data clean-venv curate train eval
 
 setup: $(VENV_STAMP) $(MODEL_STAMP)
 
@@ -57,3 +58,6 @@ curate: setup
 
 train: setup
 	$(PY) -m train --config $(CONFIG) $(if $(FRESH),--fresh) $(SET)
+
+eval: setup
+	$(PY) -m evaluate --config $(CONFIG) $(SET)

@@ -1,0 +1,64 @@
+"""Greedy generation throughput: batched (left padding, length-sorted) against one prompt at a time.
+
+    python scripts/bench_eval.py [--prompts 32] [--batch-size 16] [--max-new-tokens 48]
+
+Same model (the embedded base model), same prompts (the first N rows of runs/default/curate/val.jsonl,
+made by `make curate`), same greedy settings, both through evaluate.run.generate; reports generated
+tokens/s for each, the ratio, and how many outputs are identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    args = ap.parse_args()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from common.config import load_config
+    from common.doctor import check
+    from evaluate.run import generate, read_jsonl
+
+    cfg = load_config()
+    val = ROOT / cfg.run.root / cfg.run.name / "curate" / "val.jsonl"
+    if not val.is_file():
+        raise SystemExit(f"error: {val} not found; run `make curate` first")
+    records = read_jsonl(val)[: args.prompts]
+    tok = AutoTokenizer.from_pretrained(cfg.model.name)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.name, dtype=torch.float32).eval()
+    eot = check(cfg.model.name).end_of_turn_id
+    prompts = [tok.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True) for r in records]
+    generate(model, tok, prompts[:2], 4, 2, eot)  # warm-up
+    t = time.perf_counter()
+    one = generate(model, tok, prompts, args.max_new_tokens, 1, eot)
+    t_one = time.perf_counter() - t
+    t = time.perf_counter()
+    batched = generate(model, tok, prompts, args.max_new_tokens, args.batch_size, eot)
+    t_batched = time.perf_counter() - t
+    tokens = sum(g["new_tokens"] for g in batched)
+    result = {
+        "prompts": len(prompts), "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+        "one_at_a_time": {"seconds": round(t_one, 1), "tokens_per_second": round(sum(g["new_tokens"] for g in one) / t_one, 1)},
+        "batched": {"seconds": round(t_batched, 1), "tokens_per_second": round(tokens / t_batched, 1)},
+        "speedup": round(t_one / t_batched, 2),
+        "identical_outputs": sum(a["text"] == b["text"] for a, b in zip(one, batched)),
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""`python -m evaluate` after a short real training run, plus its refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evaluate.metrics import aggregate, main_metric, score
+from test_train import make_curate_dir, run_train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_eval(root: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "evaluate", f"run.root={root}", "run.name=t", "eval.max_new_tokens=40",
+                           *extra], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_metrics():
+    ref = '{"category": "billing", "priority": "high"}'
+    s = score('{"category": "billing", "priority": "low"}', ref)
+    assert s["valid_json"] == 1 and s["same_keys"] == 1 and s["field_accuracy"] == 0.5 and s["exact_match"] == 0
+    s = score("Sure! Here is the triage.", ref)
+    assert s["valid_json"] == 0 and s["field_accuracy"] == 0
+    assert score(ref, ref)["exact_match"] == 1 and score(ref, ref)["rougeL"] == 1
+    assert main_metric([ref, ref, "text"]) == "field_accuracy" and main_metric(["a", "b"]) == "rougeL"
+    assert aggregate([{"a": 1.0}, {"a": 0.0, "b": 1.0}]) == {"a": 0.5, "b": 1.0}
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, model_dir):
+    root = tmp_path_factory.mktemp("eval")
+    make_curate_dir(root, n_train=48, n_val=6)
+    run_train(root, "train.max_steps=10", "train.learning_rate=1e-3")
+    proc = run_eval(root)
+    return root, root / "t" / "eval", proc
+
+
+def test_before_and_after_on_the_same_val_set(evaluated):
+    _, out, proc = evaluated
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["main_metric"] == "field_accuracy" and m["val_rows"] == 6
+    assert "inherited from" in proc.stdout
+    # even 10 steps teach the format: the tuned model answers with the JSON object, the base model chats
+    assert m["tuned"]["valid_json"] >= m["base"]["valid_json"] + 0.5, m
+    assert m["tuned"]["teacher_forced"]["loss"] < m["base"]["teacher_forced"]["loss"]
+    assert m["tuned"]["stopped_at_end_of_turn"] == 1.0
+    assert set(m["flips"]) == {"fixed", "broke", "same"} and sum(m["flips"].values()) == 6
+    fp = m["forgetting_probe"]
+    assert fp["prompts"] >= 20 and "general_text_perplexity_delta" in fp
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6 and all({"reference", "base", "tuned", "flip"} <= set(s) for s in samples)
+    order = [{"broke": 0, "fixed": 1, "same": 2}[s["flip"]] for s in samples]
+    assert order == sorted(order)  # flips first
+    html = (out / "report.html").read_text()
+    assert "base vs tuned" in html and "sortTable" in html and "Forgetting probe" in html
+    for name in ("metrics.png", "probe.jsonl", "config.yaml", "versions.json"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_no_adapter_evaluates_the_base_alone(tmp_path, model_dir):
+    make_curate_dir(tmp_path, n_train=4, n_val=2)
+    proc = run_eval(tmp_path, "eval.max_new_tokens=8")
+    assert "evaluating the base model alone" in proc.stdout
+    m = json.loads((tmp_path / "t/eval/metrics.json").read_text())
+    assert "tuned" not in m and m["base"]["valid_json"] is not None
+
+
+def test_adapter_from_another_base_and_empty_val_are_refused(evaluated, tmp_path):
+    root, _, _ = evaluated
+    cfg_path = root / "t/train/adapter/adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    original = cfg["base_model_name_or_path"]
+    try:
+        cfg_path.write_text(json.dumps({**cfg, "base_model_name_or_path": "meta-llama/Llama-3.2-1B"}))
+        proc = run_eval(root, check=False)
+        assert proc.returncode == 2
+        assert "was trained on `meta-llama/Llama-3.2-1B`" in proc.stderr and "models/smollm2-135m-instruct" in proc.stderr
+    finally:
+        cfg_path.write_text(json.dumps({**cfg, "base_model_name_or_path": original}))
+    (tmp_path / "t/curate").mkdir(parents=True)
+    (tmp_path / "t/curate/val.jsonl").write_text("")
+    proc = run_eval(tmp_path, check=False)
+    assert proc.returncode == 2 and "held out no validation rows" in proc.stderr and "report.html" in proc.stderr
