@@ -102,7 +102,7 @@ class TrainSection:
 @dataclass
 class EvalSection:
     max_new_tokens: int = 96
-    batch_size: int = 16
+    batch_size: int = 32
     max_samples: int = 0  # 0: the whole val split
 
 
