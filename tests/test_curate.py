@@ -211,7 +211,6 @@ def test_bad_input_is_rejected_with_file_line_and_never_lost(tmp_path, model_dir
     (data / "e.txt").write_text("hello")
     report = run(cfg_for(tmp_path, f"data.inputs=[{data}/*]", "split.val_fraction=0.5"))
     rejected = {r["where"]: r for r in read_jsonl(tmp_path / "runs/t/curate/rejected.jsonl")}
-    where = lambda k: rejected[str(data / k)] if str(data / k) in rejected else rejected[k]  # noqa: E731
     a = str(data / "a.jsonl")
     assert rejected[f"{a}:2"]["reason"] == "malformed_json"
     assert rejected[f"{a}:3"]["reason"] == "malformed_json" and "UTF-8" in rejected[f"{a}:3"]["detail"]

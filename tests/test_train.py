@@ -14,7 +14,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from common.config import load_config
 from train.data import Collator, pack, tokenize
 
 ROOT = Path(__file__).resolve().parent.parent
