@@ -15,13 +15,10 @@ from pathlib import Path
 
 from common.config import Config, load_config
 from common.errors import UserError
-from common.runs import atomic_write_json, atomic_write_text, stage_dir
+from common.runs import atomic_write_json, atomic_write_text, read_jsonl, stage_dir
 
 PROBE_DIR = Path(__file__).resolve().parent / "probe"
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
 def inherit(cfg: Config) -> tuple[Config, Path | None]:

@@ -30,7 +30,8 @@ def main() -> int:
 
     from common.config import load_config
     from common.doctor import check
-    from evaluate.run import generate, read_jsonl
+    from common.runs import read_jsonl
+    from evaluate.run import generate
 
     cfg = load_config()
     val = ROOT / cfg.run.root / cfg.run.name / "curate" / "val.jsonl"

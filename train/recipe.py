@@ -17,7 +17,7 @@ from pathlib import Path
 
 from common.config import Config, dump_config
 from common.errors import UserError
-from common.runs import atomic_write_json, atomic_write_text, package_versions, stage_dir
+from common.runs import atomic_write_json, atomic_write_text, package_versions, read_jsonl, stage_dir
 
 # Keys whose change makes an existing checkpoint a different run (the rest: how long, how often to log).
 RESUME_KEYS = ("model", "lora", "train.max_seq_length", "train.batch_size", "train.grad_accum", "train.learning_rate",
@@ -25,9 +25,6 @@ RESUME_KEYS = ("model", "lora", "train.max_seq_length", "train.batch_size", "tra
                "train.max_steps", "train.epochs")
 COMPLETE = "complete.json"  # written into a checkpoint after the trainer finished saving it
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def resolve_model(name: str) -> str:
