@@ -137,10 +137,6 @@ def _word_hashes(segments: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return word_hash, np.bincount(seg_of_word, minlength=len(segments)).astype(np.int64)
 
 
-def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean(a == b))
-
-
 def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> tuple[int, int]:
     """(bands, rows) minimising the weighted false-positive and false-negative areas of the LSH S-curve
     around `threshold`, as datasketch does (integrated numerically)."""
