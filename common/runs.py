@@ -35,8 +35,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSONL file this project wrote (blank lines skipped)."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The records of a JSONL file this project wrote (blank lines skipped). Split on "\n" only:
+    str.splitlines() also breaks at U+0085/U+2028, which JSON strings may hold unescaped."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.config import load_config
+from common.runs import read_jsonl
 from curate.filters import FILTERS, Conversation, LanguageDetector, clean_text
 from curate.minhash import SEGMENT, MinHasher, ShingleSets, UnionFind, candidate_pairs, lsh_params, similar_pairs
 
@@ -173,6 +174,6 @@ def test_random_and_malformed_records_never_crash_and_are_all_accounted_for(line
     expected = sum(1 for ln in body.split(b"\n") if ln.strip())
     assert report["rows_in"] == expected == report["kept"] + report["rejected"]
     out = cfg.run_dir / "curate"
-    rejected = [json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()]
+    rejected = read_jsonl(out / "rejected.jsonl")
     assert len(rejected) == report["rejected"] and all(r["reason"] and r["where"] for r in rejected)
-    assert len((out / "manifest.jsonl").read_text().splitlines()) == expected
+    assert len(read_jsonl(out / "manifest.jsonl")) == expected
