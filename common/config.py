@@ -108,9 +108,13 @@ class EvalSection:
 
 @dataclass
 class ExportSection:
-    quantizations: list[str] = field(default_factory=lambda: ["q4_k_m"])
-    ollama_name: str = ""  # empty: derived from run.name
-    roundtrip_prompts: int = 20
+    quantizations: list[str] = field(default_factory=lambda: ["q4_k_m"])  # llama.cpp quantizer types, besides f16 and q8_0
+    merge_dtype: Literal["float16", "bfloat16"] = "float16"  # the merged checkpoint (and the 16-bit GGUF)
+    modelfile_gguf: str = ""  # which GGUF the Modelfile loads: f16, q8_0 or a quantization; empty: the first quantization
+    ollama_name: str = ""  # empty: the run name
+    system_prompt: str = ""  # SYSTEM in the Modelfile; empty: none (the chat template's own default applies)
+    roundtrip_prompts: int = 20  # val prompts answered by the merged HF model and by every GGUF
+    min_f16_exact: float = 0.9  # share of round-trip prompts the f16 GGUF must answer token for token like HF
 
 
 @dataclass
@@ -346,6 +350,7 @@ def _semantic_problems(cfg: Config, source: str) -> list[str]:
     need(cfg.train.batch_size > 0, "train.batch_size", "must be positive, e.g. 8")
     need(cfg.train.max_steps == -1 or cfg.train.max_steps > 0, "train.max_steps", "must be positive, or -1 to use train.epochs")
     need(cfg.lora.r > 0, "lora.r", "must be positive, e.g. 16")
+    need(cfg.export.roundtrip_prompts > 0, "export.roundtrip_prompts", "must be positive, e.g. 20")
     need(bool(cfg.run.name) and "/" not in cfg.run.name, "run.name", "must be a plain directory name, e.g. default")
     return out
 

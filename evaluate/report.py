@@ -37,7 +37,8 @@ def _chart(metrics: dict) -> bytes:
     return buf.getvalue()
 
 
-def write_report(out: Path, metrics: dict, samples: list[dict], probe: list[dict]) -> None:
+def write_report(out: Path, metrics: dict, samples: list[dict], probe: list[dict], extra_html: str = "") -> None:
+    """extra_html: a section appended by a later stage (the export's GGUF round trip)."""
     esc = html.escape
     png = _chart(metrics)
     (out / "metrics.png").write_bytes(png)
@@ -75,6 +76,7 @@ const v=(!isNaN(na)&&!isNaN(nz))?na-nz:a.localeCompare(z);return asc?v:-v}});r.f
 <h2>Forgetting probe</h2>
 <p>{esc(str(fp)) if fp else 'base only'}</p>
 <table><tr><th>prompt</th>{''.join(f'<th>{v}</th>' for v in variants)}{'<th>similarity (chrF)</th>' if fp else ''}</tr>{probe_rows}</table>
+{extra_html}
 </body></html>
 """
     atomic_write_text(out / "report.html", doc)

@@ -13,25 +13,11 @@ import math
 import time
 from pathlib import Path
 
-from common.config import Config, load_config
+from common.config import Config
 from common.errors import UserError
 from common.runs import atomic_write_json, atomic_write_text, read_jsonl, stage_dir
 
 PROBE_DIR = Path(__file__).resolve().parent / "probe"
-
-
-
-def inherit(cfg: Config) -> tuple[Config, Path | None]:
-    """The train run's resolved config for model and template settings; eval keys stay the user's."""
-    train_dir = cfg.run_dir / "train"
-    adapter = train_dir / "adapter"
-    if not (train_dir / "config.yaml").is_file():
-        return cfg, None
-    trained = load_config(train_dir / "config.yaml")
-    print(f"eval: inherited from {train_dir / 'config.yaml'}: model.name={trained.model.name} "
-          f"model.load_in_4bit={trained.model.load_in_4bit} train.max_seq_length={trained.train.max_seq_length}")
-    trained.eval, trained.run = cfg.eval, cfg.run
-    return trained, (adapter if (adapter / "adapter_config.json").is_file() else None)
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, eot_id: int) -> list[dict]:
@@ -57,10 +43,10 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         for r, i in enumerate(idx):
             new = out[r, width:].tolist()
             stopped = eot_id in new
-            if stopped:
-                new = new[: new.index(eot_id)]
-            new = [t for t in new if t != tokenizer.pad_token_id]
-            results[i] = {"text": tokenizer.decode(new, skip_special_tokens=True), "stopped": stopped, "new_tokens": len(new)}
+            kept = new[: new.index(eot_id) + 1] if stopped else [t for t in new if t != tokenizer.pad_token_id]
+            body = kept[:-1] if stopped else kept
+            results[i] = {"text": tokenizer.decode(body, skip_special_tokens=True), "stopped": stopped,
+                          "new_tokens": len(body), "ids": kept}
     return results
 
 
@@ -102,7 +88,9 @@ def text_perplexity(model, tokenizer, text: str, window: int = 256) -> float:
 
 def main(cfg: Config) -> dict:
     t0 = time.time()
-    cfg, adapter = inherit(cfg)
+    from train.recipe import check_adapter_base, inherit_train_config, resolve_model
+
+    cfg, adapter = inherit_train_config(cfg, "eval")
     val_path = cfg.run_dir / "curate" / "val.jsonl"
     if not val_path.is_file():
         raise UserError(f"{val_path} not found; run `make curate` first")
@@ -112,14 +100,9 @@ def main(cfg: Config) -> dict:
                         f"{cfg.run_dir / 'curate' / 'report.html'} (split.val_fraction)")
     if cfg.eval.max_samples:
         records = records[: cfg.eval.max_samples]
-    from train.recipe import resolve_model
-
     model_dir = resolve_model(cfg.model.name)
     if adapter is not None:
-        base_of_adapter = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if base_of_adapter and Path(base_of_adapter).resolve() != Path(model_dir).resolve() and base_of_adapter != cfg.model.name:
-            raise UserError(f"{adapter} was trained on `{base_of_adapter}`, but model.name is `{cfg.model.name}`; "
-                            "evaluate it with the base it was trained on, or retrain")
+        check_adapter_base(adapter, cfg.model.name, model_dir, "evaluate")
     else:
         print(f"eval: no adapter in {cfg.run_dir / 'train' / 'adapter'} yet (run `make train`): evaluating the base model alone")
     out = stage_dir(cfg, "eval")

@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from common.config import Config, dump_config
+from common.config import Config, dump_config, load_config
 from common.errors import UserError
 from common.runs import atomic_write_json, atomic_write_text, package_versions, read_jsonl, stage_dir
 
@@ -38,6 +38,28 @@ def resolve_model(name: str) -> str:
         raise UserError(f"model.name `{name}` is neither a local directory nor in the local Hugging Face cache; "
                         "set model.name to a model directory (e.g. models/smollm2-135m-instruct, built by `make model`) "
                         "or download the model first with internet access") from None
+
+
+def inherit_train_config(cfg: Config, stage: str) -> tuple[Config, Path | None]:
+    """For the stages after training: the train run's resolved config decides the model and its template
+    settings; the user's run, eval and export sections stay. Returns it and the adapter dir (None if none yet)."""
+    train_dir = cfg.run_dir / "train"
+    adapter = train_dir / "adapter"
+    if not (train_dir / "config.yaml").is_file():
+        return cfg, None
+    trained = load_config(train_dir / "config.yaml")
+    print(f"{stage}: inherited from {train_dir / 'config.yaml'}: model.name={trained.model.name} "
+          f"model.load_in_4bit={trained.model.load_in_4bit} train.max_seq_length={trained.train.max_seq_length}")
+    trained.run, trained.eval, trained.export = cfg.run, cfg.eval, cfg.export
+    return trained, (adapter if (adapter / "adapter_config.json").is_file() else None)
+
+
+def check_adapter_base(adapter: Path, model_name: str, model_dir: str, verb: str) -> None:
+    """UserError if the adapter names a different base model than model.name."""
+    base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if base and Path(base).resolve() != Path(model_dir).resolve() and base != model_name:
+        raise UserError(f"{adapter} was trained on `{base}`, but model.name is `{model_name}`; "
+                        f"{verb} it with the base it was trained on, or retrain")
 
 
 def fingerprint(cfg: Config, data_sha: str) -> dict:

@@ -1,0 +1,210 @@
+"""The Ollama Modelfile: a Go text/template TEMPLATE derived from the model's Jinja chat template, stop
+parameters for the end-of-turn tokens, num_ctx, and a byte-for-byte check of the TEMPLATE against the Jinja
+render that training used, executed by Go's own text/template (export/gotemplate, the engine Ollama uses).
+
+How the TEMPLATE is derived: the Jinja template is rendered on probe conversations whose contents are
+sentinels; the text around each sentinel gives, per role, what comes before and after a message, what a
+conversation that does not open with a system turn gets first (BOS, a default system prompt), and the
+generation prompt. That describes every "wrap each message" template (ChatML, Llama 3, Gemma, Phi-3, ...).
+A template outside that shape, or one that edits message contents (e.g. `| trim`), cannot be expressed
+this way: the probes or the verification catch it and the export stops with the difference.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from common.errors import UserError
+
+GO_DIR = Path(__file__).resolve().parent / "gotemplate"
+Render = Callable[[list[dict], bool], str]  # (messages, add_generation_prompt) -> text
+ROLES = ("system", "user", "assistant")
+_S = ["\u27eaS%d\u27eb" % i for i in range(6)]  # sentinels no template writes itself
+
+
+@dataclass
+class Wraps:
+    """What a wrap-each-message chat template writes around message contents."""
+
+    first_system: str  # before a system message's content when the conversation opens with it (BOS + header)
+    opening: str  # before the first message's prefix when the conversation does not open with a system turn
+    prefix: dict[str, str]  # role -> text before its content (later messages)
+    suffix: dict[str, str]  # role -> text after its content
+    generation: str  # appended after a last message that is not the assistant's (add_generation_prompt)
+
+
+def _around(text: str, sentinel: str, what: str) -> tuple[str, str]:
+    if text.count(sentinel) != 1:
+        raise UserError(f"the chat template does not write message contents verbatim ({what}): a Modelfile TEMPLATE "
+                        "cannot reproduce it; write the TEMPLATE by hand and check it with export/gotemplate")
+    before, after = text.split(sentinel)
+    return before, after
+
+
+def _strip_prefix(text: str, prefix: str, what: str) -> str:
+    if not text.startswith(prefix):
+        raise UserError(f"the chat template is not a wrap-each-message template ({what}: {text!r} does not start with "
+                        f"{prefix!r}); a Modelfile TEMPLATE cannot be derived from it automatically")
+    return text[len(prefix):]
+
+
+def derive(render: Render) -> Wraps:
+    s0, s1, s2, s3 = _S[:4]
+    sys_only = render([{"role": "system", "content": s0}], False)
+    first_system, suffix_sys = _around(sys_only, s0, "a system message")
+    su = render([{"role": "system", "content": s0}, {"role": "user", "content": s1}], False)
+    gap, suffix_user = _around(su[len(first_system) + len(s0):], s1, "a user message")
+    prefix_user = _strip_prefix(gap, suffix_sys, "system then user")
+    sua = render([{"role": "system", "content": s0}, {"role": "user", "content": s1}, {"role": "assistant", "content": s2}], False)
+    gap, suffix_asst = _around(sua[sua.index(s1) + len(s1):], s2, "an assistant message")
+    prefix_asst = _strip_prefix(gap, suffix_user, "user then assistant")
+    user_first = render([{"role": "user", "content": s3}], False)
+    before, _ = _around(user_first, s3, "a conversation without a system turn")
+    if not before.endswith(prefix_user):
+        raise UserError(f"the chat template opens a conversation without a system turn with {before!r}, which does not "
+                        f"end with the user prefix {prefix_user!r}; a Modelfile TEMPLATE cannot be derived automatically")
+    opening = before[: len(before) - len(prefix_user)]
+    with_prompt = render([{"role": "system", "content": s0}, {"role": "user", "content": s1}], True)
+    generation = _strip_prefix(with_prompt, su, "add_generation_prompt")
+    prefix_sys = prefix_user  # a later system turn: same shape as other roles if the template allows one at all
+    try:
+        sus = render([{"role": "system", "content": s0}, {"role": "user", "content": s1}, {"role": "system", "content": s2}], False)
+        gap, _ = _around(sus[sus.index(s1) + len(s1):], s2, "a later system message")
+        prefix_sys = _strip_prefix(gap, suffix_user, "user then system")
+    except Exception:  # templates may refuse a system turn after the first message; Ollama never sends one
+        pass
+    return Wraps(first_system=first_system, opening=opening,
+                 prefix={"system": prefix_sys, "user": prefix_user, "assistant": prefix_asst},
+                 suffix={"system": suffix_sys, "user": suffix_user, "assistant": suffix_asst}, generation=generation)
+
+
+def _go_str(s: str) -> str:
+    """A Go interpreted string literal (JSON's escapes are a subset of Go's; astral characters stay raw)."""
+    return json.dumps(s, ensure_ascii=False)
+
+
+def _by_role(table: dict[str, str]) -> str:
+    """{{- if eq .Role "system" }}{{ "..." }}{{- else if ... }}{{- end }}, skipping empty strings."""
+    branches = [(role, text) for role, text in table.items() if text]
+    if not branches:
+        return ""
+    out = []
+    for k, (role, text) in enumerate(branches):
+        out.append(f'{{{{- {"if" if k == 0 else "else if"} eq .Role "{role}" }}}}{{{{ {_go_str(text)} }}}}')
+    return "\n".join(out) + "\n{{- end }}"
+
+
+def go_template(w: Wraps) -> str:
+    """The Ollama TEMPLATE: every line starts with `{{-`, so the layout adds no characters; all text is in
+    quoted literals."""
+    first_other = {role: w.opening + w.prefix[role] for role in ("user", "assistant")}
+    lines = ["{{- range $i, $m := .Messages }}",
+             "{{- if eq $i 0 }}",
+             f'{{{{- if eq .Role "system" }}}}{{{{ {_go_str(w.first_system)} }}}}',
+             "{{- else }}",
+             _by_role(first_other),
+             "{{- end }}",
+             "{{- else }}",
+             _by_role(w.prefix),
+             "{{- end }}",
+             "{{- .Content }}",
+             _by_role(w.suffix)]
+    if w.generation:
+        lines.append('{{- if and (eq (len (slice $.Messages $i)) 1) (ne .Role "assistant") }}'
+                     f"{{{{ {_go_str(w.generation)} }}}}{{{{- end }}}}")
+    lines.append("{{- end }}")
+    return "\n".join(line for line in lines if line)
+
+
+def verification_cases() -> list[list[dict]]:
+    """At least 20 conversations: with and without system, multi-turn, empty content, characters that mean
+    something to Go or Jinja, newlines, non-ASCII; ending with the user (a serving prompt) or the assistant
+    (a training example)."""
+    sys_, u, a = "system", "user", "assistant"
+
+    def conv(*pairs):
+        return [{"role": r, "content": c} for r, c in pairs]
+
+    cases = [
+        conv((u, "Hello")),
+        conv((u, "Hello"), (a, "Hi! How can I help?")),
+        conv((sys_, "You triage support messages."), (u, "My invoice is wrong.")),
+        conv((sys_, "You triage support messages."), (u, "My invoice is wrong."), (a, '{"category": "billing"}')),
+        conv((u, "one"), (a, "two"), (u, "three")),
+        conv((u, "one"), (a, "two"), (u, "three"), (a, "four")),
+        conv((sys_, "Be brief."), (u, "a"), (a, "b"), (u, "c"), (a, "d"), (u, "e")),
+        conv((sys_, "Be brief."), (u, "a"), (a, "b"), (u, "c"), (a, "d"), (u, "e"), (a, "f")),
+        conv((u, "")),
+        conv((u, ""), (a, "")),
+        conv((sys_, ""), (u, "empty system")),
+        conv((sys_, "multi\nline\n\nsystem"), (u, "line one\nline two\n"), (a, "\n leading and trailing \n")),
+        conv((u, "Go: {{ .Content }} {{- end }} and Jinja: {% if x %}{{ y }}{% endif %}"), (a, "{{ \"quoted\" }}")),
+        conv((u, "backslash \\n and quote \" and tab\t"), (a, "ok\\")),
+        conv((u, "naïve café, 日本語, emoji 🎉"), (a, "ünïcödé ✓")),
+        conv((u, "<|im_start|> and <|im_end|> typed as text")),
+        conv((sys_, "You answer in JSON."), (u, "Classify: refund not received"), (a, '{"category": "refund", "priority": "high"}'),
+             (u, "And this: app crashes on login")),
+        conv((u, "x" * 2000)),
+        conv((sys_, "S"), (u, "U")),
+        conv((u, " spaces "), (a, "  ")),
+        conv((sys_, "\t"), (u, "\r\nwindows line endings\r\n"), (a, "done")),
+        conv((u, "What is 2+2?"), (a, "4"), (u, "And 3+3?"), (a, "6"), (u, "And 4+4?"), (a, "8"), (u, "Thanks")),
+    ]
+    return cases
+
+
+def build_renderer() -> Path:
+    """Compile export/gotemplate once (Go caches the build); a missing `go` is a one-line error with the fix."""
+    go = shutil.which("go")
+    if go is None:
+        raise UserError("`go` not found: the Modelfile TEMPLATE is verified with Go's own text/template; "
+                        "install Go (Debian/Ubuntu: apt-get install golang-go) and rerun")
+    out = GO_DIR / "bin" / "gotemplate"
+    proc = subprocess.run([go, "build", "-o", str(out), "."], cwd=GO_DIR, capture_output=True, text=True,
+                          env={**__import__("os").environ, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}, timeout=300)
+    if proc.returncode != 0:
+        raise UserError(f"building {GO_DIR} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+    return out
+
+
+def go_render(binary: Path, template: str, cases: list[list[dict]], system: str = "") -> list[str]:
+    req = {"template": template, "cases": [{"messages": c, "system": system} for c in cases]}
+    proc = subprocess.run([str(binary)], input=json.dumps(req), capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise UserError(f"Go text/template rejected the generated TEMPLATE: {proc.stderr.strip()}")
+    resp = json.loads(proc.stdout)
+    errors = [e for e in resp["errors"] if e]
+    if errors:
+        raise UserError(f"Go text/template failed on the generated TEMPLATE: {errors[0]}")
+    return resp["renders"]
+
+
+def verify(binary: Path, template: str, render: Render) -> dict:
+    """Render every case with Go and with the training-time Jinja render; any difference is an error with its diff."""
+    cases = verification_cases()
+    expected = [render(c, c[-1]["role"] != "assistant") for c in cases]
+    got = go_render(binary, template, cases)
+    for case, want, have in zip(cases, expected, got):
+        if want != have:
+            diff = "\n".join(difflib.unified_diff(want.splitlines(keepends=False), have.splitlines(keepends=False),
+                                                  "jinja (training)", "go (Ollama TEMPLATE)", lineterm=""))
+            raise UserError(f"the Modelfile TEMPLATE renders {json.dumps(case, ensure_ascii=False)[:200]} differently "
+                            f"from the chat template used in training:\n{diff or repr(want) + ' != ' + repr(have)}")
+    return {"conversations": len(cases), "identical": len(cases), "engine": "Go text/template (export/gotemplate)"}
+
+
+def modelfile_text(gguf_name: str, template: str, stops: list[str], num_ctx: int, system: str) -> str:
+    if '"""' in template or (system and '"""' in system):
+        raise UserError('the TEMPLATE or export.system_prompt contains """, which a Modelfile cannot quote')
+    lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
+    lines += [f"PARAMETER stop {_go_str(s)}" for s in stops]
+    lines.append(f"PARAMETER num_ctx {num_ctx}")
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
+    return "\n".join(lines) + "\n"

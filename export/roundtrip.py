@@ -1,0 +1,103 @@
+"""Does each GGUF answer like the merged HF model? Greedy answers to the same val prompts: the HF side through
+transformers (the chat template training used), the GGUF side through llama.cpp with the chat template
+embedded in the GGUF. Token agreement, exact matches, stops at the end-of-turn token, and the eval metrics
+against the references, per file."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def llama(path: Path, **kwargs):
+    """A llama-cpp-python model, closed on exit (its __del__ at interpreter exit is noisy)."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), verbose=False, n_threads=kwargs.pop("n_threads", 2), seed=0, **kwargs)
+    try:
+        yield llm
+    finally:
+        llm.close()
+
+
+def llama_greedy(llm, prompt_ids: list[int], max_tokens: int, stop_ids: set[int] | None = None) -> list[int]:
+    """Greedy continuation in llama.cpp, stopping after a stop token (included) or max_tokens."""
+    stop_ids = stop_ids or {llm.token_eos()}
+    out: list[int] = []
+    for token in llm.generate(prompt_ids, temp=0.0, top_k=1, reset=True):
+        out.append(token)
+        if token in stop_ids or len(out) >= max_tokens:
+            break
+    return out
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def hf_answers(model_dir: Path, conversations: list[list[dict]], max_new_tokens: int, eot_id: int, batch_size: int) -> list[dict]:
+    """Greedy answers of the merged model through transformers and the chat template training used (fp32
+    compute; the eval stage's batched generation, whose outputs equal one-at-a-time generation)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evaluate.run import generate
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model.eval()
+    prompts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    answers = generate(model, tok, prompts, max_new_tokens, batch_size, eot_id)
+    for prompt, a in zip(prompts, answers):
+        a["prompt_ids"] = tok(prompt, add_special_tokens=False)["input_ids"]
+    return answers
+
+
+def gguf_answers(path: Path, conversations: list[list[dict]], max_new_tokens: int, n_ctx: int) -> tuple[list[dict], dict]:
+    """Greedy token ids of a GGUF, prompts rendered with the GGUF's own embedded chat template."""
+    from tqdm import tqdm
+
+    from common.doctor import facts_from_gguf
+
+    facts = facts_from_gguf(path)
+    eot = facts.stop_ids[0] if facts.stop_ids else facts.eos_id
+    out = []
+    with llama(path, n_ctx=n_ctx) as llm:
+        bos, eos = llm.detokenize([llm.token_bos()]).decode(errors="replace"), llm.detokenize([llm.token_eos()]).decode(errors="replace")
+        add_bos = llm._model.add_bos_token()
+        for conv in tqdm(conversations, desc=f"round trip: {path.name}", unit="prompt", leave=False):
+            from common.doctor import render_jinja
+
+            prompt = render_jinja(facts.chat_template, conv, True, bos_token=bos, eos_token=eos)
+            ids = llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+            new = llama_greedy(llm, ids, max_new_tokens, {eot, facts.eos_id})
+            stopped = bool(new) and new[-1] in {eot, facts.eos_id}
+            body = new[:-1] if stopped else new
+            out.append({"prompt_ids": ids, "ids": new, "stopped": stopped,
+                        "text": llm.detokenize(body).decode("utf-8", errors="replace")})
+    return out, {"eot_id": eot, "eos_id": facts.eos_id}
+
+
+def compare(hf: list[dict], gguf: list[dict], refs: list[str]) -> dict:
+    """Agreement of a GGUF's answers with the HF answers, and both scored against the references."""
+    from evaluate.metrics import aggregate, score
+
+    exact = [a["ids"] == b["ids"] for a, b in zip(hf, gguf)]
+    agreement = [common_prefix(a["ids"], b["ids"]) / max(1, len(a["ids"]), len(b["ids"])) for a, b in zip(hf, gguf)]
+    # a run-on is the export's fault where the HF model stopped; where both hit the limit it is the model's
+    run_on = [i for i, (a, b) in enumerate(zip(hf, gguf)) if a["stopped"] and not b["stopped"]]
+    return {
+        "prompts": len(hf),
+        "same_prompt_tokens": round(sum(a["prompt_ids"] == b["prompt_ids"] for a, b in zip(hf, gguf)) / len(hf), 4),
+        "exact_match_with_hf": round(sum(exact) / len(hf), 4),
+        "token_agreement": round(sum(agreement) / len(hf), 4),
+        "stopped_at_end_of_turn": round(sum(b["stopped"] for b in gguf) / len(hf), 4),
+        "run_on_prompts": run_on,
+        "metrics": aggregate([score(b["text"], r) for b, r in zip(gguf, refs)]),
+    }

@@ -1,0 +1,267 @@
+"""The export stage, top to bottom: inherit the train run's config -> disk check -> merge the adapter at 16 bits
+-> doctor the merged model -> convert with llama.cpp's converter (f16, q8_0) -> quantize with llama.cpp's
+quantizer (export.quantizations) -> doctor each GGUF -> Modelfile whose TEMPLATE is verified with Go's
+text/template -> round trip: every GGUF against the merged model on val prompts -> ollama create, or the
+commands to run.
+
+Reads runs/<name>/train/adapter and runs/<name>/curate/val.jsonl; writes runs/<name>/export/ (merged/,
+<name>-<type>.gguf, Modelfile, roundtrip.json, summary.json, report.html) and a round-trip section in
+runs/<name>/eval/report.html when the eval stage ran. Nothing is downloaded or compiled from the internet.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common.config import Config
+from common.errors import UserError
+from common.runs import atomic_write_json, atomic_write_text, read_jsonl, stage_dir
+
+CONVERTER_TYPES = ("f16", "q8_0")  # written by convert-hf-to-gguf itself; the rest by llama_model_quantize
+BITS_PER_WEIGHT = {"f16": 16.0, "bf16": 16.0, "q8_0": 8.5, "q6_k": 6.6, "q5_k_m": 5.7, "q5_k_s": 5.5, "q5_0": 5.5,
+                   "q5_1": 6.0, "q4_k_m": 4.9, "q4_k_s": 4.6, "q4_0": 4.5, "q4_1": 5.0, "q3_k_m": 3.9, "q3_k_l": 4.3,
+                   "q3_k_s": 3.5, "q2_k": 3.4}
+
+
+def _mib(n: float) -> float:
+    return round(n / 2**20, 1)
+
+
+def run_measured(cmd: list[str], what: str) -> dict:
+    """Run a child process; its wall time and peak RSS, its output kept for errors. The peak is the child's own
+    VmHWM polled from /proc (wait4's ru_maxrss would start from this process's size, inherited at fork)."""
+    with tempfile.TemporaryFile() as log:
+        t0 = time.time()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        peak_kib = 0
+        while proc.poll() is None:
+            try:
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak_kib = max(peak_kib, int(line.split()[1]))
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        seconds = time.time() - t0
+        log.seek(0)
+        output = log.read().decode("utf-8", errors="replace")
+    if proc.returncode != 0:
+        lines = [ln for ln in output.strip().splitlines() if ln.strip()]
+        errors = [ln for ln in lines if re.search(r"error|not supported|exception", ln, re.I)]
+        raise UserError(f"{what} failed (exit {proc.returncode}): {(errors or lines or ['no output'])[-1].strip()}")
+    return {"seconds": round(seconds, 1), "peak_rss_mib": _mib(peak_kib * 1024)}
+
+
+def disk_plan(params: int, types: list[str], free_bytes: int) -> dict:
+    """Bytes the export will write (merged 16-bit checkpoint + every GGUF), refused up front if it does not fit."""
+    sizes = {"merged": params * 2, **{t: int(params * BITS_PER_WEIGHT.get(t, 8.5) / 8) for t in types}}
+    need = int(sum(sizes.values()) * 1.1)  # metadata, tokenizer, a margin
+    if need > free_bytes:
+        listing = ", ".join(f"{k} ~{_mib(v)} MiB" for k, v in sizes.items())
+        raise UserError(f"not enough disk for the export: needs ~{_mib(need)} MiB ({listing}) but only "
+                        f"{_mib(free_bytes)} MiB are free; free some space or set export.quantizations to fewer types")
+    return {"estimated_mib": {k: _mib(v) for k, v in sizes.items()}, "needed_mib": _mib(need), "free_mib": _mib(free_bytes)}
+
+
+def count_params(model_dir: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                shape = st.get_slice(k).get_shape()
+                n = 1
+                for d in shape:
+                    n *= d
+                total += n
+    if not total:
+        raise UserError(f"{model_dir}: no *.safetensors weights found to merge the adapter into")
+    return total
+
+
+def merge(model_dir: str, adapter: Path, out: Path, dtype: str) -> dict:
+    """PEFT merge_and_unload in fp32, saved at 16 bits with the tokenizer and chat template (atomic rename)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.time()
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged = merged.to(getattr(torch, dtype))
+    merged.save_pretrained(str(tmp), safe_serialization=True)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(str(tmp))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return {"seconds": round(time.time() - t0, 1), "dtype": dtype,
+            "peak_rss_mib_process": _mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
+            "bytes": sum(f.stat().st_size for f in out.iterdir())}
+
+
+def main(cfg: Config) -> dict:
+    t_start = time.time()
+    from train.recipe import check_adapter_base, inherit_train_config, resolve_model
+
+    cfg, adapter = inherit_train_config(cfg, "export")
+    if adapter is None:
+        raise UserError(f"no adapter in {cfg.run_dir / 'train' / 'adapter'}: train one first with `make train` "
+                        f"(or `make all` for the whole chain)")
+    model_dir = resolve_model(cfg.model.name)
+    check_adapter_base(adapter, cfg.model.name, model_dir, "export")
+    from export.quantize import ftype, known
+
+    bad = [q for q in cfg.export.quantizations if q not in CONVERTER_TYPES and ftype(q) is None]
+    if bad:
+        raise UserError(f"export.quantizations: unknown type(s) {bad}; llama.cpp knows {', '.join(known())}")
+    types = list(CONVERTER_TYPES) + [q for q in cfg.export.quantizations if q not in CONVERTER_TYPES]
+    served = cfg.export.modelfile_gguf or (cfg.export.quantizations[0] if cfg.export.quantizations else "q8_0")
+    if served not in types:
+        raise UserError(f"export.modelfile_gguf `{served}` is not one of the exported types {types}")
+    name = cfg.export.ollama_name or cfg.run.name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise UserError(f"export.ollama_name `{name}` is not a valid model name: use letters, digits, '.', '_' and '-'")
+    val_path = cfg.run_dir / "curate" / "val.jsonl"
+    if not val_path.is_file():
+        raise UserError(f"{val_path} not found; the round trip answers val prompts: run `make curate` first")
+    records = read_jsonl(val_path)[: cfg.export.roundtrip_prompts]
+    if not records:
+        raise UserError(f"{val_path} is empty: the round trip needs val prompts (see split.val_fraction)")
+
+    out = stage_dir(cfg, "export")
+    disk = disk_plan(count_params(Path(model_dir)), types, shutil.disk_usage(out).free)
+    print(f"export: disk needed ~{disk['needed_mib']} MiB of {disk['free_mib']} MiB free")
+    stages: dict[str, dict] = {}
+
+    # ------------------------------------------------------------------ merge + doctor
+    from common.doctor import require_healthy
+
+    print(f"export: merging {adapter} into {model_dir} at {cfg.export.merge_dtype}")
+    merged_dir = out / "merged"
+    stages["merge"] = merge(model_dir, adapter, merged_dir, cfg.export.merge_dtype)
+    doctor = {"merged": require_healthy(merged_dir)}
+
+    # ------------------------------------------------------------------ GGUFs
+    converter = Path(sys.executable).parent / "convert-hf-to-gguf"
+    files: dict[str, Path] = {}
+    for t in types:
+        path = out / f"{name}-{t}.gguf"
+        partial = path.with_name(path.name + ".partial")
+        print(f"export: writing {path.name}")
+        if t in CONVERTER_TYPES:
+            cmd = [str(converter), str(merged_dir), "--outfile", str(partial), "--outtype", t]
+            what = f"convert-hf-to-gguf on {merged_dir} (model {cfg.model.name})"
+        else:
+            cmd = [sys.executable, "-m", "export.quantize", str(files["f16"]), str(partial), t]
+            what = f"llama.cpp quantize {t} of {files['f16'].name}"
+        stages[t] = run_measured(cmd, what)
+        partial.rename(path)
+        stages[t]["bytes"] = path.stat().st_size
+        files[t] = path
+        doctor[t] = require_healthy(path)
+        if doctor[t].end_of_turn_id != doctor["merged"].end_of_turn_id:
+            raise UserError(f"{path}: its chat template ends a turn with id {doctor[t].end_of_turn_id}, the merged model "
+                            f"with {doctor['merged'].end_of_turn_id}")
+
+    # ------------------------------------------------------------------ Modelfile
+    from export.modelfile import build_renderer, derive, go_template, modelfile_text, verify
+
+    merged_facts = doctor["merged"].facts
+    template = go_template(derive(merged_facts.render))
+    verification = verify(build_renderer(), template, merged_facts.render)
+    eot = doctor["merged"].end_of_turn
+    stops = [eot] + [t for t, i in merged_facts.special_tokens.items() if i == merged_facts.eos_id and t != eot]
+    system = cfg.export.system_prompt or (cfg.data.system_prompt or "")
+    atomic_write_text(out / "Modelfile", modelfile_text(files[served].name, template, stops, cfg.train.max_seq_length, system))
+    print(f"export: Modelfile TEMPLATE renders {verification['identical']}/{verification['conversations']} "
+          f"conversations byte for byte like the training template (Go text/template); stop {stops}")
+
+    # ------------------------------------------------------------------ round trip
+    from export.roundtrip import compare, gguf_answers, hf_answers
+
+    conversations = [r["messages"][:-1] for r in records]
+    refs = [r["messages"][-1]["content"] for r in records]
+    max_new = 2 * cfg.eval.max_new_tokens  # room to tell a longer answer from one that never stops
+    eot_id = doctor["merged"].end_of_turn_id
+    t0 = time.time()
+    hf = hf_answers(merged_dir, conversations, max_new, eot_id, cfg.eval.batch_size)
+    from evaluate.metrics import aggregate, score
+
+    roundtrip = {"prompts": len(records), "max_new_tokens": max_new,
+                 "hf": {"seconds": round(time.time() - t0, 1), "stopped_at_end_of_turn": round(sum(a["stopped"] for a in hf) / len(hf), 4),
+                        "metrics": aggregate([score(a["text"], r) for a, r in zip(hf, refs)])},
+                 "gguf": {}, "samples": []}
+    answers = {}
+    for t in types:
+        t0 = time.time()
+        answers[t], _ = gguf_answers(files[t], conversations, max_new, n_ctx=cfg.train.max_seq_length + max_new)
+        roundtrip["gguf"][t] = {**compare(hf, answers[t], refs), "seconds": round(time.time() - t0, 1)}
+        r = roundtrip["gguf"][t]
+        print(f"export: round trip {t}: exact {r['exact_match_with_hf']:.0%}, token agreement {r['token_agreement']:.0%}, "
+              f"stopped {r['stopped_at_end_of_turn']:.0%}")
+    roundtrip["samples"] = [{"prompt": c[-1]["content"], "reference": ref, "hf": a["text"], **{t: answers[t][i]["text"] for t in types}}
+                            for i, (c, ref, a) in enumerate(zip(conversations, refs, hf))]
+    failures = []
+    f16 = roundtrip["gguf"]["f16"]
+    if f16["exact_match_with_hf"] < cfg.export.min_f16_exact:
+        failures.append(f"the f16 GGUF answers {f16['exact_match_with_hf']:.0%} of {len(records)} prompts token for token "
+                        f"like the merged model; export.min_f16_exact is {cfg.export.min_f16_exact:.0%}")
+    for t in types:
+        if roundtrip["gguf"][t]["run_on_prompts"]:
+            failures.append(f"{files[t].name} runs on past the end of turn on val prompts {roundtrip['gguf'][t]['run_on_prompts']} "
+                            "where the merged model stops")
+    roundtrip["passed"] = not failures
+    roundtrip["failures"] = failures
+    atomic_write_json(out / "roundtrip.json", roundtrip)
+
+    # ------------------------------------------------------------------ report, summary, ollama
+    summary = {
+        "name": name, "merged": str(merged_dir), "files": {t: str(p) for t, p in files.items()}, "modelfile": str(out / "Modelfile"),
+        "modelfile_gguf": files[served].name, "stop": stops, "num_ctx": cfg.train.max_seq_length,
+        "template_verification": verification, "disk": disk, "stages": stages,
+        "doctor": {k: {"ok": r.ok, "end_of_turn": r.end_of_turn, "end_of_turn_id": r.end_of_turn_id,
+                       "eos_id": r.facts.eos_id} for k, r in doctor.items()},
+        "roundtrip_passed": roundtrip["passed"], "seconds": round(time.time() - t_start, 1),
+    }
+    from export.report import write_report
+
+    summary["ollama"] = ollama(out, name, conversations[0][-1]["content"])
+    atomic_write_json(out / "summary.json", summary)
+    write_report(out, summary, roundtrip, cfg.run_dir / "eval")
+    if failures:
+        raise UserError(*failures, f"details: {out / 'roundtrip.json'}")
+    print(f"export: done in {summary['seconds']} s")
+    print(f"  report:    {out / 'report.html'}" + (f" (and {cfg.run_dir / 'eval' / 'report.html'})" if (cfg.run_dir / 'eval' / 'report.html').is_file() else ""))
+    print(f"  GGUF:      {files[served]}" + "".join(f"\n             {p}" for t, p in files.items() if t != served))
+    print(f"  Modelfile: {out / 'Modelfile'}")
+    return summary
+
+
+def ollama(out: Path, name: str, smoke_prompt: str) -> dict:
+    """`ollama create` + one smoke prompt when ollama is installed; otherwise the exact commands to run."""
+    create = ["ollama", "create", name, "-f", "Modelfile"]
+    run = ["ollama", "run", name, smoke_prompt]
+    commands = f"cd {out} && {' '.join(create)} && ollama run {name} {json.dumps(smoke_prompt)}"
+    exe = shutil.which("ollama")
+    if exe is None:
+        print(f"export: `ollama` is not installed here; to serve the model run:\n  {commands}")
+        return {"ran": False, "commands": commands}
+    print(f"export: {' '.join(create)}")
+    proc = subprocess.run([exe, *create[1:]], cwd=out, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise UserError(f"`ollama create` failed: {(proc.stderr or proc.stdout).strip()[-500:]}; the files are in {out}")
+    smoke = subprocess.run([exe, *run[1:]], cwd=out, capture_output=True, text=True, timeout=600)
+    if smoke.returncode != 0:
+        raise UserError(f"`ollama run {name}` failed: {(smoke.stderr or smoke.stdout).strip()[-500:]}")
+    print(f"export: ollama run {name}: {smoke.stdout.strip()[:300]}")
+    return {"ran": True, "commands": commands, "smoke_prompt": smoke_prompt, "smoke_answer": smoke.stdout.strip()}
