@@ -7,6 +7,8 @@
 #   make curate    data.inputs -> runs/<name>/curate/ (train/val/rejected/manifest .jsonl, report.html)
 #   make train     LoRA on runs/<name>/curate/train.jsonl -> runs/<name>/train/ (resumes; FRESH=1 starts over)
 #   make eval      base vs tuned on runs/<name>/curate/val.jsonl -> runs/<name>/eval/ (report.html)
+#   make gguf      merged model -> GGUF (f16, q8_0, export.quantizations) -> verified Modelfile in runs/<name>/export/
+#   make all       setup, curate, train, eval, gguf: the whole chain on the sample data with the embedded model
 #   make test      the test suite (sets up first)
 #   make sample-data   regenerate data/sample/ and data/sample_defects.json (seeded, committed)
 
@@ -28,7 +30,9 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup model doctor test sample-data clean-venv curate train eval
+.PHONY: all setup model doctor test sample-data clean-venv curate train eval gguf
+
+all: setup curate train eval gguf
 
 setup: $(VENV_STAMP) $(MODEL_STAMP)
 
@@ -61,3 +65,6 @@ train: setup
 
 eval: setup
 	$(PY) -m evaluate --config $(CONFIG) $(SET)
+
+gguf: setup
+	$(PY) -m export --config $(CONFIG) $(SET)

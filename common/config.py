@@ -115,6 +115,7 @@ class ExportSection:
     system_prompt: str = ""  # SYSTEM in the Modelfile; empty: none (the chat template's own default applies)
     roundtrip_prompts: int = 20  # val prompts answered by the merged HF model and by every GGUF
     min_f16_exact: float = 0.9  # share of round-trip prompts the f16 GGUF must answer token for token like HF
+    max_quantized_run_on: float = 0.1  # share of them a quantized GGUF may ramble on where HF stops (f16: none)
 
 
 @dataclass
@@ -350,6 +351,8 @@ def _semantic_problems(cfg: Config, source: str) -> list[str]:
     need(cfg.train.batch_size > 0, "train.batch_size", "must be positive, e.g. 8")
     need(cfg.train.max_steps == -1 or cfg.train.max_steps > 0, "train.max_steps", "must be positive, or -1 to use train.epochs")
     need(cfg.lora.r > 0, "lora.r", "must be positive, e.g. 16")
+    need(0.0 <= cfg.export.min_f16_exact <= 1.0, "export.min_f16_exact", "must be between 0 and 1, e.g. 0.9")
+    need(0.0 <= cfg.export.max_quantized_run_on < 1.0, "export.max_quantized_run_on", "must be in [0, 1), e.g. 0.1")
     need(cfg.export.roundtrip_prompts > 0, "export.roundtrip_prompts", "must be positive, e.g. 20")
     need(bool(cfg.run.name) and "/" not in cfg.run.name, "run.name", "must be a plain directory name, e.g. default")
     return out

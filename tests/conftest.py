@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,11 @@ sys.path.insert(0, str(ROOT))
 MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
 SOURCE_GGUF = ROOT / "models" / "_source" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 CORPUS = ROOT / "tests" / "data" / "tokenizer_corpus.jsonl"
+
+# `make all` with a short training run: the chain the README promises, shared by the eval and export tests.
+CHAIN_SET = ["run.name=t", "train.max_steps=10", "train.batch_size=2", "train.max_seq_length=256",
+             "train.learning_rate=1e-3", "train.warmup_ratio=0", "train.save_steps=5", "train.eval_steps=5",
+             "eval.max_samples=6", "eval.max_new_tokens=40", "export.roundtrip_prompts=10"]
 
 
 @pytest.fixture(scope="session")
@@ -57,28 +61,6 @@ def corpus() -> list[dict]:
     return [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines()]
 
 
-@contextmanager
-def llama(path: Path, **kwargs):
-    """A llama-cpp-python model, closed on exit (its __del__ at interpreter exit is noisy)."""
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=str(path), verbose=False, n_threads=2, seed=0, **kwargs)
-    try:
-        yield llm
-    finally:
-        llm.close()
-
-
-def llama_greedy(llm, prompt_ids: list[int], max_tokens: int) -> list[int]:
-    """Greedy continuation in llama.cpp, stopping after eos (included) or max_tokens."""
-    out: list[int] = []
-    for token in llm.generate(prompt_ids, temp=0.0, top_k=1, reset=True):
-        out.append(token)
-        if token == llm.token_eos() or len(out) >= max_tokens:
-            break
-    return out
-
-
 @pytest.fixture(scope="session")
 def roundtrip_gguf(model_dir, tmp_path_factory) -> Path:
     """The built checkpoint converted back to an f16 GGUF with llama.cpp's own converter."""
@@ -88,3 +70,13 @@ def roundtrip_gguf(model_dir, tmp_path_factory) -> Path:
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def chain(model_dir, tmp_path_factory):
+    """`make all` on the sample data (setup is already done), into a temporary run root. Returns (root, process)."""
+    root = tmp_path_factory.mktemp("chain")
+    proc = subprocess.run(["make", "all", "SET=" + " ".join([f"run.root={root}", *CHAIN_SET])], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return root, proc

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from evaluate.metrics import aggregate, main_metric, score
-from test_train import make_curate_dir, run_train
+from test_train import make_curate_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,11 +35,9 @@ def test_metrics():
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory, model_dir):
-    root = tmp_path_factory.mktemp("eval")
-    make_curate_dir(root, n_train=48, n_val=6)
-    run_train(root, "train.max_steps=10", "train.learning_rate=1e-3")
-    proc = run_eval(root)
+def evaluated(chain):
+    """The eval stage of `make all` on the sample data after 10 training steps (conftest.chain)."""
+    root, proc = chain
     return root, root / "t" / "eval", proc
 
 
@@ -47,7 +45,7 @@ def test_before_and_after_on_the_same_val_set(evaluated):
     _, out, proc = evaluated
     m = json.loads((out / "metrics.json").read_text())
     assert m["main_metric"] == "field_accuracy" and m["val_rows"] == 6
-    assert "inherited from" in proc.stdout
+    assert "eval: inherited from" in proc.stdout
     # even 10 steps teach the format: the tuned model answers with the JSON object, the base model chats
     assert m["tuned"]["valid_json"] >= m["base"]["valid_json"] + 0.5, m
     assert m["tuned"]["teacher_forced"]["loss"] < m["base"]["teacher_forced"]["loss"]

@@ -8,7 +8,7 @@ from collections import Counter
 import torch
 from gguf import GGUFReader
 
-from conftest import llama, llama_greedy
+from export.roundtrip import llama, llama_greedy
 
 QUESTION = "What is the capital of France?"
 

