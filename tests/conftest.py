@@ -25,7 +25,7 @@ CORPUS = ROOT / "tests" / "data" / "tokenizer_corpus.jsonl"
 # `make all` with a short training run: the chain the README promises, shared by the eval and export tests.
 CHAIN_SET = ["run.name=t", "train.max_steps=10", "train.batch_size=2", "train.max_seq_length=256",
              "train.learning_rate=1e-3", "train.warmup_ratio=0", "train.save_steps=5", "train.eval_steps=5",
-             "eval.max_samples=6", "eval.max_new_tokens=40", "export.roundtrip_prompts=10"]
+             "eval.max_samples=6", "eval.max_new_tokens=40", "export.roundtrip_prompts=20"]
 
 
 @pytest.fixture(scope="session")
