@@ -107,6 +107,13 @@ class EvalSection:
 
 
 @dataclass
+class ReviewSection:
+    sample_size: int = 0  # records to spot-check; 0: 50 or 5% of the kept rows, whichever is larger
+    seed: int = 0
+    port: int = 8501  # make review serves on 127.0.0.1:<port>
+
+
+@dataclass
 class ExportSection:
     quantizations: list[str] = field(default_factory=lambda: ["q4_k_m"])  # llama.cpp quantizer types, besides f16 and q8_0
     merge_dtype: Literal["float16", "bfloat16"] = "float16"  # the merged checkpoint (and the 16-bit GGUF)
@@ -128,6 +135,7 @@ class Config:
     lora: LoraSection = field(default_factory=LoraSection)
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    review: ReviewSection = field(default_factory=ReviewSection)
     export: ExportSection = field(default_factory=ExportSection)
 
     @property
@@ -353,6 +361,8 @@ def _semantic_problems(cfg: Config, source: str) -> list[str]:
     need(cfg.lora.r > 0, "lora.r", "must be positive, e.g. 16")
     need(0.0 <= cfg.export.min_f16_exact <= 1.0, "export.min_f16_exact", "must be between 0 and 1, e.g. 0.9")
     need(0.0 <= cfg.export.max_quantized_run_on < 1.0, "export.max_quantized_run_on", "must be in [0, 1), e.g. 0.1")
+    need(cfg.review.sample_size >= 0, "review.sample_size", "must be 0 (automatic) or positive, e.g. 50")
+    need(0 < cfg.review.port < 65536, "review.port", "must be a TCP port, e.g. 8501")
     need(cfg.export.roundtrip_prompts > 0, "export.roundtrip_prompts", "must be positive, e.g. 20")
     need(bool(cfg.run.name) and "/" not in cfg.run.name, "run.name", "must be a plain directory name, e.g. default")
     return out

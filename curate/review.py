@@ -80,3 +80,92 @@ def apply(rows: list, decisions: dict, cfg) -> dict:
     return {"decisions_file": decisions["path"], "present": decisions["present"], "lines": decisions["lines"],
             "applied": counts, "unknown_ids": unknown, "corrupted_lines": decisions["corrupted"],
             "refused_edits": refused}
+
+
+# ------------------------------------------------------------------------------ the review app's side
+REJECT_REASONS = ("wrong answer", "bad format", "unsafe or private data", "off-task", "low quality", "duplicate", "other")
+
+
+def append_decision(path: Path, decision: dict) -> dict:
+    """Append one decision as one line, at once: an exclusive lock, one write, flush and fsync. Two browser
+    tabs (two sessions, or two processes) append whole lines and never interleave."""
+    import fcntl
+    import os
+    from datetime import datetime, timezone
+
+    if decision.get("action") not in ACTIONS or not isinstance(decision.get("id"), str):
+        raise ValueError(f"a decision needs a string id and an action in {ACTIONS}: {decision!r}")
+    record = {"id": decision["id"], "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+              "action": decision["action"], "reason": decision.get("reason") or "", "note": decision.get("note") or "",
+              "messages": decision.get("messages") if decision["action"] == "edit" else None}
+    line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_size and os.pread(fd, 1, os.fstat(fd).st_size - 1) != b"\n":
+            line = b"\n" + line  # a torn last line from a crash stays its own (corrupted, reported) line
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    return record
+
+
+def edit_problem(messages: list[dict]) -> str | None:
+    """Why an edited conversation cannot be saved, or None. The same rule curate's filter applies."""
+    from curate.filters import roles_do_not_alternate
+
+    if not messages:
+        return "the conversation is empty"
+    for i, m in enumerate(messages, start=1):
+        if m.get("role") not in ("system", "user", "assistant"):
+            return f"turn {i}: role must be system, user or assistant, not {m.get('role')!r}"
+        if not str(m.get("content", "")).strip():
+            return f"turn {i} ({m['role']}) is empty"
+    return roles_do_not_alternate(Conversation(messages), None)
+
+
+def length_bucket(tokens: int, max_len: int) -> str:
+    if tokens > max_len:
+        return "truncated"
+    return "short" if tokens <= max_len // 4 else "medium" if tokens <= max_len // 2 else "long"
+
+
+def review_sample(records: list[dict], size: int, seed: int, max_len: int) -> list[str]:
+    """Ids to review: stratified by source file, language, length bucket and cluster size (1 or more),
+    proportional with at least one per stratum while the size allows, seeded; the order is shuffled so a
+    reviewer sees the strata mixed. size 0: 50 or 5%, whichever is larger, capped by the data."""
+    import math
+    import random
+
+    if not records:
+        return []
+    n = min(len(records), size if size > 0 else max(50, math.ceil(0.05 * len(records))))
+    strata: dict[tuple, list[str]] = {}
+    for r in sorted(records, key=lambda r: r["id"]):
+        key = ((r.get("source") or {}).get("file", "?"), r.get("lang") or "?", length_bucket(int(r.get("tokens") or 0), max_len),
+               "clustered" if (r.get("cluster_size") or 1) > 1 else "single")
+        strata.setdefault(key, []).append(r["id"])
+    rng = random.Random(seed)
+    keys = sorted(strata)
+    for k in keys:
+        rng.shuffle(strata[k])
+    take = {k: 0 for k in keys}
+    for k in sorted(keys, key=lambda k: (-len(strata[k]), k))[:n]:  # one each, the biggest strata first
+        take[k] = 1
+    left = n - sum(take.values())
+    if left > 0:  # the rest proportionally (largest remainder), never beyond a stratum's size
+        total = sum(len(strata[k]) - take[k] for k in keys)
+        quotas = {k: left * (len(strata[k]) - take[k]) / total for k in keys} if total else {}
+        for k in keys:
+            take[k] += int(quotas.get(k, 0))
+        for k in sorted(keys, key=lambda k: -(quotas.get(k, 0) % 1)):
+            if sum(take.values()) >= n:
+                break
+            if take[k] < len(strata[k]):
+                take[k] += 1
+    chosen = [i for k in keys for i in strata[k][: take[k]]]
+    rng.shuffle(chosen)
+    return chosen[:n]

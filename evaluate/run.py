@@ -20,8 +20,14 @@ from common.runs import atomic_write_json, atomic_write_text, read_jsonl, stage_
 PROBE_DIR = Path(__file__).resolve().parent / "probe"
 
 
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, eot_id: int) -> list[dict]:
-    """Greedy, batched with left padding (prompts sorted by length so a batch wastes little padding)."""
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, eot_id: int,
+             share_prefix: bool = True) -> list[dict]:
+    """Greedy, batched with left padding (prompts sorted by length so a batch wastes little padding).
+
+    share_prefix: the prompts of a batch usually open alike (system turn, task instruction); that common token
+    prefix is run through the model once and its KV cache repeated for every row, so the batch only prefills
+    the rest. Each row sees the same tokens at the same positions as alone: [prefix][pads][rest of prompt],
+    the pads masked out."""
     import torch
     from tqdm import tqdm
 
@@ -31,23 +37,44 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     results: list[dict | None] = [None] * len(prompts)
     for start in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch", leave=False):
         idx = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[r, width - len(encoded[i]):] = 1
+        seqs = [encoded[i] for i in idx]
+        shared = _common_prefix(seqs) if share_prefix and len(idx) > 1 else 0
+        shared = min(shared, min(map(len, seqs)) - 1)  # every row keeps at least one token to prefill
+        shared = shared if shared >= 8 else 0
+        width = max(len(s) for s in seqs) - shared
+        ids = torch.full((len(idx), shared + width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), shared + width), dtype=torch.long)
+        for r, seq in enumerate(seqs):
+            ids[r, :shared], mask[r, :shared] = torch.tensor(seq[:shared], dtype=torch.long), 1
+            ids[r, shared + width - (len(seq) - shared):] = torch.tensor(seq[shared:])
+            mask[r, shared + width - (len(seq) - shared):] = 1
+        extra = {}
         with torch.no_grad():
+            if shared:
+                cache = model(input_ids=ids[:1, :shared], use_cache=True).past_key_values
+                cache.batch_repeat_interleave(len(idx))
+                extra["past_key_values"] = cache
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=eot_id, pad_token_id=tokenizer.pad_token_id)
+                                 eos_token_id=eot_id, pad_token_id=tokenizer.pad_token_id, **extra)
         for r, i in enumerate(idx):
-            new = out[r, width:].tolist()
+            new = out[r, shared + width:].tolist()
             stopped = eot_id in new
             kept = new[: new.index(eot_id) + 1] if stopped else [t for t in new if t != tokenizer.pad_token_id]
             body = kept[:-1] if stopped else kept
             results[i] = {"text": tokenizer.decode(body, skip_special_tokens=True), "stopped": stopped,
                           "new_tokens": len(body), "ids": kept}
     return results
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    first = seqs[0]
+    n = min(map(len, seqs))
+    for s in seqs[1:]:
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+    return n
 
 
 def teacher_forced(model, tokenizer, records: list[dict], max_len: int, eot_id: int, batch_size: int) -> dict:

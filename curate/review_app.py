@@ -1,0 +1,275 @@
+"""`make review`: human spot-checks of curate's output whose decisions flow back into the data.
+
+    streamlit run curate/review_app.py -- [--config config.yaml] [key=value ...]
+
+Reads runs/<name>/curate/ (train, val, rejected); appends every decision at once to
+runs/<name>/review/decisions.jsonl (format: curate/review.py), which the next `make curate` applies.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shlex
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from common.errors import UserError  # noqa: E402
+from common.runs import read_jsonl  # noqa: E402
+from curate.review import REJECT_REASONS, append_decision, edit_problem, length_bucket, load_decisions, review_sample  # noqa: E402
+
+QUEUES = {"to review": None, "accepted": "accept", "rejected": "reject", "edited": "edit", "skipped": "skip"}
+SHORTCUTS = "**a** accept · **x** reject · **e** edit · **s** skip · **j** next · **k** back"
+
+
+def app_args() -> list[str]:
+    """Config arguments: after `--` on the streamlit command line, or REVIEW_ARGS (tests)."""
+    if "REVIEW_ARGS" in os.environ:
+        return shlex.split(os.environ["REVIEW_ARGS"])
+    return sys.argv[1:]
+
+
+@st.cache_resource(show_spinner="loading the config and tokenizer")
+def load_setup(args: tuple[str, ...]):
+    from common.cli import config_from_args, parser
+
+    cfg = config_from_args(parser("review", "review app").parse_args(list(args)))
+    from transformers import AutoTokenizer
+
+    from common.doctor import check
+
+    tok = AutoTokenizer.from_pretrained(cfg.model.name)
+    return cfg, tok, check(cfg.model.name).end_of_turn
+
+
+@st.cache_data(show_spinner="reading curate's output")
+def load_curated(curate_dir: str, mtimes: tuple) -> tuple[list[dict], list[dict]]:
+    d = Path(curate_dir)
+    kept = [dict(r, split=split) for split in ("train", "val") for r in read_jsonl(d / f"{split}.jsonl")]
+    rejected = read_jsonl(d / "rejected.jsonl") if (d / "rejected.jsonl").is_file() else []
+    return kept, rejected
+
+
+def render_html(text: str, messages: list[dict], specials: list[str], eot: str | None, cut_at: int | None) -> str:
+    """The template render: special tokens boxed, each assistant reply and its end-of-turn token (the span that
+    carries loss) highlighted, and a mark where train.max_seq_length cuts the row."""
+    spans, pos = [], 0
+    for m in messages:
+        k = text.find(m["content"], pos) if m["content"] else -1
+        if k < 0:
+            continue
+        end = k + len(m["content"])
+        if m["role"] == "assistant":
+            if eot and text.startswith(eot, end):
+                end += len(eot)
+            spans.append((k, end))
+        pos = end
+    out = []
+    marks = sorted({b for s in spans for b in s} | ({cut_at} if cut_at is not None else set()) | {0, len(text)})
+    for a, b in zip(marks, marks[1:]):
+        piece = html.escape(text[a:b])
+        for t in sorted(specials, key=len, reverse=True):
+            piece = piece.replace(html.escape(t), f"<span class='special'>{html.escape(t)}</span>")
+        if a == cut_at:
+            out.append("<span class='cut'>✂ truncated here (train.max_seq_length)</span>")
+        in_loss = any(s <= a and b <= e for s, e in spans)
+        out.append(f"<span class='loss'>{piece}</span>" if in_loss else piece)
+    return ("<style>.render{white-space:pre-wrap;font-family:monospace;font-size:.85em;background:#f6f8fa;padding:8px;"
+            "border-radius:6px}.special{color:#8250df;border:1px solid #d0bfff;border-radius:3px;padding:0 2px}"
+            ".loss{background:#dafbe1}.cut{color:#fff;background:#cf222e;padding:0 4px}</style>"
+            f"<div class='render'>{''.join(out)}</div>")
+
+
+def main() -> None:
+    st.set_page_config(page_title="chat-tune review", layout="wide")
+    try:
+        cfg, tok, eot = load_setup(tuple(app_args()))
+    except UserError as e:
+        st.error("\n\n".join(e.problems))
+        st.stop()
+    curate_dir = cfg.run_dir / "curate"
+    decisions_path = cfg.run_dir / "review" / "decisions.jsonl"
+    if not (curate_dir / "train.jsonl").is_file():
+        st.error(f"No curate outputs in `{curate_dir}`: run `make curate` first.")
+        st.stop()
+    mtimes = tuple((curate_dir / f).stat().st_mtime for f in ("train.jsonl", "val.jsonl") if (curate_dir / f).is_file())
+    kept, rejected = load_curated(str(curate_dir), mtimes)
+    by_id = {r["id"]: r for r in kept}
+    decisions = load_decisions(decisions_path)  # read every rerun: another tab may have written
+    latest = decisions["latest"]
+    for bad in decisions["corrupted"]:
+        st.warning(f"skipped a corrupted line in decisions.jsonl: {bad}")
+    sample = review_sample(kept, cfg.review.sample_size, cfg.review.seed, cfg.train.max_seq_length)
+    state = st.session_state
+
+    view = st.sidebar.radio("view", ["review", "rejected by filters", "summary"], key="view")
+    st.sidebar.markdown(f"run `{cfg.run_dir}`  \n{len(kept)} kept rows, {len(rejected)} rejected; sample {len(sample)} "
+                        f"(seed {cfg.review.seed})  \ndecisions: `{decisions_path}`")
+    if view == "rejected by filters":
+        audit(rejected, latest, decisions_path)
+        return
+    if view == "summary":
+        summary(sample, by_id, latest)
+        return
+
+    reviewed = sum(1 for i in sample if i in latest and latest[i]["action"] != "restore")
+    st.progress(reviewed / max(1, len(sample)), text=f"reviewed {reviewed} / {len(sample)}")
+    queue = st.sidebar.radio("queue", list(QUEUES), key="queue")
+    action_of = {i: latest[i]["action"] if i in latest else None for i in sample}
+    ids = [i for i in sample if action_of[i] == QUEUES[queue]]
+    counts = Counter(action_of.values())
+    st.sidebar.caption(" · ".join(f"{q}: {counts.get(a, 0)}" for q, a in QUEUES.items()))
+    st.sidebar.markdown("Shortcuts: " + SHORTCUTS)
+    if not ids:
+        st.info(f"The '{queue}' queue is empty." + (" Every sampled record has a decision." if queue == "to review" else ""))
+        return
+    cur = state.get("current")
+    if cur not in ids:  # resume: the first record of this queue, or the one after the last decided
+        cur = ids[0]
+    pos = ids.index(cur)
+    rec = by_id[cur]
+    st.caption(SHORTCUTS)
+
+    nav = st.columns(6)
+    act = None
+    if nav[0].button("Accept", shortcut="A", type="primary", key="accept"):
+        act = "accept"
+    if nav[1].button("Reject", shortcut="X", key="reject_open"):
+        state["mode"] = "reject"
+    if nav[2].button("Edit", shortcut="E", key="edit_open"):
+        state["mode"] = "edit"
+    if nav[3].button("Skip", shortcut="S", key="skip"):
+        act = "skip"
+    if nav[4].button("Back", shortcut="K", key="back", disabled=pos == 0):
+        state["current"], state["mode"] = ids[pos - 1], None
+        st.rerun()
+    if nav[5].button("Next", shortcut="J", key="next", disabled=pos >= len(ids) - 1):
+        state["current"], state["mode"] = ids[pos + 1], None
+        st.rerun()
+    if act:
+        decide(decisions_path, {"id": cur, "action": act}, ids, pos)
+
+    meta = st.columns([3, 2])
+    with meta[0]:
+        st.subheader(f"{pos + 1} / {len(ids)} in '{queue}' · `{cur}`")
+        for m in rec["messages"]:
+            with st.chat_message(m["role"], avatar={"system": "⚙️"}.get(m["role"])):
+                st.text(m["content"])
+    with meta[1]:
+        src = rec.get("source") or {}
+        tokens = int(rec.get("tokens") or 0)
+        over = tokens > cfg.train.max_seq_length
+        st.markdown(f"**source** `{src.get('file')}` row {src.get('row')} (line {src.get('line')})  \n"
+                    f"**format** {rec.get('format')} · **language** {rec.get('lang')} · **split** {rec.get('split')}  \n"
+                    f"**tokens** {tokens} / {cfg.train.max_seq_length}"
+                    + (" — :red[**truncated in training**]" if over else "")
+                    + f" ({length_bucket(tokens, cfg.train.max_seq_length)})  \n"
+                    f"**filters** passed all {len(cfg.curate.filters)}  \n"
+                    f"**cluster size** {rec.get('cluster_size', 1)}"
+                    + (f"  \n**decision** {latest[cur]['action']} {latest[cur].get('reason') or ''}" if cur in latest else ""))
+        dups = [r for r in rejected if r.get("near_duplicate_of") == cur or (r["reason"] == "exact_duplicate" and r.get("id") == cur)]
+        if rec.get("cluster_size", 1) > 1 or dups:
+            with st.expander(f"near-duplicates dropped for this record ({len(dups)})"):
+                for d in dups:
+                    st.markdown(f"`{d['id']}` {d['where']} ({d['reason']})")
+                    st.text(d["messages"][-1]["content"] if d.get("messages") else "")
+    cut_at = None
+    if over:
+        enc = tok(rec["text"], add_special_tokens=False, return_offsets_mapping=True)
+        cut_at = enc["offset_mapping"][cfg.train.max_seq_length][0]
+    specials = [t.content for t in tok.added_tokens_decoder.values() if t.special]
+    with st.expander("exact training render (special tokens boxed; green = the span that carries loss)", expanded=True):
+        st.html(render_html(rec["text"], rec["messages"], specials, eot, cut_at))
+
+    if state.get("mode") == "reject":
+        with st.form("reject_form"):
+            reason = st.selectbox("reason", REJECT_REASONS, key="reject_reason")
+            note = st.text_input("note (optional)", key="reject_note")
+            if st.form_submit_button("Confirm reject", type="primary"):
+                decide(decisions_path, {"id": cur, "action": "reject", "reason": reason, "note": note}, ids, pos)
+    if state.get("mode") == "edit":
+        with st.form("edit_form"):
+            edited = []
+            for k, m in enumerate(rec["messages"]):
+                role = st.selectbox(f"turn {k + 1} role", ["system", "user", "assistant"],
+                                    index=["system", "user", "assistant"].index(m["role"]), key=f"role_{cur}_{k}")
+                content = st.text_area(f"turn {k + 1} content", m["content"], key=f"content_{cur}_{k}")
+                edited.append({"role": role, "content": content})
+            note = st.text_input("note (optional)", key=f"edit_note_{cur}")
+            if st.form_submit_button("Save edit", type="primary"):
+                problem = edit_problem(edited)
+                if problem:
+                    st.error(f"Edit refused, nothing written: {problem}")
+                else:
+                    decide(decisions_path, {"id": cur, "action": "edit", "messages": edited, "note": note}, ids, pos)
+
+
+def decide(path: Path, decision: dict, ids: list[str], pos: int) -> None:
+    append_decision(path, decision)
+    state = st.session_state
+    state["mode"] = None
+    rest = ids[pos + 1:] + ids[:pos]
+    state["current"] = rest[0] if rest else None  # the decided record leaves this queue
+    state["last"] = f"{decision['action']} {decision['id']}"
+    st.rerun()
+
+
+def audit(rejected: list[dict], latest: dict, path: Path) -> None:
+    st.subheader(f"What the filters dropped ({len(rejected)} rows)")
+    reasons = Counter(r["reason"] for r in rejected)
+    chosen = st.multiselect("reason", sorted(reasons), default=sorted(reasons), format_func=lambda r: f"{r} ({reasons[r]})",
+                            key="audit_reasons")
+    rows = [r for r in rejected if r["reason"] in chosen]
+    import pandas as pd
+
+    st.dataframe(pd.DataFrame([{"id": r.get("id"), "reason": r["reason"], "where": r.get("where"), "detail": r.get("detail"),
+                                "restored": (latest.get(r.get("id") or "", {}).get("action") == "restore")} for r in rows]),
+                 hide_index=True, width="stretch")
+    restorable = [r for r in rows if r.get("id") and r.get("messages")]
+    if not restorable:
+        return
+    rid = st.selectbox("inspect / restore", [r["id"] for r in restorable], key="audit_pick",
+                       format_func=lambda i: f"{i} · {next(r['reason'] for r in restorable if r['id'] == i)}")
+    row = next(r for r in restorable if r["id"] == rid)
+    st.caption(f"{row.get('where')}: {row.get('detail')}")
+    for m in row["messages"]:
+        with st.chat_message(m["role"], avatar={"system": "⚙️"}.get(m["role"])):
+            st.text(m["content"])
+    if latest.get(rid, {}).get("action") == "restore":
+        st.success("restored: the next `make curate` keeps this row (the filters skip it; dedup still applies)")
+    elif st.button("Restore (override the filter)", key="restore"):
+        append_decision(path, {"id": rid, "action": "restore", "reason": f"override {row['reason']}"})
+        st.rerun()
+
+
+def summary(sample: list[str], by_id: dict, latest: dict) -> None:
+    import pandas as pd
+
+    rows = []
+    for i in sample:
+        d = latest.get(i)
+        if d and d["action"] in ("accept", "reject", "edit"):
+            r = by_id[i]
+            rows.append({"file": (r.get("source") or {}).get("file"), "format": r.get("format"), "language": r.get("lang"),
+                         "accepted": d["action"] in ("accept", "edit")})
+    st.subheader(f"Acceptance rate ({len(rows)} decided; edits count as accepted, skips are left out)")
+    if not rows:
+        st.info("No decisions yet.")
+        return
+    df = pd.DataFrame(rows)
+    for col in ("file", "format", "language"):
+        g = df.groupby(col)["accepted"].agg(["mean", "count"]).rename(columns={"mean": "acceptance", "count": "decided"})
+        st.markdown(f"**by {col}**")
+        cols = st.columns([2, 3])
+        cols[0].dataframe(g.round(3), width="stretch")
+        cols[1].bar_chart(g["acceptance"], height=180)
+
+
+main()

@@ -1,0 +1,253 @@
+"""`make review`: the Streamlit app on a real curate run. Streamlit's AppTest for sampling, actions,
+persistence and resume; one real-browser test (Debian's chromium driven by Playwright) that accepts, rejects
+and edits, then checks that the next curate run applies all three."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from common.runs import read_jsonl
+from curate.review import append_decision, edit_problem, load_decisions, review_sample
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "curate" / "review_app.py"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory, model_dir) -> Path:
+    """One real curate run on the sample data; tests copy it (a review dir of their own)."""
+    root = tmp_path_factory.mktemp("curated")
+    proc = subprocess.run([sys.executable, "-m", "curate", f"run.root={root}", "run.name=t"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "t" / "curate"
+
+
+@pytest.fixture
+def run_root(curated, tmp_path) -> Path:
+    shutil.copytree(curated, tmp_path / "t" / "curate")
+    return tmp_path
+
+
+def kept_records(root: Path) -> list[dict]:
+    return read_jsonl(root / "t/curate/train.jsonl") + read_jsonl(root / "t/curate/val.jsonl")
+
+
+def app(root: Path):
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["REVIEW_ARGS"] = f"run.root={root} run.name=t"
+    at = AppTest.from_file(str(APP), default_timeout=180)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def progress_text(at) -> str:
+    return at.get("progress")[0].proto.text
+
+
+def decisions(root: Path) -> list[dict]:
+    return read_jsonl(root / "t/review/decisions.jsonl")
+
+
+# ------------------------------------------------------------------------------------------ sampling
+def test_sample_is_seeded_stratified_and_sized(curated):
+    recs = read_jsonl(curated / "train.jsonl") + read_jsonl(curated / "val.jsonl")
+    a = review_sample(recs, 0, 0, 512)
+    assert len(a) == max(50, -(-len(recs) * 5 // 100)) and len(set(a)) == len(a)
+    assert a == review_sample(recs, 0, 0, 512) and a != review_sample(recs, 0, 1, 512)
+    by_id = {r["id"]: r for r in recs}
+    files = {r["source"]["file"] for r in recs}
+    assert {by_id[i]["source"]["file"] for i in a} == files  # every source file is represented
+    assert any(by_id[i]["cluster_size"] > 1 for i in a)  # and rows that had near-duplicates
+    assert len(review_sample(recs, 10_000, 0, 512)) == len(recs)  # capped by the data
+    assert len(review_sample(recs, 7, 0, 512)) == 7
+
+
+def test_edit_rules():
+    assert edit_problem([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]) is None
+    assert "expected" in edit_problem([{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}])
+    assert "empty" in edit_problem([{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}])
+
+
+def test_concurrent_appends_never_interleave(tmp_path):
+    path = tmp_path / "decisions.jsonl"
+    long_note = "x" * 20_000  # larger than a pipe buffer: a torn write would show
+
+    def writer(k):
+        for j in range(40):
+            append_decision(path, {"id": f"id{k}-{j}", "action": "accept", "note": long_note})
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    loaded = load_decisions(path)
+    assert loaded["corrupted"] == [] and len(loaded["latest"]) == 160
+
+
+# ------------------------------------------------------------------------------------------ AppTest
+def test_no_curate_output_says_what_to_run(tmp_path):
+    at = app(tmp_path)
+    assert any("run `make curate` first" in e.value for e in at.error)
+
+
+def test_actions_persist_and_reopening_resumes(run_root):
+    at = app(run_root)
+    n = len(review_sample(kept_records(run_root), 0, 0, 512))
+    assert progress_text(at) == f"reviewed 0 / {n}"
+    assert any("a** accept" in c.value for c in at.caption)  # the shortcuts are on screen
+    shown = next(h for h in at.subheader if "in 'to review'" in h.value).value
+    sample = review_sample(kept_records(run_root), 0, 0, 512)
+    assert f"`{sample[0]}`" in shown  # the sample's first record comes first
+
+    at.button(key="accept").click().run()
+    d = decisions(run_root)
+    assert [x["action"] for x in d] == ["accept"] and progress_text(at) == f"reviewed 1 / {n}"
+    assert d[0]["id"] == sample[0]
+
+    at.button(key="reject_open").click().run()
+    at.selectbox(key="reject_reason").set_value("bad format")
+    at.text_input(key="reject_note").input("keys in the wrong order")
+    at.button[[b.label for b in at.button].index("Confirm reject")].click().run()
+    d = decisions(run_root)
+    assert d[-1]["action"] == "reject" and d[-1]["reason"] == "bad format" and d[-1]["note"] == "keys in the wrong order"
+
+    at.button(key="edit_open").click().run()
+    target = at.session_state["current"]
+    areas = [t for t in at.text_area if t.key.startswith(f"content_{target}_")]
+    # break the alternation first: refused with the reason, nothing written
+    roles = [s for s in at.selectbox if s.key.startswith(f"role_{target}_")]
+    roles[-1].set_value("user")
+    at.button[[b.label for b in at.button].index("Save edit")].click().run()
+    assert any("Edit refused" in e.value for e in at.error) and len(decisions(run_root)) == 2
+    roles = [s for s in at.selectbox if s.key.startswith(f"role_{target}_")]
+    roles[-1].set_value("assistant")
+    areas = [t for t in at.text_area if t.key.startswith(f"content_{target}_")]
+    areas[-1].input('{"category": "edited"}')
+    at.button[[b.label for b in at.button].index("Save edit")].click().run()
+    d = decisions(run_root)
+    assert d[-1]["action"] == "edit" and d[-1]["id"] == target and d[-1]["messages"][-1]["content"] == '{"category": "edited"}'
+
+    at.button(key="skip").click().run()
+    assert progress_text(at) == f"reviewed 4 / {n}"
+
+    again = app(run_root)  # a reopened app resumes: the same counts, the next undecided record
+    assert progress_text(again) == f"reviewed 4 / {n}"
+    decided = {x["id"] for x in decisions(run_root)}
+    assert len(decided) == 4
+    shown = next(h for h in again.subheader if "in 'to review'" in h.value).value
+    assert f"`{next(i for i in sample if i not in decided)}`" in shown
+
+
+def test_corrupted_decision_line_is_reported_and_the_rest_kept(run_root):
+    recs = kept_records(run_root)
+    path = run_root / "t/review/decisions.jsonl"
+    append_decision(path, {"id": recs[0]["id"], "action": "accept"})
+    with open(path, "a") as f:
+        f.write('{"id": "broken", "act\n')
+    append_decision(path, {"id": recs[1]["id"], "action": "skip"})
+    at = app(run_root)
+    assert any("corrupted line" in w.value and "decisions.jsonl:2" in w.value for w in at.warning)
+    assert progress_text(at).startswith("reviewed ") and len(load_decisions(path)["latest"]) == 2
+
+
+def test_audit_view_filters_by_reason_and_restores(run_root):
+    at = app(run_root)
+    at.sidebar.radio(key="view").set_value("rejected by filters").run()
+    at.multiselect(key="audit_reasons").set_value(["refusal"]).run()
+    frame = at.dataframe[0].value
+    assert len(frame) == 5 and set(frame["reason"]) == {"refusal"}
+    rid = at.selectbox(key="audit_pick").value
+    at.button(key="restore").click().run()
+    d = decisions(run_root)
+    assert d[-1] == {**d[-1], "id": rid, "action": "restore", "reason": "override refusal"}
+
+
+def test_summary_shows_acceptance_per_source(run_root):
+    recs = {r["id"]: r for r in kept_records(run_root)}
+    sample = review_sample(list(recs.values()), 0, 0, 512)
+    path = run_root / "t/review/decisions.jsonl"
+    for k, i in enumerate(sample[:6]):
+        append_decision(path, {"id": i, "action": "accept" if k % 2 else "reject", "reason": "other"})
+    at = app(run_root)
+    at.sidebar.radio(key="view").set_value("summary").run()
+    tables = [t.value for t in at.dataframe]
+    assert len(tables) == 3 and int(tables[0]["decided"].sum()) == 6
+    assert abs(float((tables[0]["acceptance"] * tables[0]["decided"]).sum()) - 3) < 1e-6
+
+
+# ------------------------------------------------------------------------------------------ browser
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it)")
+def test_real_browser_accept_reject_edit_then_curate_applies_them(run_root, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", "127.0.0.1", "--server.port", str(port),
+         "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", f"run.root={run_root}", "run.name=t"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={k: v for k, v in os.environ.items() if k != "REVIEW_ARGS"})
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                        args=["--disable-background-networking", "--disable-component-update", "--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(f"http://127.0.0.1:{port}/")
+            n = len(review_sample(kept_records(run_root), 0, 0, 512))
+            expect(page.get_by_text(f"reviewed 0 / {n}")).to_be_visible(timeout=120_000)
+            page.get_by_role("button", name="Accept").click()
+            expect(page.get_by_text(f"reviewed 1 / {n}")).to_be_visible(timeout=30_000)
+            page.get_by_role("button", name="Reject").click()
+            page.get_by_label("note (optional)").fill("not a real ticket")
+            page.get_by_role("button", name="Confirm reject").click()
+            expect(page.get_by_text(f"reviewed 2 / {n}")).to_be_visible(timeout=30_000)
+            page.get_by_role("button", name="Edit").click()
+            last = page.get_by_label("turn 2 content") if page.get_by_label("turn 3 content").count() == 0 else page.get_by_label("turn 3 content")
+            last.fill('{"category": "billing", "priority": "low", "sentiment": "neutral", "product": null}')
+            page.get_by_role("button", name="Save edit").click()
+            expect(page.get_by_text(f"reviewed 3 / {n}")).to_be_visible(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert (tmp_path / "review.png").stat().st_size > 10_000
+    d = decisions(run_root)
+    assert [x["action"] for x in d] == ["accept", "reject", "edit"], d
+    assert d[1]["note"] == "not a real ticket"
+
+    proc = subprocess.run([sys.executable, "-m", "curate", f"run.root={run_root}", "run.name=t"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((run_root / "t/curate/report.json").read_text())
+    applied = report["review"]["applied"]
+    assert (applied["accept"], applied["reject"], applied["edit"]) == (1, 1, 1), report["review"]
+    rejected = read_jsonl(run_root / "t/curate/rejected.jsonl")
+    assert any(r["id"] == d[1]["id"] and r["reason"] == "human_review" and "not a real ticket" in r["detail"] for r in rejected)
+    kept = kept_records(run_root)
+    assert any(r["messages"][-1]["content"].startswith('{"category": "billing", "priority": "low"') and r["review"] == "edit" for r in kept)
+    assert any(r["id"] == d[0]["id"] and r["review"] == "accept" for r in kept)
