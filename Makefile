@@ -7,6 +7,7 @@
 #   make curate    data.inputs -> runs/<name>/curate/ (train/val/rejected/manifest .jsonl, report.html)
 #   make train     LoRA on runs/<name>/curate/train.jsonl -> runs/<name>/train/ (resumes; FRESH=1 starts over)
 #   make eval      base vs tuned on runs/<name>/curate/val.jsonl -> runs/<name>/eval/ (report.html)
+#   make review    Streamlit spot-check app on 127.0.0.1:<review.port> -> runs/<name>/review/decisions.jsonl (PORT= overrides)
 #   make gguf      merged model -> GGUF (f16, q8_0, export.quantizations) -> verified Modelfile in runs/<name>/export/
 #   make all       setup, curate, train, eval, gguf: the whole chain on the sample data with the embedded model
 #   make test      the test suite (sets up first)
@@ -19,6 +20,7 @@ SET ?=
 CONFIG ?= config.yaml
 MODEL ?=
 PYTEST_ARGS ?=
+PORT ?=
 
 VENV_STAMP := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
@@ -30,7 +32,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: all setup model doctor test sample-data clean-venv curate train eval gguf
+.PHONY: all setup model doctor test sample-data clean-venv curate review train eval gguf
 
 all: setup curate train eval gguf
 
@@ -59,6 +61,12 @@ clean-venv:
 
 curate: setup
 	$(PY) -m curate --config $(CONFIG) $(SET)
+
+review: setup
+	$(PY) -m streamlit run curate/review_app.py --server.address 127.0.0.1 \
+	  --server.port $(or $(PORT),$(shell $(PY) -m common.cli --get review.port --config $(CONFIG) $(SET))) \
+	  --server.headless true --browser.gatherUsageStats false --client.toolbarMode minimal \
+	  -- --config $(CONFIG) $(SET)
 
 train: setup
 	$(PY) -m train --config $(CONFIG) $(if $(FRESH),--fresh) $(SET)

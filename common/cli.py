@@ -19,3 +19,21 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m common.cli --get review.port [--config F] [key=value ...]`: one resolved value (for the Makefile)."""
+    ap = parser("python -m common.cli", "Print one resolved config value.")
+    ap.add_argument("--get", required=True, metavar="section.key")
+    args = ap.parse_args(argv)
+    value = config_from_args(args).to_dict()
+    for part in args.get.split("."):
+        value = value[part]
+    print(value)
+    return 0
+
+
+if __name__ == "__main__":
+    from common.errors import exits_cleanly
+
+    raise SystemExit(exits_cleanly(main)())
