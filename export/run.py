@@ -242,7 +242,10 @@ def main(cfg: Config) -> dict:
     }
     from export.report import write_report
 
-    summary["ollama"] = ollama(out, name, conversations[0][-1]["content"])
+    if failures:  # nothing broken gets registered with Ollama
+        summary["ollama"] = {"ran": False, "commands": "(not run: the round trip failed)"}
+    else:
+        summary["ollama"] = ollama(out, name, conversations[0][-1]["content"])
     atomic_write_json(out / "summary.json", summary)
     write_report(out, summary, roundtrip, cfg.run_dir / "eval")
     if failures:
