@@ -87,3 +87,16 @@ def test_adapter_from_another_base_and_empty_val_are_refused(evaluated, tmp_path
     (tmp_path / "t/curate/val.jsonl").write_text("")
     proc = run_eval(tmp_path, check=False)
     assert proc.returncode == 2 and "held out no validation rows" in proc.stderr and "report.html" in proc.stderr
+
+
+def test_batched_generation_with_a_shared_prefix_equals_one_at_a_time(hf_model, tokenizer):
+    from evaluate.run import generate
+
+    system = {"role": "system", "content": "You triage support messages. Answer with only a JSON object."}
+    prompts = [tokenizer.apply_chat_template([system, {"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
+               for c in ("My invoice is wrong.", "The app crashes when I log in on my phone.", "Where is my parcel?", "Hi")]
+    one = generate(hf_model, tokenizer, prompts, 12, 1, tokenizer.eos_token_id)
+    shared = generate(hf_model, tokenizer, prompts, 12, 4, tokenizer.eos_token_id)
+    plain = generate(hf_model, tokenizer, prompts, 12, 4, tokenizer.eos_token_id, share_prefix=False)
+    assert [g["ids"] for g in shared] == [g["ids"] for g in one] == [g["ids"] for g in plain]
+    assert all(g["new_tokens"] > 0 for g in one)
