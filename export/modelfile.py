@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -167,7 +168,7 @@ def build_renderer() -> Path:
                         "install Go (Debian/Ubuntu: apt-get install golang-go) and rerun")
     out = GO_DIR / "bin" / "gotemplate"
     proc = subprocess.run([go, "build", "-o", str(out), "."], cwd=GO_DIR, capture_output=True, text=True,
-                          env={**__import__("os").environ, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}, timeout=300)
+                          env={**os.environ, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}, timeout=300)
     if proc.returncode != 0:
         raise UserError(f"building {GO_DIR} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
     return out

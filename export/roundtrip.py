@@ -59,11 +59,11 @@ def hf_answers(model_dir: Path, conversations: list[list[dict]], max_new_tokens:
     return answers
 
 
-def gguf_answers(path: Path, conversations: list[list[dict]], max_new_tokens: int, n_ctx: int) -> tuple[list[dict], dict]:
+def gguf_answers(path: Path, conversations: list[list[dict]], max_new_tokens: int, n_ctx: int) -> list[dict]:
     """Greedy token ids of a GGUF, prompts rendered with the GGUF's own embedded chat template."""
     from tqdm import tqdm
 
-    from common.doctor import facts_from_gguf
+    from common.doctor import facts_from_gguf, render_jinja
 
     facts = facts_from_gguf(path)
     eot = facts.stop_ids[0] if facts.stop_ids else facts.eos_id
@@ -72,8 +72,6 @@ def gguf_answers(path: Path, conversations: list[list[dict]], max_new_tokens: in
         bos, eos = llm.detokenize([llm.token_bos()]).decode(errors="replace"), llm.detokenize([llm.token_eos()]).decode(errors="replace")
         add_bos = llm._model.add_bos_token()
         for conv in tqdm(conversations, desc=f"round trip: {path.name}", unit="prompt", leave=False):
-            from common.doctor import render_jinja
-
             prompt = render_jinja(facts.chat_template, conv, True, bos_token=bos, eos_token=eos)
             ids = llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
             new = llama_greedy(llm, ids, max_new_tokens, {eot, facts.eos_id})
@@ -81,7 +79,7 @@ def gguf_answers(path: Path, conversations: list[list[dict]], max_new_tokens: in
             body = new[:-1] if stopped else new
             out.append({"prompt_ids": ids, "ids": new, "stopped": stopped,
                         "text": llm.detokenize(body).decode("utf-8", errors="replace")})
-    return out, {"eot_id": eot, "eos_id": facts.eos_id}
+    return out
 
 
 def compare(hf: list[dict], gguf: list[dict], refs: list[str]) -> dict:

@@ -205,7 +205,7 @@ def main(cfg: Config) -> dict:
     answers = {}
     for t in types:
         t0 = time.time()
-        answers[t], _ = gguf_answers(files[t], conversations, max_new, n_ctx=cfg.train.max_seq_length + max_new)
+        answers[t] = gguf_answers(files[t], conversations, max_new, n_ctx=cfg.train.max_seq_length + max_new)
         roundtrip["gguf"][t] = {**compare(hf, answers[t], refs), "seconds": round(time.time() - t0, 1)}
         r = roundtrip["gguf"][t]
         print(f"export: round trip {t}: exact {r['exact_match_with_hf']:.0%}, token agreement {r['token_agreement']:.0%}, "
