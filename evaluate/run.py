@@ -15,6 +15,7 @@ from pathlib import Path
 
 from common.config import Config
 from common.errors import UserError
+from common.preflight import require, unwritable
 from common.runs import atomic_write_json, atomic_write_text, read_jsonl, stage_dir
 
 PROBE_DIR = Path(__file__).resolve().parent / "probe"
@@ -113,11 +114,24 @@ def text_perplexity(model, tokenizer, text: str, window: int = 256) -> float:
     return round(math.exp(total / max(1, count)), 3)
 
 
+def checks(cfg: Config) -> list[str]:
+    """What eval needs before it loads anything, as problem lines (common.preflight)."""
+    from train.recipe import resolve_model
+
+    problems = unwritable(cfg.run_dir, "run.root")
+    try:
+        resolve_model(cfg.model.name)
+    except UserError as e:
+        problems += e.problems
+    return problems
+
+
 def main(cfg: Config) -> dict:
     t0 = time.time()
     from train.recipe import check_adapter_base, inherit_train_config, resolve_model
 
     cfg, adapter = inherit_train_config(cfg, "eval")
+    require(checks(cfg))
     val_path = cfg.run_dir / "curate" / "val.jsonl"
     if not val_path.is_file():
         raise UserError(f"{val_path} not found; run `make curate` first")

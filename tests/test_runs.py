@@ -44,3 +44,56 @@ def test_unsloth_imports_with_its_cpu_backend():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "2026.10.9"
     assert "training on CPU" in proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------ prerequisites and fail-fast (make all)
+def path_without(tmp_path: Path, *commands: str) -> str:
+    """A PATH like this machine's, minus `commands`: a folder of links to every other program."""
+    import os
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for d in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(d):
+            continue
+        for name in os.listdir(d):
+            link = bindir / name
+            if name not in commands and not link.exists() and os.access(os.path.join(d, name), os.X_OK):
+                link.symlink_to(os.path.join(d, name))
+    return str(bindir)
+
+
+def test_prereqs_stop_at_once_with_the_command_when_they_cannot_install(tmp_path):
+    import os
+
+    env = {**os.environ, "PATH": path_without(tmp_path, "go", "gofmt"), "PREREQS_NO_INSTALL": "1"}
+    proc = subprocess.run(["bash", "scripts/prereqs.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "`go` not found (Debian package golang-go)" in proc.stdout
+    assert "sudo apt-get install -y golang-go" in proc.stderr and "chromium" not in proc.stderr
+    # with go present, nothing is missing from the setup list
+    proc = subprocess.run(["bash", "scripts/prereqs.sh", "--check"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
+
+
+def test_make_all_without_go_stops_in_the_preflight_before_any_stage(tmp_path):
+    """`make all` on a machine where setup could not install Go: the preflight names it (and every other
+    problem at once) before curate starts, instead of the export failing after the whole chain has run."""
+    import os
+    import time
+
+    afile = tmp_path / "not-a-folder"
+    afile.write_text("")
+    env = {**os.environ, "PATH": path_without(tmp_path, "go", "gofmt")}
+    t0 = time.time()
+    proc = subprocess.run(["make", "all", f"SET=run.root={afile}/runs train.batch_size=100000"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    seconds = time.time() - t0
+    assert proc.returncode != 0
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert any("`go` not found" in e and "apt-get install -y golang-go" in e for e in errors), proc.stderr
+    assert any("run.root" in e and "is a file, not a folder" in e for e in errors), proc.stderr
+    assert any("memory preflight" in e and "does not fit" in e for e in errors), proc.stderr
+    assert "preflight: 3 problem(s) above; nothing was run" in proc.stderr
+    assert "python -m curate" not in proc.stdout  # make stopped before the first stage
+    assert seconds < 60, f"the preflight took {seconds:.0f} s; it must stop the chain in its first minute"

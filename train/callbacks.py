@@ -20,8 +20,10 @@ class ProgressAndLog(TrainerCallback):
         self.bar = None
         self.tokens_seen = self.loss_tokens_seen = 0
         self.train_seconds = 0.0
+        self.steps: list[tuple[int, float]] = []  # (real tokens, seconds) per step of this process
         self.last_loss = self.last_val_loss = None
         self._t = None
+        self._step_tokens = 0
 
     def on_train_begin(self, args, state, control, **kw):
         if not self.resume and self.log_path.exists():
@@ -34,19 +36,30 @@ class ProgressAndLog(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kw):
         self._t = time.perf_counter()
+        self._step_tokens = 0
 
     def count(self, inputs, pad_token_id: int) -> None:
         """Real (non-pad) tokens of a training batch: the attention mask, or for packed rows every
         position that is not the pad token (the pad token never occurs inside a curated chat)."""
         if "attention_mask" in inputs:
-            self.tokens_seen += int(inputs["attention_mask"].sum())
+            n = int(inputs["attention_mask"].sum())
         else:
-            self.tokens_seen += int((inputs["input_ids"] != pad_token_id).sum())
+            n = int((inputs["input_ids"] != pad_token_id).sum())
+        self.tokens_seen += n
+        self._step_tokens += n
         self.loss_tokens_seen += int((inputs["labels"] != -100).sum())
 
     def on_step_end(self, args, state, control, **kw):
-        self.train_seconds += time.perf_counter() - self._t
+        seconds = time.perf_counter() - self._t
+        self.train_seconds += seconds
+        self.steps.append((self._step_tokens, seconds))
         self.bar.update(1)
+
+    def steady_tokens_per_second(self) -> float | None:
+        """Tokens/s without the first step of the process, which also pays one-off warm-up (allocator, kernels
+        chosen on first use): the rate a longer run settles at, for comparing short benchmark runs."""
+        rest = self.steps[1:]
+        return round(sum(t for t, _ in rest) / sum(s for _, s in rest), 1) if rest else None
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = dict(logs or {})

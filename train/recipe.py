@@ -17,6 +17,7 @@ from pathlib import Path
 
 from common.config import Config, dump_config, load_config
 from common.errors import UserError
+from common.preflight import require, unwritable
 from common.runs import atomic_write_json, atomic_write_text, package_versions, read_jsonl, stage_dir
 
 # Keys whose change makes an existing checkpoint a different run (the rest: how long, how often to log).
@@ -91,12 +92,35 @@ def find_checkpoint(ckpt_dir: Path, fp: dict) -> Path | None:
     return newest
 
 
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def checks(cfg: Config) -> list[str]:
+    """What training needs before anything heavy loads, as problem lines (common.preflight): a writable run
+    folder, the model, and memory for the configured batch and sequence length (train/preflight.py)."""
+    from train import preflight
+
+    problems = unwritable(cfg.run_dir, "run.root")
+    try:
+        model_dir = resolve_model(cfg.model.name)
+        gpu = on_gpu()
+        preflight.check(model_dir, cfg, "cuda" if gpu else "cpu", gradient_checkpointing=gpu)
+    except UserError as e:
+        problems += e.problems
+    return problems
+
+
 def main(cfg: Config, fresh: bool = False) -> dict:
     t_start = time.time()
     curate_dir = cfg.run_dir / "curate"
     train_path, val_path = curate_dir / "train.jsonl", curate_dir / "val.jsonl"
+    problems = checks(cfg)
     if not train_path.is_file():
-        raise UserError(f"{train_path} not found; run `make curate` first")
+        problems.append(f"{train_path} not found; run `make curate` first")
+    require(problems)
     train_records = read_jsonl(train_path)
     if not train_records:
         raise UserError(f"{train_path} is empty: curate kept no training rows; see {curate_dir / 'report.html'} for why")
@@ -113,12 +137,12 @@ def main(cfg: Config, fresh: bool = False) -> dict:
 
     import torch
 
-    on_gpu = torch.cuda.is_available()
-    device = "cuda" if on_gpu else "cpu"
-    gradient_checkpointing = on_gpu  # "unsloth" offloaded checkpointing on GPU; on CPU memory is plentiful
+    gpu = on_gpu()
+    device = "cuda" if gpu else "cpu"
+    gradient_checkpointing = gpu  # "unsloth" offloaded checkpointing on GPU; on CPU memory is plentiful
     from train import preflight
 
-    est = preflight.check(model_dir, cfg, device, gradient_checkpointing)  # before anything heavy is loaded
+    est = preflight.check(model_dir, cfg, device, gradient_checkpointing)  # checked above; printed and kept here
     print(est.line())
 
     import unsloth  # noqa: F401  (it patches transformers, PEFT and TRL, so it is imported before them)
@@ -141,10 +165,10 @@ def main(cfg: Config, fresh: bool = False) -> dict:
     # masking_utils looks for packed sequences only then); training never needs the cache.
     model.config.use_cache = False
     backend = {"device": device, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-               "load_in_4bit": bool(cfg.model.load_in_4bit and on_gpu), "gradient_checkpointing": gradient_checkpointing,
-               "why": ("GPU found" if on_gpu else "no GPU: Unsloth's CPU backend (stock transformers + PEFT + TRL, chunked CE); "
+               "load_in_4bit": bool(cfg.model.load_in_4bit and gpu), "gradient_checkpointing": gradient_checkpointing,
+               "why": ("GPU found" if gpu else "no GPU: Unsloth's CPU backend (stock transformers + PEFT + TRL, chunked CE); "
                        "4-bit needs a GPU") }
-    if cfg.model.load_in_4bit and not on_gpu:
+    if cfg.model.load_in_4bit and not gpu:
         print("train: model.load_in_4bit=true needs a GPU; training in full precision on the CPU")
     print(f"train: backend {backend}")
 
@@ -187,15 +211,15 @@ def main(cfg: Config, fresh: bool = False) -> dict:
         learning_rate=cfg.train.learning_rate, lr_scheduler_type=cfg.train.lr_scheduler,
         warmup_steps=warmup_steps, weight_decay=cfg.train.weight_decay,
         max_steps=cfg.train.max_steps, num_train_epochs=cfg.train.epochs,
-        optim="adamw_8bit" if on_gpu else "adamw_torch", seed=cfg.train.seed, data_seed=cfg.train.seed,
+        optim="adamw_8bit" if gpu else "adamw_torch", seed=cfg.train.seed, data_seed=cfg.train.seed,
         logging_steps=cfg.train.logging_steps, save_strategy="steps", save_steps=cfg.train.save_steps,
         eval_strategy="steps" if val_ds is not None else "no", eval_steps=cfg.train.eval_steps,
         load_best_model_at_end=cfg.train.early_stopping_patience > 0 and val_ds is not None,
         metric_for_best_model="eval_loss", greater_is_better=False,
-        gradient_checkpointing=gradient_checkpointing, bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=gradient_checkpointing, bf16=gpu and torch.cuda.is_bf16_supported(),
         max_length=cfg.train.max_seq_length, packing=False, remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True}, report_to="none", disable_tqdm=True,
-        save_only_model=False, dataloader_num_workers=0, use_cpu=not on_gpu)
+        save_only_model=False, dataloader_num_workers=0, use_cpu=not gpu)
     progress = ProgressAndLog(out / "train_log.jsonl", resume=resume_from is not None)
     callbacks = [progress, CompletionMarker(fp)]
     if cfg.train.early_stopping_patience > 0 and val_ds is not None:
@@ -226,7 +250,7 @@ def main(cfg: Config, fresh: bool = False) -> dict:
     from train.callbacks import plot_loss
 
     plot_loss(out / "train_log.jsonl", out / "loss.png")
-    peak = torch.cuda.max_memory_allocated() if on_gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = torch.cuda.max_memory_allocated() if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     summary = {
         "steps": int(result.global_step), "resumed_from": str(resume_from) if resume_from else None,
         "examples": len(tok_train.examples), "rows": len(train_rows), "packing": packing,
@@ -234,9 +258,10 @@ def main(cfg: Config, fresh: bool = False) -> dict:
         "examples_with_end_of_turn_loss": tok_train.with_end_of_turn_loss,
         "tokens_seen": progress.tokens_seen, "loss_tokens_seen": progress.loss_tokens_seen,
         "tokens_per_second": round(progress.tokens_seen / max(1e-9, progress.train_seconds), 1),
+        "steady_tokens_per_second": progress.steady_tokens_per_second(),
         "train_seconds": round(progress.train_seconds, 1), "wall_seconds": round(time.time() - t_start, 1),
         "final_train_loss": progress.last_loss, "final_val_loss": progress.last_val_loss,
-        "peak_memory_gib": round(peak / 1024**3, 3), "peak_memory_kind": "cuda max_memory_allocated" if on_gpu else "process max RSS",
+        "peak_memory_gib": round(peak / 1024**3, 3), "peak_memory_kind": "cuda max_memory_allocated" if gpu else "process max RSS",
         "memory_estimate_gib": est.to_dict(), "backend": backend, "model_dir": model_dir,
         "versions": package_versions(), "config": dump_config(cfg),
     }

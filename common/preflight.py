@@ -1,0 +1,65 @@
+"""Fail fast: what a stage will need, checked in its first seconds, every problem reported at once.
+
+Each stage lists its own needs as problem lines (`curate.pipeline.checks`, `train.recipe.checks`,
+`evaluate.run.checks`, `export.run.checks`) and runs them before its long steps; `python scripts/preflight.py`
+(the first step of `make all`) runs all of them before the chain starts, so a missing tool, an unwritable
+run folder, too little disk for the export or too little memory for training stop the run in seconds, not
+after 40 minutes. The helpers here return a list of problems (empty: fine), each one line with its fix.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from common.errors import UserError
+
+MiB = 2**20
+
+
+def missing_tool(command: str, package: str, why: str) -> list[str]:
+    """[problem] if `command` is not on PATH."""
+    if shutil.which(command):
+        return []
+    return [f"`{command}` not found on PATH: it is needed for {why}; install it with `make setup` (as root or with "
+            f"sudo) or `sudo apt-get install -y {package}`"]
+
+
+def existing_ancestor(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def unwritable(path: Path, key: str) -> list[str]:
+    """[problem] if `path` (or, where it does not exist yet, its nearest existing ancestor) cannot be written."""
+    base = existing_ancestor(path)
+    if not base.is_dir():
+        return [f"{key}: {base} is a file, not a folder; choose another {key}"]
+    try:
+        with tempfile.NamedTemporaryFile(dir=base, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        return [f"{key}: cannot write in {base} ({e.strerror}); choose a writable {key} or fix the permissions"]
+    return []
+
+
+def free_bytes(path: Path) -> int:
+    return shutil.disk_usage(existing_ancestor(path)).free
+
+
+def short_of_disk(path: Path, need: int, what: str, fix: str) -> list[str]:
+    """[problem] if the file system holding `path` has less than `need` bytes free."""
+    free = free_bytes(path)
+    if free >= need:
+        return []
+    return [f"not enough disk for {what}: needs ~{need / MiB:,.0f} MiB but {existing_ancestor(path)} has "
+            f"{free / MiB:,.0f} MiB free; {fix}"]
+
+
+def require(problems: list[str]) -> None:
+    """UserError with every problem, or nothing."""
+    if problems:
+        raise UserError(*problems)

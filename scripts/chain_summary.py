@@ -1,0 +1,80 @@
+"""The last thing `make all` prints: time per stage, the headline before -> after numbers, and where the reports,
+GGUFs and Modelfile are. Reads only what the stages wrote into runs/<name>/.
+
+    python scripts/chain_summary.py [--config config.yaml] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common.cli import config_from_args, parser  # noqa: E402
+from common.errors import UserError, exits_cleanly  # noqa: E402
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def pct(x: float | None) -> str:
+    return "?" if x is None else f"{100 * x:.0f}%" if x in (0, 1) or x >= 0.1 else f"{100 * x:.1f}%"
+
+
+def load(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def summary_lines(run_dir: Path) -> list[str]:
+    curate = load(run_dir / "curate" / "report.json")
+    curate_time = load(run_dir / "curate" / "timing.json") or {}
+    train = load(run_dir / "train" / "summary.json")
+    evaluation = load(run_dir / "eval" / "metrics.json")
+    export = load(run_dir / "export" / "summary.json")
+    if not any((curate, train, evaluation, export)):
+        raise UserError(f"{run_dir} holds no stage outputs yet; run `make all` (or `make curate train eval gguf`)")
+    times = {"curate": curate_time.get("seconds"), "train": train and train["wall_seconds"],
+             "eval": evaluation and evaluation["seconds"], "gguf": export and export["seconds"]}
+    ran = {k: v for k, v in times.items() if v is not None}
+    lines = [f"chain: {duration(sum(ran.values()))} in all ("
+             + ", ".join(f"{k} {duration(v)}" for k, v in ran.items()) + f") -> {run_dir}/"]
+    if curate:
+        lines.append(f"  curate: {curate['rows_in']} rows in = {curate['kept']} kept ({curate['train']} train, "
+                     f"{curate['val']} val) + {curate['rejected']} rejected; report {run_dir / 'curate' / 'report.html'}")
+    if train:
+        lines.append(f"  train:  {train['steps']} steps, {train['tokens_seen']:,} tokens at {train['tokens_per_second']} "
+                     f"tokens/s; final loss {train['final_train_loss']}, val loss {train['final_val_loss']}")
+    if evaluation and "tuned" in evaluation:
+        b, t = evaluation["base"], evaluation["tuned"]
+        keys = [k for k in ("exact_match", "field_accuracy", "valid_json", "rougeL", "stopped_at_end_of_turn") if k in t]
+        lines.append(f"  eval:   base -> tuned on {evaluation['val_rows']} val rows: "
+                     + ", ".join(f"{k} {pct(b[k]) if k != 'rougeL' else b[k]} -> {pct(t[k]) if k != 'rougeL' else t[k]}"
+                                 for k in keys))
+        lines.append(f"          report {run_dir / 'eval' / 'report.html'}")
+    elif evaluation:
+        lines.append(f"  eval:   base only (no adapter); report {run_dir / 'eval' / 'report.html'}")
+    if export:
+        served = export["modelfile_gguf"]
+        others = [t for t, f in export["files"].items() if Path(f).name != served]
+        lines.append(f"  export: GGUF {served} (+ {', '.join(others)}), "
+                     f"round trip {'passed' if export['roundtrip_passed'] else 'FAILED'}; report {run_dir / 'export' / 'report.html'}")
+        lines.append(f"          Modelfile {export['modelfile']}")
+        lines.append(f"          serve it: {export['ollama']['commands']}")
+    return lines
+
+
+@exits_cleanly
+def main(argv=None) -> int:
+    args = parser("scripts/chain_summary.py", "Summarise a run of the chain.").parse_args(argv)
+    print("\n".join(summary_lines(config_from_args(args).run_dir)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
