@@ -83,25 +83,25 @@ class LoraSection:
 @dataclass
 class TrainSection:
     max_seq_length: int = 512
-    max_steps: int = 36  # -1: use epochs
+    max_steps: int = -1  # -1: use epochs
     epochs: float = 1.0
     batch_size: int = 4
     grad_accum: int = 1
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-3
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     seed: int = 42
-    packing: bool = True
-    logging_steps: int = 5
-    eval_steps: int = 12
-    save_steps: int = 12
+    packing: bool = False
+    logging_steps: int = 10
+    eval_steps: int = 50
+    save_steps: int = 50
     early_stopping_patience: int = 0  # 0: off
 
 
 @dataclass
 class EvalSection:
-    max_new_tokens: int = 96
+    max_new_tokens: int = 64
     batch_size: int = 32
     max_samples: int = 0  # 0: the whole val split
 

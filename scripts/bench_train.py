@@ -5,8 +5,8 @@ unpacked, interleaved in rounds (A B C A B C ...) so that the machine's drift hi
                                   [--out docs/bench_train.json]
 
 Same data (runs/bench-train/curate/train.jsonl, made from the sample data by the curate stage), same
-steps, batch size, LoRA settings, learning rate and seed; each variant in its own process (Unsloth patches
-TRL when imported, and each process reports its own peak RSS):
+steps, batch size, LoRA settings, learning rate (the shipped config's) and seed; each variant in its own
+process (Unsloth patches TRL when imported, and each process reports its own peak RSS):
   (a) plain:       transformers model + PEFT LoRA + TRL SFTTrainer on the `messages` column, TRL's defaults
                    otherwise (chat template applied by TRL, loss on all tokens, padding to the longest row of
                    each batch, no packing, gradient checkpointing on, max_length 1024). Two changes, both so
@@ -67,7 +67,7 @@ class TorchLogProbs:
         return picked, entropy, None, None, top1
 
 
-def plain(data: Path, steps: int, batch: int, model_dir: str) -> dict:
+def plain(data: Path, steps: int, batch: int, model_dir: str, learning_rate: float) -> dict:
     """(a): no Unsloth anywhere in this process."""
     import torch
     import trl.trainer.utils as trl_utils
@@ -100,7 +100,7 @@ def plain(data: Path, steps: int, batch: int, model_dir: str) -> dict:
             return super().training_step(model, inputs, *a, **k)
 
     with tempfile.TemporaryDirectory() as tmp:
-        args = SFTConfig(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch, learning_rate=2e-4,
+        args = SFTConfig(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch, learning_rate=learning_rate,
                          seed=42, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, use_cpu=True,
                          bf16=False)  # TRL's default bf16 autocast is emulated on this CPU (no AVX512-BF16): ~4 tok/s
         trainer = Counting(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
@@ -139,9 +139,9 @@ def main() -> int:
     args = ap.parse_args()
     from common.config import load_config
 
-    model_dir = load_config().model.name
+    shipped = load_config()
     if args.variant == "plain":
-        print(json.dumps(plain(args.data, args.steps, args.batch_size, model_dir)))
+        print(json.dumps(plain(args.data, args.steps, args.batch_size, shipped.model.name, shipped.train.learning_rate)))
         return 0
     variants = args.variants.split(",")
     runs: dict[str, list[dict]] = {v: [] for v in variants}

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.cli import config_from_args, parser  # noqa: E402
 from common.errors import UserError, exits_cleanly  # noqa: E402
+from common.runs import read_jsonl  # noqa: E402
 
 
 def duration(seconds: float | None) -> str:
@@ -25,6 +26,13 @@ def duration(seconds: float | None) -> str:
 
 def pct(x: float | None) -> str:
     return "?" if x is None else f"{100 * x:.0f}%" if x in (0, 1) or x >= 0.1 else f"{100 * x:.1f}%"
+
+
+def clip(text: str, width: int = 110, keep_end: bool = False) -> str:
+    flat = " ".join(text.split())
+    if len(flat) <= width:
+        return flat
+    return "…" + flat[-(width - 1):] if keep_end else flat[: width - 1] + "…"
 
 
 def load(path: Path) -> dict | None:
@@ -56,6 +64,11 @@ def summary_lines(run_dir: Path) -> list[str]:
         lines.append(f"  eval:   base -> tuned on {evaluation['val_rows']} val rows: "
                      + ", ".join(f"{k} {pct(b[k]) if k != 'rougeL' else b[k]} -> {pct(t[k]) if k != 'rougeL' else t[k]}"
                                  for k in keys))
+        example = next((x for x in read_jsonl(run_dir / "eval" / "samples.jsonl") if x.get("flip") == "fixed"), None)
+        if example:  # one val row the tuning fixed, so the difference can be seen, not only counted
+            lines.append(f"          e.g. {clip(example['prompt'], keep_end=True)}")  # a prompt's end: the message
+            lines.append(f"            base:  {clip(example['base'])}")
+            lines.append(f"            tuned: {clip(example['tuned'])}")
         lines.append(f"          report {run_dir / 'eval' / 'report.html'}")
     elif evaluation:
         lines.append(f"  eval:   base only (no adapter); report {run_dir / 'eval' / 'report.html'}")

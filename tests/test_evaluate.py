@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import CHAIN_VAL_ROWS
 from evaluate.metrics import aggregate, main_metric, score
 from test_train import make_curate_dir
 
@@ -36,7 +37,7 @@ def test_metrics():
 
 @pytest.fixture(scope="module")
 def evaluated(chain):
-    """The eval stage of `make all` on the sample data after 10 training steps (conftest.chain)."""
+    """The eval stage of `make all` on the sample data after 20 training steps (conftest.CHAIN_SET)."""
     root, proc = chain
     return root, root / "t" / "eval", proc
 
@@ -44,17 +45,17 @@ def evaluated(chain):
 def test_before_and_after_on_the_same_val_set(evaluated):
     _, out, proc = evaluated
     m = json.loads((out / "metrics.json").read_text())
-    assert m["main_metric"] == "field_accuracy" and m["val_rows"] == 6
+    assert m["main_metric"] == "field_accuracy" and m["val_rows"] == CHAIN_VAL_ROWS
     assert "eval: inherited from" in proc.stdout
-    # even 10 steps teach the format: the tuned model answers with the JSON object, the base model chats
+    # even 20 steps teach the format: the tuned model answers with the JSON object, the base model chats
     assert m["tuned"]["valid_json"] >= m["base"]["valid_json"] + 0.5, m
     assert m["tuned"]["teacher_forced"]["loss"] < m["base"]["teacher_forced"]["loss"]
     assert m["tuned"]["stopped_at_end_of_turn"] == 1.0
-    assert set(m["flips"]) == {"fixed", "broke", "same"} and sum(m["flips"].values()) == 6
+    assert set(m["flips"]) == {"fixed", "broke", "same"} and sum(m["flips"].values()) == CHAIN_VAL_ROWS
     fp = m["forgetting_probe"]
     assert fp["prompts"] >= 20 and "general_text_perplexity_delta" in fp
     samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 6 and all({"reference", "base", "tuned", "flip"} <= set(s) for s in samples)
+    assert len(samples) == CHAIN_VAL_ROWS and all({"reference", "base", "tuned", "flip"} <= set(s) for s in samples)
     order = [{"broke": 0, "fixed": 1, "same": 2}[s["flip"]] for s in samples]
     assert order == sorted(order)  # flips first
     html = (out / "report.html").read_text()

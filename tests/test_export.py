@@ -140,9 +140,15 @@ def test_fake_ollama_is_called_with_create_and_a_smoke_prompt(tmp_path, monkeypa
 def test_make_all_ends_with_a_verified_gguf_and_modelfile(chain):
     root, proc = chain
     out = root / "t" / "export"
-    tail = proc.stdout.strip().splitlines()[-6:]
-    assert any(line.strip().startswith("report:") for line in tail), tail
-    assert any(line.strip().startswith("Modelfile:") and str(out / "Modelfile") in line for line in tail), tail
+    lines = proc.stdout.strip().splitlines()
+    assert "preflight: curate, train, eval, gguf have what they need" in proc.stdout  # checked before curate ran
+    assert lines.index(next(ln for ln in lines if ln.startswith("preflight: "))) < lines.index(
+        next(ln for ln in lines if ln.startswith("curate: ")))
+    summary = lines[max(i for i, ln in enumerate(lines) if ln.startswith("chain: ")):]  # the last thing printed
+    assert re.fullmatch(r"chain: .+ in all \(curate .+, train .+, eval .+, gguf .+\) -> .+/t/", summary[0]), summary
+    assert any(ln.strip().startswith("eval:   base -> tuned on 6 val rows: exact_match") for ln in summary), summary
+    assert any(ln.strip() == f"Modelfile {out / 'Modelfile'}" for ln in summary), summary
+    assert any(ln.strip().startswith("serve it: cd ") and "ollama create t -f Modelfile" in ln for ln in summary), summary
     for t in ("f16", "q8_0", "q4_k_m"):
         assert (out / f"t-{t}.gguf").stat().st_size > 50_000_000, t
         assert check(out / f"t-{t}.gguf").ok
