@@ -15,8 +15,6 @@ from pathlib import Path
 
 from common.errors import UserError
 
-MiB = 2**20
-
 
 def missing_tool(command: str, package: str, why: str) -> list[str]:
     """[problem] if `command` is not on PATH."""
@@ -47,16 +45,8 @@ def unwritable(path: Path, key: str) -> list[str]:
 
 
 def free_bytes(path: Path) -> int:
+    """Free bytes on the file system that holds `path` (or would, once created)."""
     return shutil.disk_usage(existing_ancestor(path)).free
-
-
-def short_of_disk(path: Path, need: int, what: str, fix: str) -> list[str]:
-    """[problem] if the file system holding `path` has less than `need` bytes free."""
-    free = free_bytes(path)
-    if free >= need:
-        return []
-    return [f"not enough disk for {what}: needs ~{need / MiB:,.0f} MiB but {existing_ancestor(path)} has "
-            f"{free / MiB:,.0f} MiB free; {fix}"]
 
 
 def require(problems: list[str]) -> None:

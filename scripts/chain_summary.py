@@ -25,7 +25,7 @@ def duration(seconds: float | None) -> str:
 
 
 def pct(x: float | None) -> str:
-    return "?" if x is None else f"{100 * x:.0f}%" if x in (0, 1) or x >= 0.1 else f"{100 * x:.1f}%"
+    return "?" if x is None else f"{100 * x:.0f}%" if x in (0, 1) else f"{100 * x:.1f}%"
 
 
 def clip(text: str, width: int = 110, keep_end: bool = False) -> str:
@@ -64,8 +64,10 @@ def summary_lines(run_dir: Path) -> list[str]:
         lines.append(f"  eval:   base -> tuned on {evaluation['val_rows']} val rows: "
                      + ", ".join(f"{k} {pct(b[k]) if k != 'rougeL' else b[k]} -> {pct(t[k]) if k != 'rougeL' else t[k]}"
                                  for k in keys))
-        example = next((x for x in read_jsonl(run_dir / "eval" / "samples.jsonl") if x.get("flip") == "fixed"), None)
-        if example:  # one val row the tuning fixed, so the difference can be seen, not only counted
+        main = evaluation["main_metric"]
+        fixed = [x for x in read_jsonl(run_dir / "eval" / "samples.jsonl") if x.get("flip") == "fixed"]
+        example = max(fixed, key=lambda x: x[f"tuned_{main}"] - x[f"base_{main}"], default=None)
+        if example:  # the val row the tuning fixed most, so the difference can be seen, not only counted
             lines.append(f"          e.g. {clip(example['prompt'], keep_end=True)}")  # a prompt's end: the message
             lines.append(f"            base:  {clip(example['base'])}")
             lines.append(f"            tuned: {clip(example['tuned'])}")

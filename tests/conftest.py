@@ -26,7 +26,7 @@ CORPUS = ROOT / "tests" / "data" / "tokenizer_corpus.jsonl"
 # 20 steps of 4 rows (80 of the 522 train rows; the shipped default trains 131 steps) at the shipped learning rate.
 CHAIN_VAL_ROWS = 16
 CHAIN_SET = ["run.name=t", "train.max_steps=20", "train.batch_size=4", "train.max_seq_length=256",
-             "train.warmup_ratio=0", "train.save_steps=10", "train.eval_steps=10",
+             "train.warmup_ratio=0", "train.save_steps=10", "train.eval_steps=20",
              f"eval.max_samples={CHAIN_VAL_ROWS}", "eval.max_new_tokens=40", "export.roundtrip_prompts=20"]
 
 

@@ -50,6 +50,10 @@ def test_before_and_after_on_the_same_val_set(evaluated):
     # even 20 steps teach the format: the tuned model answers with the JSON object, the base model chats
     assert m["tuned"]["valid_json"] >= m["base"]["valid_json"] + 0.5, m
     assert m["tuned"]["teacher_forced"]["loss"] < m["base"]["teacher_forced"]["loss"]
+    # ... and the beginning of the task itself, not only its format. A lower bar than the shipped default's: these 20
+    # steps see 80 of the 522 train rows (measured: field accuracy 0% -> 47% on these 16 rows), where the default's
+    # 131 steps reach exact match 98% and field accuracy 99.6% on all 58 (docs/benchmarks.md, issue 12).
+    assert m["tuned"]["field_accuracy"] >= m["base"]["field_accuracy"] + 0.3, m
     assert m["tuned"]["stopped_at_end_of_turn"] == 1.0
     assert set(m["flips"]) == {"fixed", "broke", "same"} and sum(m["flips"].values()) == CHAIN_VAL_ROWS
     fp = m["forgetting_probe"]
