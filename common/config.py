@@ -104,6 +104,7 @@ class EvalSection:
     max_new_tokens: int = 64
     batch_size: int = 32
     max_samples: int = 0  # 0: the whole val split
+    probe_prompts: int = 0  # forgetting-probe prompts answered by base and tuned; 0: all
 
 
 @dataclass
@@ -364,6 +365,8 @@ def _semantic_problems(cfg: Config, source: str) -> list[str]:
     need(cfg.review.sample_size >= 0, "review.sample_size", "must be 0 (automatic) or positive, e.g. 50")
     need(0 < cfg.review.port < 65536, "review.port", "must be a TCP port, e.g. 8501")
     need(cfg.export.roundtrip_prompts > 0, "export.roundtrip_prompts", "must be positive, e.g. 20")
+    need(cfg.eval.max_samples >= 0, "eval.max_samples", "must be 0 (the whole val split) or positive")
+    need(cfg.eval.probe_prompts >= 0, "eval.probe_prompts", "must be 0 (all) or positive")
     need(bool(cfg.run.name) and "/" not in cfg.run.name, "run.name", "must be a plain directory name, e.g. default")
     return out
 

@@ -170,7 +170,7 @@ def main(cfg: Config) -> dict:
 
     prompts = [tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True) for r in records]
     refs = [r["messages"][-1]["content"] for r in records]
-    probe_prompts = [p["prompt"] for p in read_jsonl(PROBE_DIR / "prompts.jsonl")]
+    probe_prompts = [p["prompt"] for p in read_jsonl(PROBE_DIR / "prompts.jsonl")][: cfg.eval.probe_prompts or None]
     probe_rendered = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
                       for p in probe_prompts]
     general = (PROBE_DIR / "general.txt").read_text(encoding="utf-8")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHAIN_VAL_ROWS
+from conftest import CHAIN_PROBE_PROMPTS, CHAIN_VAL_ROWS
 from evaluate.metrics import aggregate, main_metric, score
 from test_train import make_curate_dir
 
@@ -57,7 +57,7 @@ def test_before_and_after_on_the_same_val_set(evaluated):
     assert m["tuned"]["stopped_at_end_of_turn"] == 1.0
     assert set(m["flips"]) == {"fixed", "broke", "same"} and sum(m["flips"].values()) == CHAIN_VAL_ROWS
     fp = m["forgetting_probe"]
-    assert fp["prompts"] >= 20 and "general_text_perplexity_delta" in fp
+    assert fp["prompts"] == CHAIN_PROBE_PROMPTS and "general_text_perplexity_delta" in fp
     samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == CHAIN_VAL_ROWS and all({"reference", "base", "tuned", "flip"} <= set(s) for s in samples)
     order = [{"broke": 0, "fixed": 1, "same": 2}[s["flip"]] for s in samples]
@@ -70,7 +70,7 @@ def test_before_and_after_on_the_same_val_set(evaluated):
 
 def test_no_adapter_evaluates_the_base_alone(tmp_path, model_dir):
     make_curate_dir(tmp_path, n_train=4, n_val=2)
-    proc = run_eval(tmp_path, "eval.max_new_tokens=8")
+    proc = run_eval(tmp_path, "eval.max_new_tokens=8", "eval.probe_prompts=2")
     assert "evaluating the base model alone" in proc.stdout
     m = json.loads((tmp_path / "t/eval/metrics.json").read_text())
     assert "tuned" not in m and m["base"]["valid_json"] is not None

@@ -15,6 +15,7 @@ import pytest
 
 from common.doctor import check, render_jinja
 from common.errors import UserError
+from conftest import CHAIN_ROUNDTRIP_PROMPTS, CHAIN_VAL_ROWS
 from export.modelfile import build_renderer, derive, go_render, go_template, modelfile_text, verify
 from export.run import disk_plan, ollama, run_measured
 
@@ -146,7 +147,7 @@ def test_make_all_ends_with_a_verified_gguf_and_modelfile(chain):
         next(ln for ln in lines if ln.startswith("curate: ")))
     summary = lines[max(i for i, ln in enumerate(lines) if ln.startswith("chain: ")):]  # the last thing printed
     assert re.fullmatch(r"chain: .+ in all \(curate .+, train .+, eval .+, gguf .+\) -> .+/t/", summary[0]), summary
-    assert any(ln.strip().startswith("eval:   base -> tuned on 6 val rows: exact_match") for ln in summary), summary
+    assert any(ln.strip().startswith(f"eval:   base -> tuned on {CHAIN_VAL_ROWS} val rows: exact_match") for ln in summary), summary
     assert any(ln.strip() == f"Modelfile {out / 'Modelfile'}" for ln in summary), summary
     assert any(ln.strip().startswith("serve it: cd ") and "ollama create t -f Modelfile" in ln for ln in summary), summary
     for t in ("f16", "q8_0", "q4_k_m"):
@@ -157,7 +158,7 @@ def test_make_all_ends_with_a_verified_gguf_and_modelfile(chain):
     assert modelfile.startswith("FROM ./t-q4_k_m.gguf\n") and 'PARAMETER stop "<|im_end|>"' in modelfile
     assert "PARAMETER num_ctx 256" in modelfile  # the training sequence length (CHAIN_SET)
     rt = json.loads((out / "roundtrip.json").read_text())
-    assert rt["passed"] and rt["prompts"] == 20
+    assert rt["passed"] and rt["prompts"] == CHAIN_ROUNDTRIP_PROMPTS
     assert rt["gguf"]["f16"]["exact_match_with_hf"] >= 0.9 and rt["gguf"]["f16"]["stopped_at_end_of_turn"] == 1.0
     for t, r in rt["gguf"].items():
         assert r["same_prompt_tokens"] == 1.0, t  # the embedded template + llama.cpp tokenizer = the training tokens
