@@ -26,31 +26,31 @@ sys.path.insert(0, str(ROOT))
 
 
 def score(run_dir: Path, max_new_tokens: int) -> dict:
-    """Tuned-model generations on val, scored like the eval stage (child process: a fresh model each time)."""
-    code = f"""
-import json, sys
-sys.path.insert(0, {str(ROOT)!r})
-import unsloth
-from unsloth import FastLanguageModel
-from peft import PeftModel
-from common.config import load_config
-from common.runs import read_jsonl
-from evaluate.metrics import aggregate, score
-from evaluate.run import generate
-run_dir = __import__('pathlib').Path({str(run_dir)!r})
-cfg = load_config(run_dir / 'train' / 'config.yaml')
-model, tok = FastLanguageModel.from_pretrained(cfg.model.name, max_seq_length=cfg.train.max_seq_length, load_in_4bit=False)
-model = PeftModel.from_pretrained(model, str(run_dir / 'train' / 'adapter')).eval()
-records = read_jsonl(run_dir / 'curate' / 'val.jsonl')
-prompts = [tok.apply_chat_template(r['messages'][:-1], tokenize=False, add_generation_prompt=True) for r in records]
-from common.doctor import check
-eot = check(cfg.model.name).end_of_turn_id
-gens = generate(model, tok, prompts, {max_new_tokens}, 32, eot)
-m = aggregate([score(g['text'], r['messages'][-1]['content']) for g, r in zip(gens, records)])
-m['stopped_at_end_of_turn'] = sum(g['stopped'] for g in gens) / len(gens)
-print(json.dumps(m))
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    """Tuned-model generations on val, scored like the eval stage (in this process: call it from a fresh one)."""
+    import unsloth  # noqa: F401  (the train stage's loader, imported before transformers)
+    from peft import PeftModel
+    from unsloth import FastLanguageModel
+
+    from common.config import load_config
+    from common.doctor import check
+    from common.runs import read_jsonl
+    from evaluate.metrics import aggregate, score as score_one
+    from evaluate.run import generate
+
+    cfg = load_config(run_dir / "train" / "config.yaml")
+    model, tok = FastLanguageModel.from_pretrained(cfg.model.name, max_seq_length=cfg.train.max_seq_length, load_in_4bit=False)
+    model = PeftModel.from_pretrained(model, str(run_dir / "train" / "adapter")).eval()
+    records = read_jsonl(run_dir / "curate" / "val.jsonl")
+    prompts = [tok.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True) for r in records]
+    gens = generate(model, tok, prompts, max_new_tokens, 32, check(cfg.model.name).end_of_turn_id)
+    m = aggregate([score_one(g["text"], r["messages"][-1]["content"]) for g, r in zip(gens, records)])
+    m["stopped_at_end_of_turn"] = sum(g["stopped"] for g in gens) / len(gens)
+    return m
+
+
+def score_in_child(run_dir: Path, max_new_tokens: int) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--score", str(run_dir), "--max-new-tokens", str(max_new_tokens)],
+                          capture_output=True, text=True, cwd=ROOT)
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -58,11 +58,15 @@ print(json.dumps(m))
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("settings", nargs="+", help="NAME:key=value,key=value")
+    ap.add_argument("settings", nargs="*", help="NAME:key=value,key=value")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--root", type=Path, default=None, help="run root to keep (default: a temporary folder)")
+    ap.add_argument("--score", type=Path, help=argparse.SUPPRESS)  # internal: score one run dir in this process
     args = ap.parse_args()
+    if args.score:
+        print(json.dumps(score(args.score, args.max_new_tokens)))
+        return 0
     from common.config import load_config
     from curate.pipeline import run as curate
 
@@ -79,7 +83,7 @@ def main() -> int:
             if proc.returncode:
                 raise SystemExit(proc.stdout[-2000:] + proc.stderr[-2000:])
             s = json.loads((root / "sweep" / "train" / "summary.json").read_text())
-            m = score(root / "sweep", args.max_new_tokens)
+            m = score_in_child(root / "sweep", args.max_new_tokens)
             row = {"name": name, "overrides": overrides, "steps": s["steps"], "tokens_seen": s["tokens_seen"],
                    "train_seconds": s["train_seconds"], "tokens_per_second": s["tokens_per_second"],
                    "final_train_loss": s["final_train_loss"], "final_val_loss": s["final_val_loss"],
