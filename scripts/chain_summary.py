@@ -28,6 +28,10 @@ def pct(x: float | None) -> str:
     return "?" if x is None else f"{100 * x:.0f}%" if x in (0, 1) else f"{100 * x:.1f}%"
 
 
+def value(metric: str, x: float) -> str:
+    return str(x) if metric == "rougeL" else pct(x)  # rougeL is a score, the rest are shares
+
+
 def clip(text: str, width: int = 110, keep_end: bool = False) -> str:
     flat = " ".join(text.split())
     if len(flat) <= width:
@@ -62,8 +66,7 @@ def summary_lines(run_dir: Path) -> list[str]:
         b, t = evaluation["base"], evaluation["tuned"]
         keys = [k for k in ("exact_match", "field_accuracy", "valid_json", "rougeL", "stopped_at_end_of_turn") if k in t]
         lines.append(f"  eval:   base -> tuned on {evaluation['val_rows']} val rows: "
-                     + ", ".join(f"{k} {pct(b[k]) if k != 'rougeL' else b[k]} -> {pct(t[k]) if k != 'rougeL' else t[k]}"
-                                 for k in keys))
+                     + ", ".join(f"{k} {value(k, b[k])} -> {value(k, t[k])}" for k in keys))
         main = evaluation["main_metric"]
         fixed = [x for x in read_jsonl(run_dir / "eval" / "samples.jsonl") if x.get("flip") == "fixed"]
         example = max(fixed, key=lambda x: x[f"tuned_{main}"] - x[f"base_{main}"], default=None)

@@ -98,16 +98,21 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def checks(cfg: Config) -> list[str]:
-    """What training needs before anything heavy loads, as problem lines (common.preflight): a writable run
-    folder, the model, and memory for the configured batch and sequence length (train/preflight.py)."""
+def memory_check(model_dir: str, cfg: Config):
+    """The memory preflight (train/preflight.py) for this machine: on a GPU with "unsloth" offloaded gradient
+    checkpointing, on a CPU without (memory is plentiful there). The Estimate, or UserError with what to try."""
     from train import preflight
 
+    gpu = on_gpu()
+    return preflight.check(model_dir, cfg, "cuda" if gpu else "cpu", gradient_checkpointing=gpu)
+
+
+def checks(cfg: Config) -> list[str]:
+    """What training needs before anything heavy loads, as problem lines (common.preflight): a writable run
+    folder, the model, and memory for the configured batch and sequence length."""
     problems = unwritable(cfg.run_dir, "run.root")
     try:
-        model_dir = resolve_model(cfg.model.name)
-        gpu = on_gpu()
-        preflight.check(model_dir, cfg, "cuda" if gpu else "cpu", gradient_checkpointing=gpu)
+        memory_check(resolve_model(cfg.model.name), cfg)
     except UserError as e:
         problems += e.problems
     return problems
@@ -137,13 +142,10 @@ def main(cfg: Config, fresh: bool = False) -> dict:
 
     import torch
 
-    gpu = on_gpu()
-    device = "cuda" if gpu else "cpu"
-    gradient_checkpointing = gpu  # "unsloth" offloaded checkpointing on GPU; on CPU memory is plentiful
-    from train import preflight
-
-    est = preflight.check(model_dir, cfg, device, gradient_checkpointing)  # checked above; printed and kept here
+    est = memory_check(model_dir, cfg)  # passed in checks(); printed and kept in the summary here
     print(est.line())
+    device, gradient_checkpointing = est.device, est.gradient_checkpointing
+    gpu = device != "cpu"
 
     import unsloth  # noqa: F401  (it patches transformers, PEFT and TRL, so it is imported before them)
     from common.doctor import require_healthy
