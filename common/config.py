@@ -345,12 +345,7 @@ def _semantic_problems(cfg: Config, source: str) -> list[str]:
         if not ok:
             out.append(f"{source}: `{key}` {msg}")
 
-    from curate.filters import FILTERS  # the filter names live with the filters
-
-    for name in cfg.curate.filters:
-        close = difflib.get_close_matches(name, list(FILTERS), n=1)
-        need(name in FILTERS, "curate.filters", f"names an unknown filter {name!r}"
-             + (f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(FILTERS)}"))
+    # curate.filters names are checked by curate.checks(cfg), beside the filters themselves
     need(cfg.curate.minhash_bands == 0 or cfg.curate.minhash_num_perm // cfg.curate.minhash_bands >= 1,
          "curate.minhash_bands", "must be 0 (automatic) or at most curate.minhash_num_perm")
     need(0.0 < cfg.split.val_fraction < 1.0, "split.val_fraction", "must be between 0 and 1, e.g. 0.1")

@@ -6,7 +6,8 @@ end-of-turn token so collators mask it out of the labels. Then the model never l
 in training but runs on in Ollama. This module reads those facts from an HF model directory or from a
 GGUF file's metadata, checks that they agree, and prints every problem with its fix.
 
-    python -m common.doctor [MODEL_DIR_OR_GGUF ...]     # default: the config's model.name
+    python -m common.doctor [--model MODEL_DIR_OR_GGUF ...] [--config config.yaml] [key=value ...]
+                                                  # default: the config's model.name
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from common.errors import UserError, exits_cleanly
+from common.jinja import render_jinja
 
 SENTINEL = "DOCTOR_SENTINEL_7f3a"
 SAMPLE_CONVERSATION = [
@@ -163,18 +165,6 @@ def facts_from_gguf(path: str | Path) -> Facts:
     )
 
 
-def render_jinja(template: str, messages: list[dict], add_generation_prompt: bool, **extra) -> str:
-    """Render a chat template the way transformers does (sandboxed, trim_blocks, lstrip_blocks)."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(msg):
-        raise ValueError(msg)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **extra)
-
-
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
@@ -232,6 +222,14 @@ def diagnose(facts: Facts) -> Report:
             f"eos is {facts.token(facts.eos_id)} but the template ends assistant turns with {facts.token(eot_id)}: "
             "generation will not stop where training taught the model to.",
             f"set eos_token to {eot} (tokenizer_config.json / GGUF tokenizer.ggml.eos_token_id = {eot_id})"))
+    _check_stop_ids(facts, eot_id, p)
+    _check_pad(facts, eot, eot_id, p)
+    _check_generation_prompt(facts, p)
+    return report
+
+
+def _check_stop_ids(facts: Facts, eot_id: int | None, p: list[Problem]) -> None:
+    """generation_config / config.json (HF) or the GGUF's eot id must stop at the end-of-turn token."""
     if eot_id is not None and facts.kind == "hf":
         if facts.stop_ids is not None and eot_id not in facts.stop_ids:
             p.append(Problem(f"generation_config.json eos_token_id {facts.stop_ids} does not include {facts.token(eot_id)}:"
@@ -246,6 +244,9 @@ def diagnose(facts: Facts) -> Report:
     if eot_id is not None and facts.kind == "gguf" and facts.stop_ids is not None and eot_id not in facts.stop_ids:
         p.append(Problem(f"tokenizer.ggml.eot_token_id is {facts.stop_ids}, not {facts.token(eot_id)}.",
                          f"set tokenizer.ggml.eot_token_id to {eot_id}"))
+
+
+def _check_pad(facts: Facts, eot: str | None, eot_id: int | None, p: list[Problem]) -> None:
     if facts.pad_id is None:
         if facts.kind == "hf":
             p.append(Problem("no pad token is set; batching needs one and a trainer may fall back to eos.",
@@ -255,6 +256,8 @@ def diagnose(facts: Facts) -> Report:
                          "labels, so the model never learns to stop.",
                          f"set pad_token to a different special token{_pad_hint(facts, eot)}"))
 
+
+def _check_generation_prompt(facts: Facts, p: list[Problem]) -> None:
     try:  # the prompt a server builds must be exactly the prefix that training saw
         prompt = facts.render(SAMPLE_CONVERSATION[:-1], True)
         full = facts.render(SAMPLE_CONVERSATION, False)
@@ -264,7 +267,6 @@ def diagnose(facts: Facts) -> Report:
                              "fix the template's add_generation_prompt branch"))
     except Exception as e:
         p.append(Problem(f"the chat template fails with add_generation_prompt=True ({e}).", "fix the template"))
-    return report
 
 
 def _pad_hint(facts: Facts, eot: str | None) -> str:

@@ -1,7 +1,7 @@
 """Fail fast: what a stage will need, checked in its first seconds, every problem reported at once.
 
-Each stage lists its own needs as problem lines (`curate.pipeline.checks`, `train.recipe.checks`,
-`evaluate.run.checks`, `export.run.checks`) and runs them before its long steps; `python scripts/preflight.py`
+Each stage lists its own needs as problem lines (`curate.checks`, `train.checks`, `evaluate.checks`,
+`export.checks`, each in its <stage>/pipeline.py) and runs them before its long steps; `python scripts/preflight.py`
 (the first step of `make all`) runs all of them before the chain starts, so a missing tool, an unwritable
 run folder, too little disk for the export or too little memory for training stop the run in seconds, not
 after 40 minutes. The helpers here return a list of problems (empty: fine), each one line with its fix.

@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from curate.formats import RecordError
@@ -29,8 +29,7 @@ class Conversation:
     tokens: int | None = None  # of the chat-template render (set by the pipeline before token filters)
     text: str | None = None  # the chat-template render
     lang: str | None = None
-    assistant_tokens: int | None = None
-    flags: list[str] = field(default_factory=list)
+    render_error: str | None = None  # why the chat template refused to render it (set by the pipeline)
 
     @property
     def id(self) -> str:
@@ -187,8 +186,6 @@ FILTERS: dict[str, Callable[[Conversation, object], str | None]] = {
     "too_short": too_short,
     "too_long": too_long,
 }
-NEEDS_TOKENS = {"too_short", "too_long"}
-NEEDS_LANGUAGE = {"language"}
 
 
 # ------------------------------------------------------------------------------------------ language

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-FORMATS = ("openai", "sharegpt", "alpaca", "dolly", "prompt_completion", "qa", "chatml")
 EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")
 CHATML_TURN = re.compile(r"<\|im_start\|>([^\n<]*)\n(.*?)(?:<\|im_end\|>|$)", re.S)
 

@@ -1,33 +1,37 @@
-"""The curate stage, top to bottom: read -> parse -> normalise -> review decisions -> filters -> render
-and count tokens -> exact dedup -> MinHash near-dedup -> split -> leakage check -> write.
+"""The curate stage, as its phases (`run` reads top to bottom): read -> parse -> normalise -> review decisions
+-> language and chat-template render -> filters in curate.filters order -> exact dedup -> MinHash near-dedup
+-> split -> leakage check -> accounting -> write.
 
 Every input row ends as exactly one line in manifest.jsonl and either train/val.jsonl or rejected.jsonl;
-`rows_in == kept + rejected` is asserted before anything is written.
+check_accounting verifies that on the texts about to be written (per input file) before anything is.
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import functools
 import glob
 import hashlib
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from common import model as common_model
 from common.config import Config
 from common.errors import UserError
 from common.preflight import require, unwritable
 from common.runs import atomic_write_json, atomic_write_text, stage_dir
 from curate import review as review_mod
-from curate.filters import (FILTERS, NEEDS_LANGUAGE, NEEDS_TOKENS, Conversation, LanguageDetector,
-                            language_text, normalize)
-from curate.formats import FileError, RawRow, RecordError, read_file, to_messages
+from curate.filters import FILTERS, Conversation, LanguageDetector, language_text, normalize
+from curate.formats import CONVERTERS, FileError, RawRow, RecordError, read_file, to_messages
 from curate.minhash import SEGMENT, MinHasher, ShingleSets, UnionFind, similar_pairs
+from curate.report import build_report, write_html
 
 
 @dataclass
@@ -72,6 +76,7 @@ class Stats:
     steps: list[tuple[str, int]] = field(default_factory=list)
     file_errors: list[dict] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    rows_per_file: Counter = field(default_factory=Counter)  # as the reader gave them, for check_accounting
 
     def step(self, name: str, rows: list[Row]) -> None:
         self.steps.append((name, sum(r.kept for r in rows)))
@@ -106,7 +111,9 @@ def read_rows(cfg: Config, stats: Stats) -> list[Row]:
             r = Row(display, 0, None)
             r.reject("unreadable_file", str(e))
             rows.append(r)
+            stats.rows_per_file[display] += 1
             continue
+        stats.rows_per_file[display] += len(raws)
         for raw in raws:
             rows.append(_parse(raw, forced, cfg))
     return rows
@@ -128,40 +135,29 @@ def _parse(raw: RawRow, forced: str | None, cfg: Config) -> Row:
 
 
 # ------------------------------------------------------------------------------------------- filters
-def load_tokenizer(cfg: Config):
-    return _tokenizer(cfg.model.name)
-
-
 @functools.lru_cache(maxsize=2)
-def _tokenizer(name: str):
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(name)
-    except Exception as e:  # many exception types, all meaning "no tokenizer here"
-        raise UserError(f"model.name `{name}`: cannot load its tokenizer ({type(e).__name__}); run `make model` "
-                        "or set model.name to a local model directory") from None
-    if not tok.chat_template:
-        raise UserError(f"model.name `{name}` has no chat template; curate renders rows with it. Use an "
-                        "instruct/chat model")
-    tok.model_max_length = 10**9  # curate only counts tokens; over-long rows are the too_long filter's job
-    return tok
+def load_tokenizer(name: str):
+    return common_model.load_tokenizer(name)
 
 
-def render(rows: list[Row], tokenizer, batch: int = 512) -> None:
-    """The chat-template render training will use, and its token count."""
+RENDER_BATCH = 512  # conversations per apply_chat_template + encode_batch_fast call
+
+
+def render(rows: list[Row], tokenizer) -> None:
+    """The chat-template render training will use, and its token count. A conversation the template refuses
+    keeps the refusal in conv.render_error (the filters decide first; see apply_filters)."""
     todo = [r for r in rows if r.kept and r.conv.tokens is None]
-    for i in tqdm(range(0, len(todo), batch), desc="render+tokenize", unit="batch", leave=False):
-        chunk = todo[i:i + batch]
+    for i in tqdm(range(0, len(todo), RENDER_BATCH), desc="render+tokenize", unit="batch", leave=False):
+        chunk = todo[i:i + RENDER_BATCH]
         try:
             texts = tokenizer.apply_chat_template([r.conv.messages for r in chunk], tokenize=False)
-        except Exception:  # some templates raise on rows they refuse (e.g. a restored row): find those
+        except Exception:  # templates raise what they like (raise_exception) on rows they refuse: find those
             texts = []
             for r in chunk:
                 try:
                     texts.append(tokenizer.apply_chat_template(r.conv.messages, tokenize=False))
                 except Exception as e:
-                    r.reject("template_error", f"the chat template refuses this conversation: {str(e)[:200]}")
+                    r.conv.render_error = f"the chat template refuses this conversation: {str(e)[:200]}"
                     texts.append("")
         lengths = [len(e.ids) for e in tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
         for r, text, n in zip(chunk, texts, lengths):
@@ -169,31 +165,27 @@ def render(rows: list[Row], tokenizer, batch: int = 512) -> None:
 
 
 def apply_filters(rows: list[Row], cfg: Config, tokenizer, stats: Stats) -> None:
-    names = cfg.curate.filters
-    cheap = [n for n in names if n not in NEEDS_TOKENS | NEEDS_LANGUAGE]
+    """Every filter of curate.filters, in that order: the first that fails names the reason. What a filter may
+    need (language, token count of the render) is measured first for every row still in, so the order is
+    the configured one whatever each filter needs. A row the chat template refuses, and that no filter
+    rejected, is rejected as template_error: it cannot be trained as rendered."""
     detector = LanguageDetector(cfg.curate.lang_seed)
-
-    def run(name: str, row: Row) -> None:
-        if row.kept and row.review != "restore":
-            detail = FILTERS[name](row.conv, cfg)
-            if detail is not None:
-                row.reject(name, detail)
-
-    for r in tqdm(rows, desc="filter", unit="row", leave=False, mininterval=1):
-        for name in cheap:
-            run(name, r)
-    stats.step("filtered (structure, content)", rows)
-    for r in tqdm([r for r in rows if r.kept], desc="language", unit="row", leave=False, mininterval=1):
+    live = [r for r in rows if r.kept]
+    for r in tqdm(live, desc="language", unit="row", leave=False, mininterval=1):
         r.conv.lang = detector.detect(language_text(r.conv))
-        if "language" in names:
-            run("language", r)
-    stats.step("filtered (language)", rows)
     stats.counters["langdetect_fast_path_rows"] = detector.fast_path_hits
-    render(rows, tokenizer)
-    for r in rows:
-        for name in (n for n in names if n in NEEDS_TOKENS):
-            run(name, r)
-    stats.step("filtered (token length)", rows)
+    render(live, tokenizer)
+    for name in cfg.curate.filters:
+        for r in live:
+            if r.kept and r.review != "restore":
+                detail = FILTERS[name](r.conv, cfg)
+                if detail is not None:
+                    r.reject(name, detail)
+        stats.step(f"filter {name}", rows)
+    for r in live:
+        if r.kept and r.conv.render_error:
+            r.reject("template_error", r.conv.render_error)
+    stats.step("chat template renders", rows)
 
 
 # --------------------------------------------------------------------------------------------- dedup
@@ -319,9 +311,36 @@ def jsonl(records) -> str:
     return "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in records)
 
 
+def check_accounting(rows_per_file: Counter, outputs: dict[str, str]) -> None:
+    """Nothing lost, nothing doubled, counted from what is about to be written: train + val + rejected lines
+    equal the rows read, and manifest.jsonl holds, per input file, exactly as many lines as the reader gave.
+    A failure is a bug in curate (RuntimeError), never the user's data."""
+    lines = {name: text.count("\n") for name, text in outputs.items()}
+    rows_in = sum(rows_per_file.values())
+    problems = []
+    if lines["train.jsonl"] + lines["val.jsonl"] + lines["rejected.jsonl"] != rows_in:
+        problems.append(f"{rows_in} rows read but train {lines['train.jsonl']} + val {lines['val.jsonl']} + rejected "
+                        f"{lines['rejected.jsonl']} lines are about to be written")
+    manifest = Counter(json.loads(line)["file"] for line in outputs["manifest.jsonl"].split("\n") if line)
+    for file in sorted(set(manifest) | set(rows_per_file)):
+        if manifest[file] != rows_per_file[file]:
+            problems.append(f"{file}: {rows_per_file[file]} rows read, {manifest[file]} manifest lines")
+    if problems:
+        raise RuntimeError("curate accounting failed (a bug; nothing was written): " + "; ".join(problems))
+
+
 def checks(cfg: Config) -> list[str]:
-    """What curate needs, as problem lines (common.preflight): input files, a writable run folder."""
+    """What curate needs, as problem lines (common.preflight): input files, known filter names, a writable
+    run folder."""
     problems = unwritable(cfg.run_dir, "run.root")
+    for name in cfg.curate.filters:
+        close = difflib.get_close_matches(name, list(FILTERS), n=1)
+        if name not in FILTERS:
+            problems.append(f"curate.filters names an unknown filter {name!r}"
+                            + (f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(FILTERS)}"))
+    for glob_, fmt in cfg.data.format.items():
+        if fmt not in CONVERTERS:
+            problems.append(f"data.format: `{glob_}: {fmt}` names an unknown format; known: {', '.join(CONVERTERS)}")
     try:
         input_files(cfg)
     except UserError as e:
@@ -330,41 +349,32 @@ def checks(cfg: Config) -> list[str]:
 
 
 def run(cfg: Config) -> dict:
+    """The stage: read -> review decisions -> filters -> dedup -> split -> write (after the accounting check)."""
     t0 = time.time()
     require(checks(cfg))
     stats = Stats()
-    tokenizer = load_tokenizer(cfg)
+    tokenizer = load_tokenizer(cfg.model.name)
     out = stage_dir(cfg, "curate")
     rows = read_rows(cfg, stats)
     stats.steps.append(("rows in", len(rows)))
     stats.step("parsed", rows)
-    decisions = review_mod.load_decisions(cfg.run_dir / "review" / "decisions.jsonl")
-    review_summary = review_mod.apply(rows, decisions, cfg)
+    review_summary = review_mod.apply(rows, review_mod.load_decisions(cfg.run_dir / "review" / "decisions.jsonl"), cfg)
     stats.step("after review rejections", rows)
     apply_filters(rows, cfg, tokenizer, stats)
     exact_dedup(rows)
     stats.step("exact dedup", rows)
-    hasher = MinHasher(cfg.curate.minhash_num_perm, cfg.curate.minhash_ngram)
-    kept, sigs, shingles, clusters = near_dedup(rows, cfg, hasher)
+    kept, sigs, shingles, clusters = near_dedup(rows, cfg, MinHasher(cfg.curate.minhash_num_perm, cfg.curate.minhash_ngram))
     stats.step("near dedup", rows)
-    check_sigs = MinHasher(cfg.curate.minhash_num_perm, cfg.curate.minhash_ngram, seed=2).signatures(shingles.texts)
-    split_info = split(kept, sigs, shingles, cfg, check_sigs) if kept else {"leakage": 0, "moved_to_train": [], "families": 0}
-
-    rejected = [r for r in rows if not r.kept]
-    assert len(rows) == len(kept) + len(rejected), "accounting: rows in != kept + rejected"
-    train = [r for r in kept if r.split == "train"]
-    val = [r for r in kept if r.split == "val"]
-    atomic_write_text(out / "train.jsonl", jsonl(canonical(r) for r in train))
-    atomic_write_text(out / "val.jsonl", jsonl(canonical(r) for r in val))
-    atomic_write_text(out / "rejected.jsonl", jsonl(rejected_record(r) for r in rejected))
-    atomic_write_text(out / "manifest.jsonl", jsonl(manifest_line(r) for r in rows))
-
-    from curate.report import build_report
-
-    report = build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary, tokenizer)
+    split_info = _split(kept, sigs, shingles, cfg)
+    train, val = [r for r in kept if r.split == "train"], [r for r in kept if r.split == "val"]
+    outputs = {"train.jsonl": jsonl(canonical(r) for r in train), "val.jsonl": jsonl(canonical(r) for r in val),
+               "rejected.jsonl": jsonl(rejected_record(r) for r in rows if not r.kept),
+               "manifest.jsonl": jsonl(manifest_line(r) for r in rows)}
+    check_accounting(stats.rows_per_file, outputs)
+    for name, text in outputs.items():
+        atomic_write_text(out / name, text)
+    report = build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary)
     atomic_write_json(out / "report.json", report)
-    from curate.report import write_html
-
     write_html(out, report)
     atomic_write_json(out / "timing.json", {"seconds": round(time.time() - t0, 1)})  # apart: report.json is byte-stable
     print(f"curate: {report['rows_in']} rows in = {report['kept']} kept ({len(train)} train, {len(val)} val) "
@@ -373,3 +383,11 @@ def run(cfg: Config) -> dict:
         print(f"  rejected {reason}: {n}")
     print(f"  outputs: {out}/ (report.html)")
     return report
+
+
+def _split(kept: list[Row], sigs: np.ndarray, shingles: ShingleSets, cfg: Config) -> dict:
+    if not kept:
+        return {"leakage": 0, "moved_to_train": [], "families": 0}
+    # the leakage check's signatures come from other hash functions, so LSH misses of the first pass differ
+    check_sigs = MinHasher(cfg.curate.minhash_num_perm, cfg.curate.minhash_ngram, seed=2).signatures(shingles.texts)
+    return split(kept, sigs, shingles, cfg, check_sigs)

@@ -5,23 +5,20 @@ Nothing time-dependent goes in: the same inputs and config give byte-identical f
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from common.config import dump_config
-from common.runs import atomic_write_text
+from common.report import esc, img, png, subplots, table, write_page
 
 
 def _counts(values) -> dict:
     return dict(sorted(Counter(values).items(), key=lambda kv: (-kv[1], str(kv[0]))))
 
 
-def build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary, tokenizer) -> dict:
+def build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary) -> dict:
     rejected = [r for r in rows if not r.kept]
     tokens = [r.conv.tokens for r in kept]
     limit = cfg.train.max_seq_length
@@ -30,7 +27,7 @@ def build_report(cfg, rows, kept, train, val, clusters, stats, split_info, revie
         "rows_in": len(rows),
         "kept": len(kept),
         "rejected": len(rejected),
-        "accounting_ok": len(rows) == len(kept) + len(rejected),
+        "accounting_ok": sum(stats.rows_per_file.values()) == len(rows) == len(kept) + len(rejected),
         "train": len(train),
         "val": len(val),
         "steps": [{"step": name, "rows": n} for name, n in stats.steps] + [{"step": "train", "rows": len(train)}, {"step": "val", "rows": len(val)}],
@@ -84,28 +81,16 @@ def _histogram(tokens, limit) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- plots
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
-    return buf.getvalue()
-
-
 def plots(report: dict) -> dict[str, bytes]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out = {}
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = subplots(figsize=(7, 3.2))
     names = [s["step"] for s in report["steps"]]
     ax.barh(names[::-1], [s["rows"] for s in report["steps"]][::-1], color="#4c78a8")
     ax.set_xlabel("rows")
     ax.set_title("rows per step")
-    out["steps.png"] = _png(fig)
-    plt.close(fig)
+    out["steps.png"] = png(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = subplots(figsize=(7, 3.2))
     h = report["token_histogram"]
     if h["counts"]:
         ax.bar(h["edges"][:-1], h["counts"], width=np.diff(h["edges"]), align="edge", color="#72b7b2")
@@ -116,10 +101,9 @@ def plots(report: dict) -> dict[str, bytes]:
     ax.set_ylabel("kept rows")
     ax.legend()
     ax.set_title("token lengths")
-    out["tokens.png"] = _png(fig)
-    plt.close(fig)
+    out["tokens.png"] = png(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = subplots(1, 2, figsize=(9, 3.2))
     langs = report["languages"]
     axes[0].bar(list(langs), list(langs.values()), color="#f58518")
     axes[0].set_title("language (all parsed rows)")
@@ -129,25 +113,12 @@ def plots(report: dict) -> dict[str, bytes]:
     axes[1].barh(labels, [v["kept"] for v in src.values()], color="#54a24b", label="kept")
     axes[1].legend()
     axes[1].set_title("sources")
-    out["mix.png"] = _png(fig)
-    plt.close(fig)
+    out["mix.png"] = png(fig)
     return out
 
 
 def write_html(out_dir: Path, report: dict) -> None:
     images = plots(report)
-    for name, data in images.items():
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_bytes(data)
-        tmp.replace(out_dir / name)
-    esc = html.escape
-
-    def table(headers, rows_) -> str:
-        head = "".join(f"<th>{esc(str(h))}</th>" for h in headers)
-        body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>" for r in rows_)
-        return f"<table><tr>{head}</tr>{body}</table>"
-
-    img = lambda n: f'<img alt="{n}" src="data:image/png;base64,{base64.b64encode(images[n]).decode()}">'  # noqa: E731
     t = report["tokens"]
     clusters = "".join(
         f"<details><summary>cluster of {c['size']}: kept {esc(c['kept']['where'])}</summary><ul>"
@@ -155,22 +126,18 @@ def write_html(out_dir: Path, report: dict) -> None:
         + "".join(f"<li>dropped {esc(d['where'])}: {esc(d['user'])}</li>" for d in c["dropped"]) + "</ul></details>"
         for c in report["dedup"]["largest_clusters"])
     rv = report["review"]
-    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>curate report: {esc(report['run'])}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;margin:.5em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}
-.big{{font-size:1.3em}} img{{max-width:100%}}</style></head><body>
-<h1>curate report: run <code>{esc(report['run'])}</code></h1>
+    body = f"""<h1>curate report: run <code>{esc(report['run'])}</code></h1>
 <p class="big">{report['rows_in']} rows in = <b>{report['kept']} kept</b> ({report['train']} train, {report['val']} val)
 + {report['rejected']} rejected. Leakage val→train: <b>{report['split']['leakage']}</b>.</p>
-<h2>Rows per step</h2>{img('steps.png')}
+<h2>Rows per step</h2>{img(images['steps.png'], 'rows per step')}
 {table(['step', 'rows'], [(s['step'], s['rows']) for s in report['steps']])}
 <h2>Rejected, by reason</h2>{table(['reason', 'rows'], report['rejected_by_reason'].items())}
 <p>Every rejected row, with its file:line and detail: <code>rejected.jsonl</code>. Every input row's fate: <code>manifest.jsonl</code>.</p>
 {table(['unreadable file', 'error'], [(e['file'], e['error']) for e in report['file_errors']]) if report['file_errors'] else ''}
-<h2>Token lengths</h2>{img('tokens.png')}
+<h2>Token lengths</h2>{img(images['tokens.png'], 'token lengths')}
 <p>median {t['median']:.0f}, p95 {t['p95']:.0f}, max {t['max']} tokens; {t['would_be_truncated']} kept rows
 ({t['would_be_truncated_share']:.1%}) are longer than train.max_seq_length {t['max_seq_length']}.</p>
-<h2>Languages and sources</h2>{img('mix.png')}
+<h2>Languages and sources</h2>{img(images['mix.png'], 'languages and sources')}
 {table(['file', 'rows in', 'kept'], [(f, v['in'], v['kept']) for f, v in report['sources'].items()])}
 {table(['format', 'rows'], report['formats'].items())}
 <h2>Duplicates</h2><p>{report['dedup']['exact_duplicates']} exact, {report['dedup']['near_duplicates']} near-duplicates in
@@ -178,7 +145,5 @@ table{{border-collapse:collapse;margin:.5em 0}}td,th{{border:1px solid #ccc;padd
 <h2>Review decisions</h2><p>{'applied: ' + esc(str(rv['applied'])) if rv['present'] else 'none yet (make review)'}
 {('; unknown ids: ' + str(len(rv['unknown_ids']))) if rv['unknown_ids'] else ''}
 {('; corrupted lines: ' + esc('; '.join(rv['corrupted_lines']))) if rv['corrupted_lines'] else ''}</p>
-<h2>Config</h2><pre>{esc(report['config'])}</pre>
-</body></html>
-"""
-    atomic_write_text(out_dir / "report.html", doc)
+<h2>Config</h2><pre>{esc(report['config'])}</pre>"""
+    write_page(out_dir, f"curate report: {report['run']}", body, images)

@@ -87,8 +87,9 @@ REJECT_REASONS = ("wrong answer", "bad format", "unsafe or private data", "off-t
 
 
 def append_decision(path: Path, decision: dict) -> dict:
-    """Append one decision as one line, at once: an exclusive lock, one write, flush and fsync. Two browser
-    tabs (two sessions, or two processes) append whole lines and never interleave."""
+    """Append one decision as one line, at once: one O_APPEND write (whole lines from two tabs or processes never
+    interleave on a local filesystem), then fsync. An exclusive flock makes "does the file end in a torn line?"
+    and the write one step, so a writer that holds the lock (another append) is never split by this one."""
     import fcntl
     import os
     from datetime import datetime, timezone

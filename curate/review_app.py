@@ -40,13 +40,11 @@ def app_args() -> list[str]:
 def load_setup(args: tuple[str, ...]):
     from common.cli import config_from_args, parser
 
-    cfg = config_from_args(parser("review", "review app").parse_args(list(args)))
-    from transformers import AutoTokenizer
-
     from common.doctor import check
+    from common.model import load_tokenizer, resolve_model
 
-    tok = AutoTokenizer.from_pretrained(cfg.model.name)
-    return cfg, tok, check(cfg.model.name).end_of_turn
+    cfg = config_from_args(parser("review", "review app").parse_args(list(args)))
+    return cfg, load_tokenizer(cfg.model.name), check(resolve_model(cfg.model.name)).end_of_turn
 
 
 @st.cache_data(show_spinner="reading curate's output")
@@ -101,24 +99,24 @@ def main() -> None:
         st.stop()
     mtimes = tuple((curate_dir / f).stat().st_mtime for f in ("train.jsonl", "val.jsonl") if (curate_dir / f).is_file())
     kept, rejected = load_curated(str(curate_dir), mtimes)
-    by_id = {r["id"]: r for r in kept}
     decisions = load_decisions(decisions_path)  # read every rerun: another tab may have written
-    latest = decisions["latest"]
     for bad in decisions["corrupted"]:
         st.warning(f"skipped a corrupted line in decisions.jsonl: {bad}")
     sample = review_sample(kept, cfg.review.sample_size, cfg.review.seed, cfg.train.max_seq_length)
-    state = st.session_state
-
     view = st.sidebar.radio("view", ["review", "rejected by filters", "summary"], key="view")
     st.sidebar.markdown(f"run `{cfg.run_dir}`  \n{len(kept)} kept rows, {len(rejected)} rejected; sample {len(sample)} "
                         f"(seed {cfg.review.seed})  \ndecisions: `{decisions_path}`")
     if view == "rejected by filters":
-        audit(rejected, latest, decisions_path)
-        return
-    if view == "summary":
-        summary(sample, by_id, latest)
-        return
+        audit(rejected, decisions["latest"], decisions_path)
+    elif view == "summary":
+        summary(sample, {r["id"]: r for r in kept}, decisions["latest"])
+    else:
+        review(cfg, tok, eot, kept, rejected, sample, decisions["latest"], decisions_path)
 
+
+def review(cfg, tok, eot, kept: list[dict], rejected: list[dict], sample: list[str], latest: dict, path: Path) -> None:
+    """The spot-check page: progress, the queue's current record, its metadata and exact training render, and
+    the accept / reject / edit / skip decisions."""
     reviewed = sum(1 for i in sample if i in latest and latest[i]["action"] != "restore")
     st.progress(reviewed / max(1, len(sample)), text=f"reviewed {reviewed} / {len(sample)}")
     queue = st.sidebar.radio("queue", list(QUEUES), key="queue")
@@ -130,13 +128,31 @@ def main() -> None:
     if not ids:
         st.info(f"The '{queue}' queue is empty." + (" Every sampled record has a decision." if queue == "to review" else ""))
         return
-    cur = state.get("current")
+    cur = st.session_state.get("current")
     if cur not in ids:  # resume: the first record of this queue, or the one after the last decided
         cur = ids[0]
     pos = ids.index(cur)
-    rec = by_id[cur]
+    rec = next(r for r in kept if r["id"] == cur)
     st.caption(SHORTCUTS)
+    navigation(path, ids, pos)
+    meta = st.columns([3, 2])
+    with meta[0]:
+        st.subheader(f"{pos + 1} / {len(ids)} in '{queue}' · `{cur}`")
+        show_messages(rec["messages"])
+    with meta[1]:
+        record_facts(cfg, rec, latest.get(cur), rejected)
+    cut_at = None
+    if int(rec.get("tokens") or 0) > cfg.train.max_seq_length:
+        enc = tok(rec["text"], add_special_tokens=False, return_offsets_mapping=True)
+        cut_at = enc["offset_mapping"][cfg.train.max_seq_length][0]
+    specials = [t.content for t in tok.added_tokens_decoder.values() if t.special]
+    with st.expander("exact training render (special tokens boxed; green = the span that carries loss)", expanded=True):
+        st.html(render_html(rec["text"], rec["messages"], specials, eot, cut_at))
+    decision_forms(path, rec, ids, pos)
 
+
+def navigation(path: Path, ids: list[str], pos: int) -> None:
+    state, cur = st.session_state, ids[pos]
     nav = st.columns(6)
     act = None
     if nav[0].button("Accept", shortcut="A", type="primary", key="accept"):
@@ -154,47 +170,45 @@ def main() -> None:
         state["current"], state["mode"] = ids[pos + 1], None
         st.rerun()
     if act:
-        decide(decisions_path, {"id": cur, "action": act}, ids, pos)
+        decide(path, {"id": cur, "action": act}, ids, pos)
 
-    meta = st.columns([3, 2])
-    with meta[0]:
-        st.subheader(f"{pos + 1} / {len(ids)} in '{queue}' · `{cur}`")
-        for m in rec["messages"]:
-            with st.chat_message(m["role"], avatar={"system": "⚙️"}.get(m["role"])):
-                st.text(m["content"])
-    with meta[1]:
-        src = rec.get("source") or {}
-        tokens = int(rec.get("tokens") or 0)
-        over = tokens > cfg.train.max_seq_length
-        st.markdown(f"**source** `{src.get('file')}` row {src.get('row')} (line {src.get('line')})  \n"
-                    f"**format** {rec.get('format')} · **language** {rec.get('lang')} · **split** {rec.get('split')}  \n"
-                    f"**tokens** {tokens} / {cfg.train.max_seq_length}"
-                    + (" — :red[**truncated in training**]" if over else "")
-                    + f" ({length_bucket(tokens, cfg.train.max_seq_length)})  \n"
-                    f"**filters** passed all {len(cfg.curate.filters)}  \n"
-                    f"**cluster size** {rec.get('cluster_size', 1)}"
-                    + (f"  \n**decision** {latest[cur]['action']} {latest[cur].get('reason') or ''}" if cur in latest else ""))
-        dups = [r for r in rejected if r.get("near_duplicate_of") == cur or (r["reason"] == "exact_duplicate" and r.get("id") == cur)]
-        if rec.get("cluster_size", 1) > 1 or dups:
-            with st.expander(f"near-duplicates dropped for this record ({len(dups)})"):
-                for d in dups:
-                    st.markdown(f"`{d['id']}` {d['where']} ({d['reason']})")
-                    st.text(d["messages"][-1]["content"] if d.get("messages") else "")
-    cut_at = None
-    if over:
-        enc = tok(rec["text"], add_special_tokens=False, return_offsets_mapping=True)
-        cut_at = enc["offset_mapping"][cfg.train.max_seq_length][0]
-    specials = [t.content for t in tok.added_tokens_decoder.values() if t.special]
-    with st.expander("exact training render (special tokens boxed; green = the span that carries loss)", expanded=True):
-        st.html(render_html(rec["text"], rec["messages"], specials, eot, cut_at))
 
-    if state.get("mode") == "reject":
+def show_messages(messages: list[dict]) -> None:
+    for m in messages:
+        with st.chat_message(m["role"], avatar={"system": "⚙️"}.get(m["role"])):
+            st.text(m["content"])
+
+
+def record_facts(cfg, rec: dict, decision: dict | None, rejected: list[dict]) -> None:
+    """Source, format, language, split, tokens against train.max_seq_length, cluster, decision, dropped duplicates."""
+    src = rec.get("source") or {}
+    tokens = int(rec.get("tokens") or 0)
+    limit = cfg.train.max_seq_length
+    st.markdown(f"**source** `{src.get('file')}` row {src.get('row')} (line {src.get('line')})  \n"
+                f"**format** {rec.get('format')} · **language** {rec.get('lang')} · **split** {rec.get('split')}  \n"
+                f"**tokens** {tokens} / {limit}" + (" — :red[**truncated in training**]" if tokens > limit else "")
+                + f" ({length_bucket(tokens, limit)})  \n"
+                f"**filters** passed all {len(cfg.curate.filters)}  \n"
+                f"**cluster size** {rec.get('cluster_size', 1)}"
+                + (f"  \n**decision** {decision['action']} {decision.get('reason') or ''}" if decision else ""))
+    dups = [r for r in rejected if r.get("near_duplicate_of") == rec["id"] or (r["reason"] == "exact_duplicate" and r.get("id") == rec["id"])]
+    if rec.get("cluster_size", 1) > 1 or dups:
+        with st.expander(f"near-duplicates dropped for this record ({len(dups)})"):
+            for d in dups:
+                st.markdown(f"`{d['id']}` {d['where']} ({d['reason']})")
+                st.text(d["messages"][-1]["content"] if d.get("messages") else "")
+
+
+def decision_forms(path: Path, rec: dict, ids: list[str], pos: int) -> None:
+    """The reject form (reason, note) or the edit form (every turn's role and content), when opened."""
+    cur, mode = rec["id"], st.session_state.get("mode")
+    if mode == "reject":
         with st.form("reject_form"):
             reason = st.selectbox("reason", REJECT_REASONS, key="reject_reason")
             note = st.text_input("note (optional)", key="reject_note")
             if st.form_submit_button("Confirm reject", type="primary"):
-                decide(decisions_path, {"id": cur, "action": "reject", "reason": reason, "note": note}, ids, pos)
-    if state.get("mode") == "edit":
+                decide(path, {"id": cur, "action": "reject", "reason": reason, "note": note}, ids, pos)
+    if mode == "edit":
         with st.form("edit_form"):
             edited = []
             for k, m in enumerate(rec["messages"]):
@@ -208,7 +222,7 @@ def main() -> None:
                 if problem:
                     st.error(f"Edit refused, nothing written: {problem}")
                 else:
-                    decide(decisions_path, {"id": cur, "action": "edit", "messages": edited, "note": note}, ids, pos)
+                    decide(path, {"id": cur, "action": "edit", "messages": edited, "note": note}, ids, pos)
 
 
 def decide(path: Path, decision: dict, ids: list[str], pos: int) -> None:
@@ -217,7 +231,6 @@ def decide(path: Path, decision: dict, ids: list[str], pos: int) -> None:
     state["mode"] = None
     rest = ids[pos + 1:] + ids[:pos]
     state["current"] = rest[0] if rest else None  # the decided record leaves this queue
-    state["last"] = f"{decision['action']} {decision['id']}"
     st.rerun()
 
 
@@ -239,9 +252,7 @@ def audit(rejected: list[dict], latest: dict, path: Path) -> None:
                        format_func=lambda i: f"{i} · {next(r['reason'] for r in restorable if r['id'] == i)}")
     row = next(r for r in restorable if r["id"] == rid)
     st.caption(f"{row.get('where')}: {row.get('detail')}")
-    for m in row["messages"]:
-        with st.chat_message(m["role"], avatar={"system": "⚙️"}.get(m["role"])):
-            st.text(m["content"])
+    show_messages(row["messages"])
     if latest.get(rid, {}).get("action") == "restore":
         st.success("restored: the next `make curate` keeps this row (the filters skip it; dedup still applies)")
     elif st.button("Restore (override the filter)", key="restore"):

@@ -21,10 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from jinja2 import TemplateError
+
 from common.errors import UserError
 
 GO_DIR = Path(__file__).resolve().parent / "gotemplate"
 Render = Callable[[list[dict], bool], str]  # (messages, add_generation_prompt) -> text
+# What a chat template raises for a conversation it refuses (its raise_exception): transformers' render raises
+# jinja2's TemplateError, common.jinja.render_jinja a ValueError.
+TEMPLATE_REFUSALS = (TemplateError, ValueError)
 ROLES = ("system", "user", "assistant")
 _S = ["\u27eaS%d\u27eb" % i for i in range(6)]  # sentinels no template writes itself
 
@@ -73,13 +78,14 @@ def derive(render: Render) -> Wraps:
     opening = before[: len(before) - len(prefix_user)]
     with_prompt = render([{"role": "system", "content": s0}, {"role": "user", "content": s1}], True)
     generation = _strip_prefix(with_prompt, su, "add_generation_prompt")
-    prefix_sys = prefix_user  # a later system turn: same shape as other roles if the template allows one at all
+    prefix_sys = prefix_user  # a later system turn, for templates that refuse one (Ollama's API can send one)
     try:
         sus = render([{"role": "system", "content": s0}, {"role": "user", "content": s1}, {"role": "system", "content": s2}], False)
+    except TEMPLATE_REFUSALS:
+        sus = None
+    if sus is not None:  # rendered: it must be a wrap like the others, or the TEMPLATE would differ
         gap, _ = _around(sus[sus.index(s1) + len(s1):], s2, "a later system message")
         prefix_sys = _strip_prefix(gap, suffix_user, "user then system")
-    except Exception:  # templates may refuse a system turn after the first message; Ollama never sends one
-        pass
     return Wraps(first_system=first_system, opening=opening,
                  prefix={"system": prefix_sys, "user": prefix_user, "assistant": prefix_asst},
                  suffix={"system": suffix_sys, "user": suffix_user, "assistant": suffix_asst}, generation=generation)
@@ -156,6 +162,8 @@ def verification_cases() -> list[list[dict]]:
         conv((u, " spaces "), (a, "  ")),
         conv((sys_, "\t"), (u, "\r\nwindows line endings\r\n"), (a, "done")),
         conv((u, "What is 2+2?"), (a, "4"), (u, "And 3+3?"), (a, "6"), (u, "And 4+4?"), (a, "8"), (u, "Thanks")),
+        conv((sys_, "Be brief."), (u, "a"), (a, "b"), (sys_, "From now on answer in French."), (u, "c")),
+        conv((u, "a"), (a, "b"), (sys_, "A system turn later in the chat."), (u, "c"), (a, "d")),
     ]
     return cases
 
@@ -187,9 +195,16 @@ def go_render(binary: Path, template: str, cases: list[list[dict]], system: str 
 
 
 def verify(binary: Path, template: str, render: Render) -> dict:
-    """Render every case with Go and with the training-time Jinja render; any difference is an error with its diff."""
-    cases = verification_cases()
-    expected = [render(c, c[-1]["role"] != "assistant") for c in cases]
+    """Render every case with Go and with the training-time Jinja render; any difference is an error with its diff.
+    A case the chat template itself refuses (e.g. a later system turn) cannot be compared and is counted apart."""
+    cases, expected = [], []
+    refused = 0
+    for c in verification_cases():
+        try:
+            expected.append(render(c, c[-1]["role"] != "assistant"))
+            cases.append(c)
+        except TEMPLATE_REFUSALS:
+            refused += 1
     got = go_render(binary, template, cases)
     for case, want, have in zip(cases, expected, got):
         if want != have:
@@ -197,7 +212,8 @@ def verify(binary: Path, template: str, render: Render) -> dict:
                                                   "jinja (training)", "go (Ollama TEMPLATE)", lineterm=""))
             raise UserError(f"the Modelfile TEMPLATE renders {json.dumps(case, ensure_ascii=False)[:200]} differently "
                             f"from the chat template used in training:\n{diff or repr(want) + ' != ' + repr(have)}")
-    return {"conversations": len(cases), "identical": len(cases), "engine": "Go text/template (export/gotemplate)"}
+    return {"conversations": len(cases), "identical": len(cases), "refused_by_template": refused,
+            "engine": "Go text/template (export/gotemplate)"}
 
 
 def modelfile_text(gguf_name: str, template: str, stops: list[str], num_ctx: int, system: str) -> str:

@@ -1,19 +1,15 @@
-"""export/report.html (files, sizes, times, doctor, Modelfile check, round trip per GGUF, side-by-side answers) and
-the same round-trip section added to the eval report when the eval stage ran."""
+"""export/report.html: files, sizes, times, doctor, Modelfile check, round trip per GGUF, side-by-side answers."""
 
 from __future__ import annotations
 
-import html
-import json
 from pathlib import Path
 
-from common.runs import atomic_write_text, read_jsonl
+from common.report import esc, write_page
 
 SHOWN = ["field_accuracy", "valid_json", "exact_match", "rougeL", "chrf"]
 
 
 def roundtrip_section(roundtrip: dict) -> str:
-    esc = html.escape
     head = ("<tr><th>model</th><th>exact match with HF</th><th>token agreement</th><th>same prompt tokens</th>"
             "<th>stopped at end of turn</th>" + "".join(f"<th>{k}</th>" for k in SHOWN) + "<th>seconds</th></tr>")
     hf = roundtrip["hf"]
@@ -36,37 +32,25 @@ def roundtrip_section(roundtrip: dict) -> str:
             f"<table><tr><th>prompt</th><th>reference</th><th>merged HF</th>{''.join(f'<th>{t}</th>' for t in types)}</tr>{samples}</table>")
 
 
-def write_report(out: Path, summary: dict, roundtrip: dict, eval_dir: Path) -> None:
-    esc = html.escape
+def write_report(out: Path, summary: dict, roundtrip: dict) -> None:
     stages = summary["stages"]
     files = "".join(f"<tr><td>{esc(t)}</td><td>{esc(Path(p).name)}</td><td>{round(stages[t]['bytes'] / 2**20, 1)}</td>"
                     f"<td>{stages[t]['seconds']}</td><td>{stages[t]['peak_rss_mib']}</td></tr>" for t, p in summary["files"].items())
     doctor = "".join(f"<tr><td>{esc(k)}</td><td>{'OK' if d['ok'] else 'PROBLEMS'}</td><td>{esc(str(d['end_of_turn']))} "
                      f"(id {d['end_of_turn_id']})</td><td>{d['eos_id']}</td></tr>" for k, d in summary["doctor"].items())
     modelfile = (out / "Modelfile").read_text(encoding="utf-8")
-    section = roundtrip_section(roundtrip)
-    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>export report</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto}} table{{border-collapse:collapse;margin:.5em 0}}
-td,th{{border:1px solid #ccc;padding:3px 6px;vertical-align:top;text-align:left;font-size:.9em}} th{{background:#f3f3f3}}
-.up{{color:#1a7f37}} .down{{color:#cf222e}} pre{{background:#f6f8fa;padding:8px;overflow:auto}}</style></head><body>
-<h1>export: {esc(summary['name'])}</h1>
-<p>merged checkpoint <code>{esc(summary['merged'])}</code> ({summary['stages']['merge']['dtype']}, merged in {stages['merge']['seconds']} s);
-disk needed ~{summary['disk']['needed_mib']} MiB of {summary['disk']['free_mib']} MiB free; total {summary['seconds']} s.</p>
+    verification = summary["template_verification"]
+    body = f"""<h1>export: {esc(summary['name'])}</h1>
+<p>merged checkpoint <code>{esc(summary['merged'])}</code> ({stages['merge']['dtype']}, merged in {stages['merge']['seconds']} s);
+disk needed ~{summary['disk']['needed_mib']} MiB of {summary['disk']['free_mib']} MiB free; total {summary['seconds']} s.
+Base vs tuned on the same val set: <a href="../eval/report.html">eval/report.html</a>.</p>
 <table><tr><th>type</th><th>file</th><th>MiB</th><th>seconds</th><th>peak RSS MiB</th></tr>{files}</table>
 <h2>Template / EOS doctor</h2>
 <table><tr><th>model</th><th>verdict</th><th>end of turn</th><th>eos id</th></tr>{doctor}</table>
 <h2>Modelfile</h2>
-<p>TEMPLATE rendered by {esc(summary['template_verification']['engine'])}: {summary['template_verification']['identical']} of
-{summary['template_verification']['conversations']} conversations byte for byte like the training chat template.
+<p>TEMPLATE rendered by {esc(verification['engine'])}: {verification['identical']} of
+{verification['conversations']} conversations byte for byte like the training chat template.
 Ollama: {esc(summary['ollama']['commands'])}{' (ran)' if summary['ollama']['ran'] else ' (not installed here: run these)'}</p>
 <pre>{esc(modelfile)}</pre>
-{section}
-</body></html>
-"""
-    atomic_write_text(out / "report.html", doc)
-    if (eval_dir / "metrics.json").is_file():  # the eval report gains the round-trip section
-        from evaluate.report import write_report as write_eval_report
-
-        metrics = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
-        write_eval_report(eval_dir, metrics, read_jsonl(eval_dir / "samples.jsonl"), read_jsonl(eval_dir / "probe.jsonl"),
-                          extra_html=section)
+{roundtrip_section(roundtrip)}"""
+    write_page(out, f"export report: {summary['name']}", body)

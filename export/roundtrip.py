@@ -8,6 +8,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
+from common.doctor import facts_from_gguf
+from common.generate import common_prefix, generate
+from common.jinja import render_jinja
+from common.metrics import aggregate, score
+from common.model import load_causal_lm, load_tokenizer
+
 
 @contextmanager
 def llama(path: Path, **kwargs):
@@ -32,26 +38,11 @@ def llama_greedy(llm, prompt_ids: list[int], max_tokens: int, stop_ids: set[int]
     return out
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def hf_answers(model_dir: Path, conversations: list[list[dict]], max_new_tokens: int, eot_id: int, batch_size: int) -> list[dict]:
     """Greedy answers of the merged model through transformers and the chat template training used (fp32
     compute; the eval stage's batched generation, whose outputs equal one-at-a-time generation)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from evaluate.run import generate
-
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    model.eval()
+    tok = load_tokenizer(str(model_dir))
+    model = load_causal_lm(model_dir, "float32")
     prompts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     answers = generate(model, tok, prompts, max_new_tokens, batch_size, eot_id)
     for prompt, a in zip(prompts, answers):
@@ -62,8 +53,6 @@ def hf_answers(model_dir: Path, conversations: list[list[dict]], max_new_tokens:
 def gguf_answers(path: Path, conversations: list[list[dict]], max_new_tokens: int, n_ctx: int) -> list[dict]:
     """Greedy token ids of a GGUF, prompts rendered with the GGUF's own embedded chat template."""
     from tqdm import tqdm
-
-    from common.doctor import facts_from_gguf, render_jinja
 
     facts = facts_from_gguf(path)
     eot = facts.stop_ids[0] if facts.stop_ids else facts.eos_id
@@ -84,10 +73,8 @@ def gguf_answers(path: Path, conversations: list[list[dict]], max_new_tokens: in
 
 def compare(hf: list[dict], gguf: list[dict], refs: list[str]) -> dict:
     """Agreement of a GGUF's answers with the HF answers, and both scored against the references."""
-    from evaluate.metrics import aggregate, score
-
     exact = [a["ids"] == b["ids"] for a, b in zip(hf, gguf)]
-    agreement = [common_prefix(a["ids"], b["ids"]) / max(1, len(a["ids"]), len(b["ids"])) for a, b in zip(hf, gguf)]
+    agreement = [common_prefix([a["ids"], b["ids"]]) / max(1, len(a["ids"]), len(b["ids"])) for a, b in zip(hf, gguf)]
     # a run-on is the export's fault where the HF model stopped; where both hit the limit it is the model's
     run_on = [i for i, (a, b) in enumerate(zip(hf, gguf)) if a["stopped"] and not b["stopped"]]
     return {

@@ -132,7 +132,7 @@ def quality(sigs, texts, pairs, threshold: float = 0.7) -> dict:
 
 def whole_run(rows) -> dict:
     from common.config import load_config
-    from curate.pipeline import run
+    from curate import run
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "synthetic.jsonl"

@@ -4,7 +4,7 @@ prompt at a time, and batched without the shared prefix, interleaved in rounds (
     python scripts/bench_eval.py [--rounds 3] [--prompts 32] [--batch-size 32] [--max-new-tokens 48]
 
 Same model (the embedded base model), same prompts (the first N rows of runs/default/curate/val.jsonl,
-made by `make curate`), same greedy settings, all through evaluate.run.generate. Each round runs every
+made by `make curate`), same greedy settings, all through common.generate.generate. Each round runs every
 variant once, so the machine's drift (up to 2x within minutes here) hits all alike; reported: generated
 tokens/s per variant (median over rounds, min-max), the speedup over one-at-a-time taken within each round
 (median, min-max), and how many outputs are identical to one-at-a-time's (token ids).
@@ -38,7 +38,7 @@ def main() -> int:
     from common.config import load_config
     from common.doctor import check
     from common.runs import read_jsonl
-    from evaluate.run import generate
+    from common.generate import generate
 
     cfg = load_config()
     val = ROOT / cfg.run.root / cfg.run.name / "curate" / "val.jsonl"

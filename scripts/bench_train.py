@@ -147,7 +147,7 @@ def main() -> int:
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        from curate.pipeline import run as curate
+        from curate import run as curate
 
         curate(load_config(None, [f"run.root={root}", "run.name=bench-train"]))
         data = root / "bench-train" / "curate" / "train.jsonl"

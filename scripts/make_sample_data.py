@@ -22,7 +22,7 @@ import json
 import random
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,7 +165,6 @@ class Sample:
     instruction: str = INSTRUCTION  # for the formats that carry the instruction in the user turn
     file: str = ""
     row: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def answer_json(labels: dict) -> str:

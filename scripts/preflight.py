@@ -21,16 +21,13 @@ from common.errors import UserError, exits_cleanly  # noqa: E402
 STAGES = ("curate", "train", "eval", "gguf")
 
 
+PACKAGES = {"curate": "curate", "train": "train", "eval": "evaluate", "gguf": "export"}  # make target -> package
+
+
 def stage_checks(stage: str):
-    if stage == "curate":
-        from curate.pipeline import checks
-    elif stage == "train":
-        from train.recipe import checks
-    elif stage == "eval":
-        from evaluate.run import checks
-    else:
-        from export.run import checks
-    return checks
+    import importlib
+
+    return importlib.import_module(PACKAGES[stage]).checks
 
 
 @exits_cleanly

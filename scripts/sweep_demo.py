@@ -34,8 +34,8 @@ def score(run_dir: Path, max_new_tokens: int) -> dict:
     from common.config import load_config
     from common.doctor import check
     from common.runs import read_jsonl
-    from evaluate.metrics import aggregate, score as score_one
-    from evaluate.run import generate
+    from common.metrics import aggregate, score as score_one
+    from common.generate import generate
 
     cfg = load_config(run_dir / "train" / "config.yaml")
     model, tok = FastLanguageModel.from_pretrained(cfg.model.name, max_seq_length=cfg.train.max_seq_length, load_in_4bit=False)
@@ -68,7 +68,7 @@ def main() -> int:
         print(json.dumps(score(args.score, args.max_new_tokens)))
         return 0
     from common.config import load_config
-    from curate.pipeline import run as curate
+    from curate import run as curate
 
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or Path(tmp)

@@ -18,6 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from common.runs import read_jsonl  # noqa: E402  (after the path insert)
 MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
 SOURCE_GGUF = ROOT / "models" / "_source" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 CORPUS = ROOT / "tests" / "data" / "tokenizer_corpus.jsonl"
@@ -63,7 +64,7 @@ def hf_model(model_dir):
 
 @pytest.fixture(scope="session")
 def corpus() -> list[dict]:
-    return [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines()]
+    return read_jsonl(CORPUS)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from common.config import load_config
-from curate.pipeline import run
+from common.runs import read_jsonl
+from curate import run
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "data" / "sample_defects.json"
@@ -27,10 +28,6 @@ EXPECTED_REASON = {
 
 def cfg_for(tmp_path, *overrides):
     return load_config(None, [f"run.root={tmp_path / 'runs'}", "run.name=t", *overrides])
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +179,21 @@ def test_each_format_in_each_file_type(fmt, suffix, tmp_path, model_dir):
     if fmt == "alpaca":
         assert roles == ["system", "user", "assistant", "user", "assistant"]
         assert r["messages"][3]["content"] == "Answer the greeting politely.\n\nHello there, how are you today?"
+
+
+def test_line_and_paragraph_separators_inside_a_row_survive(tmp_path, model_dir):
+    """U+2028/U+2029/U+0085 are legal unescaped inside JSON strings; the outputs keep them raw (ensure_ascii
+    off), so a JSONL reader must split on "\n" only (str.splitlines() would cut these rows in two)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    answer = "first\u2028second\u2029third\u0085fourth line of the answer."
+    (data / "a.jsonl").write_text(json.dumps({"prompt": "Please write four short parts for me now.", "completion": answer},
+                                             ensure_ascii=False) + "\n", encoding="utf-8")
+    run(cfg_for(tmp_path, f"data.inputs=[{data}/*]", "curate.min_tokens=1", "split.val_fraction=0.5"))
+    out = tmp_path / "runs/t/curate"
+    assert "\u2028" in (out / "train.jsonl").read_text(encoding="utf-8") + (out / "val.jsonl").read_text(encoding="utf-8")
+    kept = read_jsonl(out / "train.jsonl") + read_jsonl(out / "val.jsonl")
+    assert [r["messages"][-1]["content"] for r in kept] == [answer]
 
 
 def test_forced_format_and_its_mismatch(tmp_path, model_dir):

@@ -163,7 +163,7 @@ LINE = st.one_of(RECORD.map(lambda r: json.dumps(r).encode()), st.binary(min_siz
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(lines=st.lists(LINE, min_size=1, max_size=12))
 def test_random_and_malformed_records_never_crash_and_are_all_accounted_for(lines, tmp_path, model_dir):
-    from curate.pipeline import run
+    from curate import run
 
     data = tmp_path / "in"
     data.mkdir(exist_ok=True)
@@ -177,3 +177,38 @@ def test_random_and_malformed_records_never_crash_and_are_all_accounted_for(line
     rejected = read_jsonl(out / "rejected.jsonl")
     assert len(rejected) == report["rejected"] and all(r["reason"] and r["where"] for r in rejected)
     assert len(read_jsonl(out / "manifest.jsonl")) == expected
+
+
+# ------------------------------------------------------------------------------------ pipeline rules
+def test_filters_run_in_the_configured_order(tmp_path, model_dir):
+    """The first filter in curate.filters order that fails names the reason, whatever it needs (language,
+    tokens); the report counts rows after each filter in that order."""
+    from curate import run
+
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "x.jsonl").write_text(json.dumps({"prompt": "Hi", "completion": "As an AI language model, no."}) + "\n")
+    reasons = {}
+    for order in (["too_short", "refusal"], ["refusal", "too_short"]):
+        cfg = load_config(None, [f"run.root={tmp_path / 'runs'}", "run.name=o", f"data.inputs=[{data}/*]",
+                                 f"curate.filters=[{', '.join(order)}]", "curate.min_tokens=100"])
+        report = run(cfg)
+        reasons[order[0]] = list(report["rejected_by_reason"])
+        assert [s["step"] for s in report["steps"]][3:5] == [f"filter {n}" for n in order]
+    assert reasons == {"too_short": ["too_short"], "refusal": ["refusal"]}
+
+
+def test_accounting_check_fails_on_a_lost_or_doubled_row():
+    from collections import Counter
+
+    import pytest
+
+    from curate.pipeline import check_accounting
+
+    manifest = "".join(json.dumps({"file": f}) + "\n" for f in ("a", "a", "b"))
+    good = {"train.jsonl": "{}\n", "val.jsonl": "{}\n", "rejected.jsonl": "{}\n", "manifest.jsonl": manifest}
+    check_accounting(Counter({"a": 2, "b": 1}), good)
+    with pytest.raises(RuntimeError, match="3 rows read but train 1 \\+ val 0"):
+        check_accounting(Counter({"a": 2, "b": 1}), {**good, "val.jsonl": ""})
+    with pytest.raises(RuntimeError, match="b: 2 rows read, 1 manifest lines"):
+        check_accounting(Counter({"a": 1, "b": 2}), good)

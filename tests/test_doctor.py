@@ -95,6 +95,17 @@ def test_no_chat_template_is_a_one_line_error_exit_2(model_copy, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and "chat template" in err[0]
 
 
+def test_the_usage_line_in_the_docstring_works(model_dir):
+    """`python -m common.doctor`'s documented usage is its real command line."""
+    import common.doctor
+
+    usage = next(ln.strip() for ln in common.doctor.__doc__.splitlines() if ln.strip().startswith("python -m common.doctor"))
+    assert "--model MODEL_DIR_OR_GGUF" in usage
+    proc = subprocess.run([sys.executable, "-m", "common.doctor", "--model", str(model_dir), "--config", "config.yaml"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "OK: template, eos, generation stop and pad agree" in proc.stdout
+
+
 def test_missing_model_dir_cli_exit_2_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "common.doctor", "--model", str(tmp_path / "nope")], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)

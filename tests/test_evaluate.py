@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import CHAIN_PROBE_PROMPTS, CHAIN_VAL_ROWS
-from evaluate.metrics import aggregate, main_metric, score
+from common.metrics import aggregate, main_metric, score
+from common.runs import read_jsonl
 from test_train import make_curate_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +47,7 @@ def test_before_and_after_on_the_same_val_set(evaluated):
     _, out, proc = evaluated
     m = json.loads((out / "metrics.json").read_text())
     assert m["main_metric"] == "field_accuracy" and m["val_rows"] == CHAIN_VAL_ROWS
-    assert "eval: inherited from" in proc.stdout
+    assert "eval: inherited from" in proc.stdout and "adapter/train_config.yaml" in proc.stdout
     # even 20 steps teach the format: the tuned model answers with the JSON object, the base model chats
     assert m["tuned"]["valid_json"] >= m["base"]["valid_json"] + 0.5, m
     assert m["tuned"]["teacher_forced"]["loss"] < m["base"]["teacher_forced"]["loss"]
@@ -58,7 +59,7 @@ def test_before_and_after_on_the_same_val_set(evaluated):
     assert set(m["flips"]) == {"fixed", "broke", "same"} and sum(m["flips"].values()) == CHAIN_VAL_ROWS
     fp = m["forgetting_probe"]
     assert fp["prompts"] == CHAIN_PROBE_PROMPTS and "general_text_perplexity_delta" in fp
-    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    samples = read_jsonl(out / "samples.jsonl")
     assert len(samples) == CHAIN_VAL_ROWS and all({"reference", "base", "tuned", "flip"} <= set(s) for s in samples)
     order = [{"broke": 0, "fixed": 1, "same": 2}[s["flip"]] for s in samples]
     assert order == sorted(order)  # flips first
@@ -77,17 +78,20 @@ def test_no_adapter_evaluates_the_base_alone(tmp_path, model_dir):
 
 
 def test_adapter_from_another_base_and_empty_val_are_refused(evaluated, tmp_path):
+    """The adapter folder says which base it was trained on (base_model.json: name, dir, fingerprint of its
+    config and weight files); a base that changed since is refused before anything loads."""
     root, _, _ = evaluated
-    cfg_path = root / "t/train/adapter/adapter_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    original = cfg["base_model_name_or_path"]
+    base_path = root / "t/train/adapter/base_model.json"
+    original = base_path.read_text()
+    base = json.loads(original)
+    assert base["name"] == "models/smollm2-135m-instruct" and len(base["fingerprint"]) == 16
     try:
-        cfg_path.write_text(json.dumps({**cfg, "base_model_name_or_path": "meta-llama/Llama-3.2-1B"}))
+        base_path.write_text(json.dumps({**base, "fingerprint": "0" * 16}))
         proc = run_eval(root, check=False)
         assert proc.returncode == 2
-        assert "was trained on `meta-llama/Llama-3.2-1B`" in proc.stderr and "models/smollm2-135m-instruct" in proc.stderr
+        assert "was trained on `models/smollm2-135m-instruct`" in proc.stderr and "a different model" in proc.stderr
     finally:
-        cfg_path.write_text(json.dumps({**cfg, "base_model_name_or_path": original}))
+        base_path.write_text(original)
     (tmp_path / "t/curate").mkdir(parents=True)
     (tmp_path / "t/curate/val.jsonl").write_text("")
     proc = run_eval(tmp_path, check=False)
@@ -95,7 +99,7 @@ def test_adapter_from_another_base_and_empty_val_are_refused(evaluated, tmp_path
 
 
 def test_batched_generation_with_a_shared_prefix_equals_one_at_a_time(hf_model, tokenizer):
-    from evaluate.run import generate
+    from common.generate import generate
 
     system = {"role": "system", "content": "You triage support messages. Answer with only a JSON object."}
     prompts = [tokenizer.apply_chat_template([system, {"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from common.doctor import check, render_jinja
+from common.doctor import check
 from common.errors import UserError
+from common.jinja import render_jinja
+from common.runs import read_jsonl
 from conftest import CHAIN_ROUNDTRIP_PROMPTS, CHAIN_VAL_ROWS
-from export.modelfile import build_renderer, derive, go_render, go_template, modelfile_text, verify
-from export.run import disk_plan, ollama, run_measured
+from export.modelfile import build_renderer, derive, go_render, go_template, modelfile_text, verification_cases, verify
+from export.pipeline import disk_plan, ollama, run_measured
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +30,15 @@ PHI3_LIKE = ("{% for m in messages %}{% if m['role'] == 'assistant' %}{{ '<|assi
              "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}")
 TRIMMING = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] | trim + '<|im_end|>\n' }}{% endfor %}"
             "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+# ChatML, but a system turn after the first message is put in brackets: a wrap the first system turn lacks
+LATER_SYSTEM_BRACKETED = ("{% for m in messages %}{% if m['role'] == 'system' and not loop.first %}"
+                        "{{ '<|im_start|>system\n(' + m['content'] + ')<|im_end|>\n' }}{% else %}"
+                        "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endif %}{% endfor %}"
+                        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+LATER_SYSTEM_REFUSED = ("{% for m in messages %}{% if m['role'] == 'system' and not loop.first %}"
+                        "{{ raise_exception('System role only at the start') }}{% endif %}"
+                        "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+                        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 SYSTEM_IN_FIRST_USER = ("{% for m in messages %}{% if m['role'] == 'system' %}{% set sys = m['content'] %}{% elif m['role'] == 'user' %}"
                         "{{ '[INST] ' + m['content'] + ' [/INST]' }}{% else %}{{ m['content'] + '</s>' }}{% endif %}{% endfor %}")
 
@@ -67,6 +78,21 @@ def test_a_template_that_edits_contents_fails_with_the_diff(go_renderer):
     with pytest.raises(UserError) as e:
         verify(go_renderer, go_template(derive(render)), render)
     assert "differently from the chat template used in training" in str(e.value) and "jinja (training)" in str(e.value)
+
+
+def test_later_system_turns_are_verified_or_counted_as_refused(go_renderer, model_dir):
+    """A system turn after the first message is among the verified conversations (Ollama's API can send one);
+    a template that writes it differently is refused with the reason, one that refuses it is counted."""
+    assert any(m["role"] == "system" for c in verification_cases() for m in c[1:])
+    render = check(model_dir).facts.render
+    result = verify(go_renderer, go_template(derive(render)), render)
+    assert result["refused_by_template"] == 0 and result["identical"] == len(verification_cases())
+    bracketed = jinja(LATER_SYSTEM_BRACKETED)
+    with pytest.raises(UserError, match="differently from the chat template used in training"):
+        verify(go_renderer, go_template(derive(bracketed)), bracketed)
+    refusing = jinja(LATER_SYSTEM_REFUSED)
+    result = verify(go_renderer, go_template(derive(refusing)), refusing)
+    assert result["refused_by_template"] == 2 and result["identical"] == len(verification_cases()) - 2
 
 
 def test_a_template_that_is_not_per_message_is_refused_clearly():
@@ -129,7 +155,7 @@ def test_fake_ollama_is_called_with_create_and_a_smoke_prompt(tmp_path, monkeypa
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     result = ollama(tmp_path, "mymodel", "My invoice is wrong.")
-    calls = [json.loads(x) for x in log.read_text().splitlines()]
+    calls = read_jsonl(log)
     assert calls[0] == {"argv": ["create", "mymodel", "-f", "Modelfile"], "cwd": str(tmp_path)}
     assert calls[1]["argv"] == ["run", "mymodel", "My invoice is wrong."]
     assert result["ran"] and result["smoke_answer"] == '{"category": "billing"}'
@@ -166,7 +192,10 @@ def test_make_all_ends_with_a_verified_gguf_and_modelfile(chain):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["template_verification"]["identical"] >= 20 and not summary["ollama"]["ran"]
     assert all(summary["stages"][t]["peak_rss_mib"] > 0 for t in ("f16", "q8_0", "q4_k_m"))
-    assert "GGUF round trip" in (root / "t/eval/report.html").read_text()
     assert "GGUF round trip" in (out / "report.html").read_text()
+    # export writes only into export/: the eval report links to it, and nothing in eval/ is newer than export's start
+    assert 'href="../export/report.html"' in (root / "t/eval/report.html").read_text()
+    export_start = (out / "versions.json").stat().st_mtime
+    assert all(f.stat().st_mtime < export_start for f in (root / "t/eval").iterdir())
     for name in ("config.yaml", "versions.json"):
         assert (out / name).stat().st_size > 0

@@ -83,6 +83,23 @@ def test_edit_rules():
     assert "empty" in edit_problem([{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}])
 
 
+def test_an_append_waits_for_a_writer_that_holds_the_lock(tmp_path):
+    """The lock is real: while another writer holds it, append_decision does not write."""
+    import fcntl
+
+    path = tmp_path / "decisions.jsonl"
+    path.write_text('{"id": "a", "action": "accept", "reason": "", "note": "", "messages": null}\n')
+    with open(path, "rb+") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        t = threading.Thread(target=append_decision, args=(path, {"id": "b", "action": "skip"}))
+        t.start()
+        t.join(timeout=0.5)
+        assert t.is_alive() and len(load_decisions(path)["latest"]) == 1  # blocked behind the holder
+        fcntl.flock(holder, fcntl.LOCK_UN)
+    t.join(timeout=10)
+    assert not t.is_alive() and set(load_decisions(path)["latest"]) == {"a", "b"}
+
+
 def test_concurrent_appends_never_interleave(tmp_path):
     path = tmp_path / "decisions.jsonl"
     long_note = "x" * 20_000  # larger than a pipe buffer: a torn write would show

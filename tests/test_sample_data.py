@@ -27,7 +27,7 @@ def read_records(path: Path) -> list:
     """Records in file order (row = index + 1); a JSONL line that does not parse is kept as its text."""
     if path.suffix == ".jsonl":
         out = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8").rstrip("\n").split("\n"):
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError:

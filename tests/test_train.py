@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train.data import Collator, pack, tokenize
+from common.chat import Collator, pack, tokenize
+from common.runs import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_ARGS = ["train.max_steps=6", "train.batch_size=2", "train.max_seq_length=256", "train.logging_steps=1",
@@ -24,7 +25,7 @@ TRAIN_ARGS = ["train.max_steps=6", "train.batch_size=2", "train.max_seq_length=2
 def records(n: int, offset: int = 0) -> list[dict]:
     """Conversations from the sample data's OpenAI-format file, as curate writes them."""
     good = []
-    for line in (ROOT / "data/sample/support_openai.jsonl").read_text().splitlines():
+    for line in (ROOT / "data/sample/support_openai.jsonl").read_text(encoding="utf-8").rstrip("\n").split("\n"):
         try:
             m = json.loads(line)["messages"]
             if ([x["role"] for x in m] == ["system", "user", "assistant"] and m[2]["content"].startswith('{"category"')
@@ -104,7 +105,7 @@ def trained(tmp_path_factory, model_dir):
 
 
 def log_losses(out: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines()) if "loss" in r}
+    return {r["step"]: r["loss"] for r in read_jsonl(out / "train_log.jsonl") if "loss" in r}
 
 
 def test_a_short_run_learns_and_writes_its_outputs(trained):

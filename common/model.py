@@ -1,0 +1,126 @@
+"""Where a model comes from, for every stage: resolve `model.name` to a local directory, load its tokenizer or
+weights, and carry a trained adapter's identity (its resolved config and base model) to the stages after it.
+
+The adapter folder is self-describing (litgpt keeps hyperparameters.yaml in every checkpoint): train writes
+`adapter/train_config.yaml` (the resolved config it trained with) and `adapter/base_model.json` (which base,
+resolved where), and eval and export read both from there instead of asking again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from common.config import Config, dump_config, load_config
+from common.errors import UserError
+from common.runs import atomic_write_json, atomic_write_text
+
+ADAPTER_CONFIG = "train_config.yaml"  # the resolved config the adapter was trained with
+ADAPTER_BASE = "base_model.json"  # {"name": model.name, "dir": the directory it resolved to}
+
+
+def resolve_model(name: str) -> str:
+    """model.name -> a local directory: the name itself, or a hub id already in the local cache (offline)."""
+    if Path(name).is_dir():
+        return name
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # huggingface_hub raises several types here; all mean "not available offline"
+        raise UserError(f"model.name `{name}` is neither a local directory nor in the local Hugging Face cache; "
+                        "set model.name to a model directory (e.g. models/smollm2-135m-instruct, built by `make model`) "
+                        "or download the model first with internet access") from None
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of model.name, which must carry a chat template (every stage renders with it)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_model(name))
+    except UserError:
+        raise
+    except Exception as e:  # transformers raises many types here; all mean "no usable tokenizer"
+        raise UserError(f"model.name `{name}`: cannot load its tokenizer ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); run `make model` or set model.name to a "
+                        "model directory with tokenizer.json/tokenizer_config.json") from None
+    if not tok.chat_template:
+        raise UserError(f"model.name `{name}` has no chat template; every stage renders rows with it. Use an "
+                        "instruct/chat model")
+    return tok
+
+
+def load_causal_lm(model_dir: str | Path, dtype: str = "float32", adapter: Path | None = None):
+    """Plain transformers weights (no Unsloth patching), optionally with a PEFT adapter on top: the merge and
+    the round trip's reference answers compute in fp32 so nothing is rounded before the GGUF is."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype))
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    return model.eval()
+
+
+def load_unsloth(model_dir: str, cfg: Config, adapter: Path | None = None):
+    """(model, tokenizer) through Unsloth's loader, the one training uses, so eval sees the same dtype and
+    template; with `adapter`, the PEFT adapter on top (disable it to get the base)."""
+    import torch
+    import unsloth  # noqa: F401  (patches transformers, PEFT and TRL: imported before them)
+    from unsloth import FastLanguageModel
+
+    dtype = None if cfg.model.dtype == "auto" else getattr(torch, cfg.model.dtype)
+    model, tokenizer = FastLanguageModel.from_pretrained(model_dir, max_seq_length=cfg.train.max_seq_length,
+                                                         load_in_4bit=cfg.model.load_in_4bit, dtype=dtype)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    return model, tokenizer
+
+
+# ------------------------------------------------------------------------------------ adapter identity
+def base_fingerprint(model_dir: str | Path) -> str:
+    """What tells one base apart from another without reading its weights: config.json's bytes and the names
+    and sizes of its weight files."""
+    d = Path(model_dir)
+    h = hashlib.sha256((d / "config.json").read_bytes() if (d / "config.json").is_file() else b"")
+    for f in sorted(d.glob("*.safetensors")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def write_adapter_identity(adapter: Path, cfg: Config, model_dir: str) -> None:
+    atomic_write_text(adapter / ADAPTER_CONFIG, dump_config(cfg))
+    atomic_write_json(adapter / ADAPTER_BASE, {"name": cfg.model.name, "dir": str(Path(model_dir).resolve()),
+                                               "fingerprint": base_fingerprint(model_dir)})
+
+
+def trained_adapter(cfg: Config, stage: str) -> tuple[Config, Path | None]:
+    """For the stages after training: the adapter of this run and the config it was trained with, whose model
+    and template settings decide; the user's run, eval and export sections stay. (cfg, None) before training."""
+    adapter = cfg.run_dir / "train" / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        return cfg, None
+    if not (adapter / ADAPTER_CONFIG).is_file():
+        raise UserError(f"{adapter} has no {ADAPTER_CONFIG} (it was written by an older version of this toolkit); "
+                        "retrain with `make train FRESH=1`")
+    trained = load_config(adapter / ADAPTER_CONFIG)
+    print(f"{stage}: inherited from {adapter / ADAPTER_CONFIG}: model.name={trained.model.name} "
+          f"model.load_in_4bit={trained.model.load_in_4bit} train.max_seq_length={trained.train.max_seq_length}")
+    trained.run, trained.eval, trained.export = cfg.run, cfg.eval, cfg.export
+    return trained, adapter
+
+
+def check_adapter_base(adapter: Path, model_dir: str, verb: str) -> None:
+    """UserError if the base model the adapter was trained on is not the one at model_dir."""
+    base = json.loads((adapter / ADAPTER_BASE).read_text(encoding="utf-8"))
+    now = base_fingerprint(model_dir)
+    if now != base["fingerprint"]:
+        raise UserError(f"{adapter} was trained on `{base['name']}` ({base['dir']}, fingerprint {base['fingerprint']}), "
+                        f"but the base at {model_dir} is now a different model (fingerprint {now}); {verb} it with the "
+                        "base it was trained on, or retrain")

@@ -1,0 +1,211 @@
+"""The eval stage, as its phases (`run` reads top to bottom): inputs (the adapter and the config it was trained
+with, val rows) -> model (base + adapter, loaded once) -> per variant: batched greedy answers and scores,
+teacher-forced val loss, forgetting probe -> flips and deltas -> metrics.json, samples, report.
+
+Reads runs/<name>/curate/val.jsonl and runs/<name>/train/ (adapter, resolved config); writes
+runs/<name>/eval/. Base and tuned are the same loaded model with the adapter disabled / enabled, so both
+see the identical loader, dtype and chat template.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+
+from common.chat import Collator, tokenize
+from common.config import Config
+from common.errors import UserError
+from common.generate import generate
+from common.metrics import aggregate, main_metric, score
+from common.model import check_adapter_base, load_unsloth, resolve_model, trained_adapter
+from common.preflight import require, unwritable
+from common.runs import atomic_write_json, atomic_write_text, read_jsonl, stage_dir
+from evaluate.report import write_report
+
+PROBE_DIR = Path(__file__).resolve().parent / "probe"
+PROBE_MAX_NEW_TOKENS = 64  # the forgetting probe's answers: long enough to tell a changed answer
+TEACHER_FORCED_MAX_BATCH = 8  # full-vocabulary logits per position: a small batch bounds that memory
+PERPLEXITY_WINDOW = 256  # tokens per forward pass over the general text
+SAME_ANSWER_CHRF = 0.999  # a probe answer with chrF below this against the base's counts as changed
+
+
+def teacher_forced(model, tokenizer, records: list[dict], max_len: int, eot_id: int, batch_size: int) -> dict:
+    """Mean loss over assistant tokens (the same labels as training) and its perplexity."""
+    import torch
+
+    examples = tokenize(records, tokenizer, max_len, eot_id).examples
+    collate = Collator(tokenizer.pad_token_id)
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start:start + batch_size])
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
+                                                 ignore_index=-100, reduction="sum")
+        total += float(loss)
+        count += int((labels != -100).sum())
+    mean = total / max(1, count)
+    return {"loss": round(mean, 4), "perplexity": round(math.exp(mean), 3), "tokens": count}
+
+
+def text_perplexity(model, tokenizer, text: str, window: int = PERPLEXITY_WINDOW) -> float:
+    import torch
+
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    total, count = 0.0, 0
+    for start in range(0, len(ids) - 1, window):
+        chunk = torch.tensor([ids[start:start + window + 1]])
+        with torch.no_grad():
+            logits = model(input_ids=chunk[:, :-1]).logits
+        total += float(torch.nn.functional.cross_entropy(logits[0].float(), chunk[0, 1:], reduction="sum"))
+        count += chunk.shape[1] - 1
+    return round(math.exp(total / max(1, count)), 3)
+
+
+def checks(cfg: Config) -> list[str]:
+    """What eval needs before it loads anything, as problem lines (common.preflight)."""
+    problems = unwritable(cfg.run_dir, "run.root")
+    try:
+        resolve_model(cfg.model.name)
+    except UserError as e:
+        problems += e.problems
+    return problems
+
+
+def run(cfg: Config) -> dict:
+    """The stage: inputs -> model (base, + adapter) -> answers and scores per variant -> comparison -> outputs."""
+    t0 = time.time()
+    cfg, adapter, records, model_dir = _setup_inputs(cfg)
+    out = stage_dir(cfg, "eval")
+    model, tokenizer, eot_id = _setup_model(cfg, model_dir, adapter)
+    variants = ["base", "tuned"] if adapter is not None else ["base"]
+    refs = [r["messages"][-1]["content"] for r in records]
+    probe_prompts = [p["prompt"] for p in read_jsonl(PROBE_DIR / "prompts.jsonl")][: cfg.eval.probe_prompts or None]
+    results = {}
+    for name in variants:
+        # base: the same loaded model with the adapter switched off, so both see one loader, dtype and template
+        with (model.disable_adapter() if name == "base" and adapter is not None else contextlib.nullcontext()):
+            results[name] = _evaluate_variant(cfg, model, tokenizer, eot_id, records, refs, probe_prompts)
+    main = main_metric(refs)
+    samples = _samples(records, refs, results, main)
+    metrics = _metrics(results, samples, main, len(records), adapter, model_dir)
+    probe_rows = _probe_rows(results, probe_prompts)
+    metrics["seconds"] = round(time.time() - t0, 1)
+    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_text(out / "samples.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    atomic_write_text(out / "probe.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in probe_rows))
+    write_report(out, metrics, samples, probe_rows)
+    for name in variants:
+        m = metrics[name]
+        print(f"eval {name}: {main} {m.get(main)}, valid_json {m.get('valid_json')}, rougeL {m['rougeL']}, "
+              f"stopped {m['stopped_at_end_of_turn']}, val loss {m['teacher_forced']['loss']}")
+    print(f"eval: report {out / 'report.html'}")
+    return metrics
+
+
+def _setup_inputs(cfg: Config):
+    """The config the adapter was trained with, the adapter (None before training), the val rows, the model dir."""
+    cfg, adapter = trained_adapter(cfg, "eval")
+    require(checks(cfg))
+    val_path = cfg.run_dir / "curate" / "val.jsonl"
+    if not val_path.is_file():
+        raise UserError(f"{val_path} not found; run `make curate` first")
+    records = read_jsonl(val_path)
+    if not records:
+        raise UserError(f"{val_path} is empty; curate held out no validation rows: see "
+                        f"{cfg.run_dir / 'curate' / 'report.html'} (split.val_fraction)")
+    if cfg.eval.max_samples:
+        records = records[: cfg.eval.max_samples]
+    model_dir = resolve_model(cfg.model.name)
+    if adapter is not None:
+        check_adapter_base(adapter, model_dir, "evaluate")
+    else:
+        print(f"eval: no adapter in {cfg.run_dir / 'train' / 'adapter'} yet (run `make train`): evaluating the base model alone")
+    return cfg, adapter, records, model_dir
+
+
+def _setup_model(cfg: Config, model_dir: str, adapter: Path | None):
+    import unsloth  # noqa: F401  (the train stage's loader, imported before transformers)
+
+    from common.doctor import check
+
+    eot_id = check(model_dir).end_of_turn_id
+    model, tokenizer = load_unsloth(model_dir, cfg, adapter)
+    model.eval()
+    return model, tokenizer, eot_id
+
+
+def _evaluate_variant(cfg: Config, model, tokenizer, eot_id: int, records, refs, probe_prompts) -> dict:
+    """One variant's greedy answers to the val prompts and their scores, teacher-forced val loss, the forgetting
+    probe's answers and the perplexity of a general text."""
+    def prompt(messages):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    gens = generate(model, tokenizer, [prompt(r["messages"][:-1]) for r in records], cfg.eval.max_new_tokens,
+                    cfg.eval.batch_size, eot_id)
+    per = [score(g["text"], ref) for g, ref in zip(gens, refs)]
+    probe = [prompt([{"role": "user", "content": p}]) for p in probe_prompts]
+    return {
+        # full-vocabulary logits for every position: a small batch keeps that memory bounded
+        "teacher_forced": teacher_forced(model, tokenizer, records, cfg.train.max_seq_length, eot_id,
+                                         min(TEACHER_FORCED_MAX_BATCH, cfg.eval.batch_size)),
+        "metrics": {**aggregate(per), "stopped_at_end_of_turn": round(sum(g["stopped"] for g in gens) / len(gens), 4)},
+        "generations": gens, "per_sample": per,
+        "probe": generate(model, tokenizer, probe, PROBE_MAX_NEW_TOKENS, cfg.eval.batch_size, eot_id),
+        "general_text_perplexity": text_perplexity(model, tokenizer, (PROBE_DIR / "general.txt").read_text(encoding="utf-8")),
+    }
+
+
+def _samples(records, refs, results: dict, main: str) -> list[dict]:
+    """One row per val prompt: reference and each variant's answer and score, the flip; broke/fixed first."""
+    samples = []
+    for i, r in enumerate(records):
+        row = {"id": r.get("id"), "prompt": r["messages"][-2]["content"], "reference": refs[i]}
+        for name in results:
+            row[name] = results[name]["generations"][i]["text"]
+            row[f"{name}_{main}"] = round(results[name]["per_sample"][i][main], 4)
+        if "tuned" in results:
+            b, t = row[f"base_{main}"], row[f"tuned_{main}"]
+            row["flip"] = "fixed" if t > b else "broke" if t < b else "same"
+        samples.append(row)
+    samples.sort(key=lambda s: ({"broke": 0, "fixed": 1}.get(s.get("flip"), 2)))
+    return samples
+
+
+def _metrics(results: dict, samples: list[dict], main: str, val_rows: int, adapter, model_dir: str) -> dict:
+    metrics = {"main_metric": main, "val_rows": val_rows, "adapter": str(adapter) if adapter else None,
+               "model": model_dir, **{name: {"teacher_forced": res["teacher_forced"], **res["metrics"],
+                                              "general_text_perplexity": res["general_text_perplexity"]}
+                                      for name, res in results.items()}}
+    if "tuned" not in results:
+        return metrics
+    b, t = metrics["base"], metrics["tuned"]
+    metrics["delta"] = {k: round(t[k] - b[k], 4) for k in b if isinstance(b[k], float) and k in t}
+    metrics["delta"]["teacher_forced_loss"] = round(t["teacher_forced"]["loss"] - b["teacher_forced"]["loss"], 4)
+    metrics["flips"] = {f: sum(s["flip"] == f for s in samples) for f in ("fixed", "broke", "same")}
+    drift = _probe_drift(results)
+    metrics["forgetting_probe"] = {
+        "prompts": len(drift),
+        "answer_similarity_chrf_mean": round(sum(drift) / len(drift), 4),
+        "answers_changed": sum(d < SAME_ANSWER_CHRF for d in drift),
+        "general_text_perplexity_delta": round(t["general_text_perplexity"] - b["general_text_perplexity"], 3),
+        "stopped_at_end_of_turn": {n: round(sum(g["stopped"] for g in res["probe"]) / len(drift), 4) for n, res in results.items()},
+    }
+    return metrics
+
+
+def _probe_drift(results: dict) -> list[float]:
+    """chrF of each tuned probe answer against the base's (1.0: unchanged)."""
+    return [score(after["text"], before["text"])["chrf"] for after, before in zip(results["tuned"]["probe"], results["base"]["probe"])]
+
+
+def _probe_rows(results: dict, probe_prompts: list[str]) -> list[dict]:
+    rows = [{"prompt": p, **{n: res["probe"][i]["text"] for n, res in results.items()}} for i, p in enumerate(probe_prompts)]
+    if "tuned" in results:
+        for row, d in zip(rows, _probe_drift(results)):
+            row["similarity_chrf"] = round(d, 3)
+    return rows

@@ -1,0 +1,63 @@
+"""The shape of the code: stages import only common/ (never each other), common/ imports no stage, every stage
+has the same entry point, and no function in the product code grows past a screen."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("curate", "train", "evaluate", "export")
+MAX_FUNCTION_LINES = 60
+
+
+def imported_packages(path: Path) -> set[str]:
+    """Top-level names of every module imported anywhere in the file (function-level imports included)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def sources(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", STAGES + ("common",))
+def test_import_graph(package):
+    allowed = {package} if package in STAGES else set()
+    wrong = {f"{p.relative_to(ROOT)} imports {other}" for p in sources(package)
+             for other in (imported_packages(p) & set(STAGES)) - allowed}
+    assert not wrong, sorted(wrong)
+
+
+def test_the_import_graph_check_sees_function_level_imports(tmp_path):
+    f = tmp_path / "x.py"
+    f.write_text("def g():\n    from train.pipeline import run\n    import evaluate.report\n")
+    assert imported_packages(f) == {"train", "evaluate"}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_has_one_entry_point(stage):
+    package = importlib.import_module(stage)
+    assert callable(package.run) and callable(package.checks)
+    assert package.run.__module__ == f"{stage}.pipeline"
+    assert (ROOT / stage / "__main__.py").is_file()
+
+
+def test_no_long_functions():
+    long = []
+    for package in STAGES + ("common",):
+        for p in sources(package):
+            for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    n = node.end_lineno - node.lineno + 1
+                    if n > MAX_FUNCTION_LINES:
+                        long.append(f"{p.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, long

@@ -1,0 +1,268 @@
+"""The train stage, as its phases (`run` reads top to bottom): inputs -> checkpoints to resume -> memory
+preflight -> model (Unsloth load, doctor, LoRA) -> data (assistant-only labels, optional packing) -> TRL
+SFTTrainer (checkpoints) -> adapter (with its resolved config and base identity) -> loss plot and summary.
+
+Reads runs/<name>/curate/{train,val}.jsonl; writes runs/<name>/train/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import resource
+import shutil
+import time
+from pathlib import Path
+
+from common.chat import Collator, pack, tokenize
+from common.config import Config, dump_config
+from common.errors import UserError
+from common.model import load_unsloth, resolve_model, write_adapter_identity
+from common.preflight import require, unwritable
+from common.runs import atomic_write_json, package_versions, read_jsonl, stage_dir
+
+# Keys whose change makes an existing checkpoint a different run (the rest: how long, how often to log).
+RESUME_KEYS = ("model", "lora", "train.max_seq_length", "train.batch_size", "train.grad_accum", "train.learning_rate",
+               "train.lr_scheduler", "train.warmup_ratio", "train.weight_decay", "train.seed", "train.packing",
+               "train.max_steps", "train.epochs")
+COMPLETE = "complete.json"  # written into a checkpoint after the trainer finished saving it
+
+
+def fingerprint(cfg: Config, data_sha: str) -> dict:
+    flat = {}
+    d = cfg.to_dict()
+    for key in RESUME_KEYS:
+        section, _, leaf = key.partition(".")
+        flat[key] = d[section][leaf] if leaf else d[section]
+    flat["data.train_sha256"] = data_sha
+    return flat
+
+
+def find_checkpoint(ckpt_dir: Path, fp: dict) -> Path | None:
+    """The newest complete checkpoint; UserError if it was made by a different config."""
+    done = []
+    for p in ckpt_dir.glob("checkpoint-*"):
+        if (p / COMPLETE).is_file():
+            done.append((int(p.name.split("-")[1]), p))
+        else:
+            print(f"train: ignoring incomplete checkpoint {p} (no {COMPLETE}; it was interrupted while saving)")
+    if not done:
+        return None
+    _, newest = max(done)
+    saved = json.loads((newest / COMPLETE).read_text())["fingerprint"]
+    differ = sorted(k for k in set(saved) | set(fp) if saved.get(k) != fp.get(k))
+    if differ:
+        raise UserError(f"{newest} was trained with a different config ({', '.join(f'{k}: {saved.get(k)!r} -> {fp.get(k)!r}' for k in differ)}); "
+                        "run `make train FRESH=1` to start over, or restore those settings to resume")
+    return newest
+
+
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def memory_check(model_dir: str, cfg: Config):
+    """The memory preflight (train/preflight.py) for this machine: on a GPU with "unsloth" offloaded gradient
+    checkpointing, on a CPU without (memory is plentiful there). The Estimate, or UserError with what to try."""
+    from train import preflight
+
+    gpu = on_gpu()
+    return preflight.check(model_dir, cfg, "cuda" if gpu else "cpu", gradient_checkpointing=gpu)
+
+
+def checks(cfg: Config) -> list[str]:
+    """What training needs before anything heavy loads, as problem lines (common.preflight): a writable run
+    folder, the model, and memory for the configured batch and sequence length."""
+    problems = unwritable(cfg.run_dir, "run.root")
+    try:
+        memory_check(resolve_model(cfg.model.name), cfg)
+    except UserError as e:
+        problems += e.problems
+    return problems
+
+
+def run(cfg: Config, fresh: bool = False) -> dict:
+    """The stage: inputs -> checkpoints -> model -> data -> trainer -> train -> outputs. Returns the summary."""
+    t_start = time.time()
+    train_records, val_records, model_dir = _setup_inputs(cfg)
+    out = stage_dir(cfg, "train")
+    resume_from, fp = _setup_checkpoints(cfg, out, fresh)
+    est = memory_check(model_dir, cfg)  # passed in checks(); printed and kept in the summary here
+    print(est.line())
+    model, tokenizer, end_of_turn_id, backend = _setup_model(cfg, model_dir, est)
+    data = _setup_data(cfg, train_records, val_records, tokenizer, end_of_turn_id)
+    trainer, progress = _setup_trainer(cfg, out, model, tokenizer, data, fp, resume_from, backend)
+    if resume_from:
+        print(f"train: resuming from {resume_from}")
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    adapter = _save_adapter(cfg, out, model, tokenizer, model_dir)
+    summary = _write_summary(cfg, out, result, progress, data, est, backend, model_dir, resume_from, t_start)
+    print(f"train: {summary['steps']} steps, {summary['tokens_seen']} tokens at {summary['tokens_per_second']} tok/s, "
+          f"final loss {summary['final_train_loss']}, val {summary['final_val_loss']}, peak {summary['peak_memory_gib']} GiB "
+          f"(estimate {est.to_dict()['total']} GiB); adapter: {adapter}")
+    return summary
+
+
+def _setup_inputs(cfg: Config) -> tuple[list[dict], list[dict], str]:
+    """curate's train and val rows and the model directory, after every check of checks(cfg)."""
+    curate_dir = cfg.run_dir / "curate"
+    train_path, val_path = curate_dir / "train.jsonl", curate_dir / "val.jsonl"
+    problems = checks(cfg)
+    if not train_path.is_file():
+        problems.append(f"{train_path} not found; run `make curate` first")
+    require(problems)
+    train_records = read_jsonl(train_path)
+    if not train_records:
+        raise UserError(f"{train_path} is empty: curate kept no training rows; see {curate_dir / 'report.html'} for why")
+    val_records = read_jsonl(val_path) if val_path.is_file() else []
+    return train_records, val_records, resolve_model(cfg.model.name)
+
+
+def _setup_checkpoints(cfg: Config, out: Path, fresh: bool) -> tuple[Path | None, dict]:
+    """The checkpoint to resume from (None: start) and this run's fingerprint; FRESH=1 deletes old ones."""
+    ckpt_dir = out / "checkpoints"
+    if fresh and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    data_sha = hashlib.sha256((cfg.run_dir / "curate" / "train.jsonl").read_bytes()).hexdigest()
+    fp = fingerprint(cfg, data_sha)
+    return (find_checkpoint(ckpt_dir, fp) if ckpt_dir.exists() else None), fp
+
+
+def _setup_model(cfg: Config, model_dir: str, est) -> tuple:
+    """Doctor the model, load it through Unsloth and add LoRA. (model, tokenizer, end-of-turn id, backend)."""
+    gpu = est.device != "cpu"
+    import unsloth  # noqa: F401  (it patches transformers, PEFT and TRL, so it is imported before them)
+    from unsloth import FastLanguageModel
+
+    from common.doctor import require_healthy
+
+    end_of_turn_id = require_healthy(model_dir).end_of_turn_id  # template, eos, pad and stop agree, or stop here
+    model, tokenizer = load_unsloth(model_dir, cfg)
+    model = FastLanguageModel.get_peft_model(
+        model, r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules, bias="none", random_state=cfg.train.seed,
+        use_gradient_checkpointing="unsloth" if est.gradient_checkpointing else False)
+    # Packed rows are kept apart by the position ids only when no KV cache is built (transformers'
+    # masking_utils looks for packed sequences only then); training never needs the cache.
+    model.config.use_cache = False
+    backend = {"device": est.device, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+               "load_in_4bit": bool(cfg.model.load_in_4bit and gpu), "gradient_checkpointing": est.gradient_checkpointing,
+               "why": ("GPU found" if gpu else "no GPU: Unsloth's CPU backend (stock transformers + PEFT + TRL, chunked CE); "
+                       "4-bit needs a GPU")}
+    if cfg.model.load_in_4bit and not gpu:
+        print("train: model.load_in_4bit=true needs a GPU; training in full precision on the CPU")
+    print(f"train: backend {backend}")
+    return model, tokenizer, end_of_turn_id, backend
+
+
+def _setup_data(cfg: Config, train_records, val_records, tokenizer, end_of_turn_id: int) -> dict:
+    """Tokenized rows with assistant-only labels (packed if train.packing) as datasets; refuses data that
+    would teach nothing (no end-of-turn token in any loss, every reply cut away)."""
+    from datasets import Dataset
+
+    limit = cfg.train.max_seq_length
+    tok_train = tokenize(train_records, tokenizer, limit, end_of_turn_id)
+    tok_val = tokenize(val_records, tokenizer, limit, end_of_turn_id)
+    if tok_train.with_end_of_turn_loss == 0:
+        raise UserError(f"no training example has the end-of-turn token {tokenizer.convert_ids_to_tokens(end_of_turn_id)} "
+                        "in its loss: the model would never learn to stop. Check the chat template (`make doctor`) "
+                        "and that train.max_seq_length does not cut every reply")
+    if tok_train.fully_masked:
+        print(f"train: {len(tok_train.fully_masked)} rows have no loss token left after truncation to "
+              f"{limit} and are left out (ids in summary.json); raise train.max_seq_length to keep them")
+    if not tok_train.examples:
+        raise UserError(f"every training row lost its assistant tokens to truncation at train.max_seq_length={limit}; "
+                        f"raise it (see {cfg.run_dir / 'curate' / 'report.html'} for the lengths)")
+    train_rows = pack(tok_train.examples, limit) if cfg.train.packing else tok_train.examples
+    val_rows = tok_val.examples  # unpacked: val loss per example as in the eval stage
+    print(f"train: {len(tok_train.examples)} examples ({tok_train.tokens} tokens, {tok_train.loss_tokens} with loss) "
+          f"-> {len(train_rows)} rows{' packed' if cfg.train.packing else ''}; {tok_train.truncated} truncated; val {len(val_rows)}")
+    return {"tokenized": tok_train, "rows": len(train_rows), "train": Dataset.from_list(train_rows),
+            "val": Dataset.from_list(val_rows) if val_rows else None}
+
+
+def _setup_trainer(cfg: Config, out: Path, model, tokenizer, data: dict, fp: dict, resume_from, backend: dict):
+    """TRL's SFTTrainer on the prepared rows, with the progress/log and checkpoint-completion callbacks."""
+    import torch
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from train.callbacks import CompletionMarker, ProgressAndLog
+
+    gpu, val_ds, t = backend["device"] != "cpu", data["val"], cfg.train
+    steps_per_epoch = math.ceil(data["rows"] / (t.batch_size * t.grad_accum))
+    total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
+    early_stopping = t.early_stopping_patience > 0 and val_ds is not None
+    args = SFTConfig(
+        output_dir=str(out / "checkpoints"), per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=math.ceil(t.warmup_ratio * total_steps), weight_decay=t.weight_decay,
+        max_steps=t.max_steps, num_train_epochs=t.epochs,
+        optim="adamw_8bit" if gpu else "adamw_torch", seed=t.seed, data_seed=t.seed,
+        logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps,
+        eval_strategy="steps" if val_ds is not None else "no", eval_steps=t.eval_steps,
+        load_best_model_at_end=early_stopping, metric_for_best_model="eval_loss", greater_is_better=False,
+        gradient_checkpointing=backend["gradient_checkpointing"], bf16=gpu and torch.cuda.is_bf16_supported(),
+        max_length=t.max_seq_length, packing=False, remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True}, report_to="none", disable_tqdm=True,
+        save_only_model=False, dataloader_num_workers=0, use_cpu=not gpu)
+    progress = ProgressAndLog(out / "train_log.jsonl", resume=resume_from is not None)
+    callbacks = [progress, CompletionMarker(fp)]
+    if early_stopping:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
+
+    class Trainer(SFTTrainer):  # counts real tokens per training step for tokens/s
+        def training_step(self, model, inputs, *a, **k):
+            progress.count(inputs, tokenizer.pad_token_id)
+            return super().training_step(model, inputs, *a, **k)
+
+    trainer = Trainer(model=model, args=args, train_dataset=data["train"], eval_dataset=val_ds, processing_class=tokenizer,
+                      data_collator=Collator(tokenizer.pad_token_id), callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # the progress bar and train_log.jsonl say it already
+    return trainer, progress
+
+
+def _save_adapter(cfg: Config, out: Path, model, tokenizer, model_dir: str) -> Path:
+    """adapter/ (PEFT weights, tokenizer, the resolved config and base identity), renamed into place whole."""
+    adapter = out / "adapter"
+    tmp = out / "adapter.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    write_adapter_identity(tmp, cfg, model_dir)
+    shutil.rmtree(adapter, ignore_errors=True)
+    tmp.rename(adapter)
+    return adapter
+
+
+def _write_summary(cfg: Config, out: Path, result, progress, data: dict, est, backend: dict, model_dir: str,
+                   resume_from, t_start: float) -> dict:
+    import torch
+
+    from train.callbacks import plot_loss
+
+    plot_loss(out / "train_log.jsonl", out / "loss.png")
+    gpu = backend["device"] != "cpu"
+    peak = torch.cuda.max_memory_allocated() if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    tok = data["tokenized"]
+    summary = {
+        "steps": int(result.global_step), "resumed_from": str(resume_from) if resume_from else None,
+        "examples": len(tok.examples), "rows": data["rows"], "packing": cfg.train.packing,
+        "truncated_rows": tok.truncated, "fully_masked_rows": tok.fully_masked,
+        "examples_with_end_of_turn_loss": tok.with_end_of_turn_loss,
+        "tokens_seen": progress.tokens_seen, "loss_tokens_seen": progress.loss_tokens_seen,
+        "tokens_per_second": round(progress.tokens_seen / max(1e-9, progress.train_seconds), 1),
+        "steady_tokens_per_second": progress.steady_tokens_per_second(),
+        "train_seconds": round(progress.train_seconds, 1), "wall_seconds": round(time.time() - t_start, 1),
+        "final_train_loss": progress.last_loss, "final_val_loss": progress.last_val_loss,
+        "peak_memory_gib": round(peak / 1024**3, 3), "peak_memory_kind": "cuda max_memory_allocated" if gpu else "process max RSS",
+        "memory_estimate_gib": est.to_dict(), "backend": backend, "model_dir": model_dir,
+        "versions": package_versions(), "config": dump_config(cfg),
+    }
+    atomic_write_json(out / "summary.json", summary)
+    return summary
