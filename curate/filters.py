@@ -16,6 +16,14 @@ from typing import Callable
 
 from curate.formats import RecordError
 
+# A fence line: optional horizontal indentation, then ```. Not `^\s*`: with re.M, \s also eats newlines, so on
+# a message of many blank lines every line start would rescan all the blank lines after it (quadratic time).
+CODE_FENCE = re.compile(r"^[^\S\n]*```", re.M)
+TAIL_SHOWN = 40  # characters of a reply's end quoted in a rejection detail
+MIN_NGRAMS_FOR_REPETITION = 8  # a reply with fewer word n-grams is too short to call repetitive
+MIN_WORDS_FOR_LANGUAGE = 3  # fewer words: language `und`, which passes the language filter
+EN_FUNCTION_WORD_SHARE = 0.2  # ASCII texts with at least this share of English function words are `en` at once
+
 ROLE_MAP = {
     "system": "system", "user": "user", "human": "user", "prompter": "user", "question": "user",
     "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "model": "assistant",
@@ -86,7 +94,7 @@ def roles_do_not_alternate(c: Conversation, cfg) -> str | None:
 
 def unbalanced_code_fence(c: Conversation, cfg) -> str | None:
     for i, m in enumerate(c.messages):
-        if len(re.findall(r"^\s*```", m["content"], re.M)) % 2:
+        if len(CODE_FENCE.findall(m["content"])) % 2:
             return f"turn {i + 1} ({m['role']}) opens a ``` code fence it never closes"
     return None
 
@@ -119,9 +127,9 @@ def truncated_ending(c: Conversation, cfg) -> str | None:
     reply = c.messages[-1]["content"] if c.messages else ""
     body = re.sub(r"^```\w*\n?", "", reply.strip())
     if body[:1] in _CLOSERS and _json_depth(body) > 0:
-        return f"the last reply is JSON cut off before its closing bracket: …{reply[-40:]!r}"
+        return f"the last reply is JSON cut off before its closing bracket: …{reply[-TAIL_SHOWN:]!r}"
     if re.search(r"[,:(\[{]$|\b(and|or|the|a|to|of|with)$", reply.strip()):
-        return f"the last reply stops mid-sentence: …{reply[-40:]!r}"
+        return f"the last reply stops mid-sentence: …{reply[-TAIL_SHOWN:]!r}"
     return None
 
 
@@ -149,7 +157,7 @@ def repetition(c: Conversation, cfg) -> str | None:
     for text in c.turns("assistant"):
         words = text.lower().split()
         grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-        if len(grams) < 8:  # too short to call anything repetitive
+        if len(grams) < MIN_NGRAMS_FOR_REPETITION:
             continue
         ratio = 1 - len(set(grams)) / len(grams)
         if ratio > limit:
@@ -200,7 +208,7 @@ class LanguageDetector:
 
     langdetect costs milliseconds per text; most rows of an English data set are ASCII with many English
     function words, for which its answer is always `en`. Those skip it; everything else goes to langdetect.
-    Texts with fewer than 3 words are `und` (undetermined) and pass the language filter.
+    Texts with fewer than MIN_WORDS_FOR_LANGUAGE words are `und` (undetermined) and pass the language filter.
     """
 
     def __init__(self, seed: int):
@@ -213,9 +221,9 @@ class LanguageDetector:
         from langdetect import LangDetectException, detect
 
         words = re.findall(r"[^\W\d_]+", text.lower())
-        if len(words) < 3:
+        if len(words) < MIN_WORDS_FOR_LANGUAGE:
             return "und"
-        if text.isascii() and sum(w in _EN_FUNCTION_WORDS for w in words) / len(words) >= 0.2:
+        if text.isascii() and sum(w in _EN_FUNCTION_WORDS for w in words) / len(words) >= EN_FUNCTION_WORD_SHARE:
             self.fast_path_hits += 1
             return "en"
         try:

@@ -5,14 +5,17 @@
 Data: N synthetic English-like chats (user 20-60 words, assistant 10-30 words; a Zipf-distributed
 vocabulary of 20,000 made-up content words mixed with English function words), of which 10% are planted
 near-duplicates of other rows (1-2 words of the user turn changed, which keeps word 3-gram Jaccard
-around 0.7-0.9). Signatures: 128 permutations over word 3-grams within each turn, for all three:
-  (a) datasketch: one MinHash per row, `update` once per shingle (its documented per-record loop)
-  (b) this project's curate.minhash.MinHasher (batched numpy)
-  (c) rensa RMinHash (Rust), `update` with the row's shingle list
-(a) and (c) are timed including the same Python shingling; (b) includes its own. (a) runs on the first
---baseline-rows rows only (it is slow); rows/s is what is compared. The three run interleaved in rounds
-(a b c a b c ...; this machine's speed drifts up to 2x within minutes): per variant the median rows/s over
-rounds and its min-max, and the ratios taken within each round (median, min-max).
+around 0.7-0.9). Signatures: 128 permutations over word 3-grams within each turn, for every variant:
+  ours                        curate.minhash.MinHasher (batched numpy, its own shingling), on all N rows
+  datasketch_update_loop      one MinHash per row, `update` once per shingle (its documented per-record loop)
+  datasketch_update_batch     one MinHash per row, `update_batch` with the row's shingles
+  datasketch_bulk             `MinHash.bulk` over all rows' shingle lists
+  rensa                       RMinHash (Rust), `update` with the row's shingle list
+  rensa_precomputed_shingles  the same with the shingles made before the clock starts (rensa's hashing alone)
+All but the last are timed including the same Python shingling. The baselines run on the first
+--baseline-rows rows only (datasketch is slow); rows/s is what is compared. The variants run interleaved in
+rounds (this machine's speed drifts up to 2x within minutes): per variant the median rows/s over rounds and
+its min-max, and ours / each baseline taken within each round (median, min-max).
 Quality: recall of planted pairs whose exact Jaccard is >= 0.7, and the share of found pairs that are not
 within one planted group (a source row and its variants): false positives. Both through the same LSH +
 exact verification curate uses.
@@ -87,6 +90,26 @@ def bench_datasketch(rows) -> float:
     return len(rows) / (time.perf_counter() - t)
 
 
+def bench_datasketch_update_batch(rows) -> float:
+    from datasketch import MinHash
+
+    t = time.perf_counter()
+    for u, a in rows:
+        m = MinHash(num_perm=128, seed=1)
+        m.update_batch([s.encode("utf-8") for s in py_shingles(u, a)])
+        m.digest()
+    return len(rows) / (time.perf_counter() - t)
+
+
+def bench_datasketch_bulk(rows) -> float:
+    from datasketch import MinHash
+
+    t = time.perf_counter()
+    for m in MinHash.bulk([[s.encode("utf-8") for s in py_shingles(u, a)] for u, a in rows], num_perm=128, seed=1):
+        m.digest()
+    return len(rows) / (time.perf_counter() - t)
+
+
 def bench_rensa(rows) -> float:
     from rensa import RMinHash
 
@@ -96,6 +119,18 @@ def bench_rensa(rows) -> float:
         m.update(py_shingles(u, a))
         m.digest()
     return len(rows) / (time.perf_counter() - t)
+
+
+def bench_rensa_precomputed(shingles: list[list[str]]) -> float:
+    """rensa's hashing alone: the shingles are made before the clock starts (an upper bound for rensa)."""
+    from rensa import RMinHash
+
+    t = time.perf_counter()
+    for sh in shingles:
+        m = RMinHash(num_perm=128, seed=1)
+        m.update(sh)
+        m.digest()
+    return len(shingles) / (time.perf_counter() - t)
 
 
 def bench_ours(rows):
@@ -157,19 +192,24 @@ def main() -> int:
     rows, pairs = make_rows(args.rows)
     print(f"{len(rows)} rows, {len(pairs)} planted near-duplicates")
     base = rows[: args.baseline_rows]
-    speed: dict[str, list[float]] = {"datasketch_update_loop": [], "ours": [], "rensa": []}
+    base_shingles = [py_shingles(u, a) for u, a in base]
+    variants = {"datasketch_update_loop": lambda: bench_datasketch(base),
+                "datasketch_update_batch": lambda: bench_datasketch_update_batch(base),
+                "datasketch_bulk": lambda: bench_datasketch_bulk(base),
+                "rensa": lambda: bench_rensa(base),
+                "rensa_precomputed_shingles": lambda: bench_rensa_precomputed(base_shingles)}
+    speed: dict[str, list[float]] = {"ours": [], **{k: [] for k in variants}}
     for r in range(args.rounds):
-        speed["datasketch_update_loop"].append(bench_datasketch(base))
         ours, sigs, texts = bench_ours(rows)
         speed["ours"].append(ours)
-        speed["rensa"].append(bench_rensa(base))
+        for name, fn in variants.items():
+            speed[name].append(fn())
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:,.0f} rows/s" for k, v in speed.items()), flush=True)
 
     result = {
         "rows": len(rows), "num_perm": 128, "word_ngram": 3, "rounds": args.rounds,
         "signature_rows_per_second": {k: spread(v, 0) for k, v in speed.items()},
-        "ours_vs_datasketch": spread([o / a for o, a in zip(speed["ours"], speed["datasketch_update_loop"])], 1),
-        "ours_vs_rensa": spread([o / c for o, c in zip(speed["ours"], speed["rensa"])], 2),
+        "ours_vs": {k: spread([o / b for o, b in zip(speed["ours"], speed[k])], 2) for k in variants},
         "quality": quality(sigs, texts, pairs),
         "whole_curate_run": whole_run(rows),
     }

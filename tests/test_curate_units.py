@@ -212,3 +212,14 @@ def test_accounting_check_fails_on_a_lost_or_doubled_row():
         check_accounting(Counter({"a": 2, "b": 1}), {**good, "val.jsonl": ""})
     with pytest.raises(RuntimeError, match="b: 2 rows read, 1 manifest lines"):
         check_accounting(Counter({"a": 1, "b": 2}), good)
+
+
+def test_code_fence_count_is_linear_and_unchanged():
+    """A fence line is counted once whatever blank lines precede it; the pattern never spans a newline (with
+    `^\\s*` and re.M a message of many blank lines took quadratic time: 16 s at 80k lines)."""
+    from curate.filters import CODE_FENCE, unbalanced_code_fence
+
+    for text, fences in [("a\n```py\nx\n```\n", 2), ("  ```\n\n\n```\n\t```", 3), ("\n\n\n```", 1), ("x```", 0)]:
+        assert len(CODE_FENCE.findall(text)) == fences, text
+    assert CODE_FENCE.match("\n```") is None
+    assert unbalanced_code_fence(conv("q", "\n" * 200_000 + "```"), CFG) is not None
