@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -42,7 +44,7 @@ class DataSection:
 @dataclass
 class CurateSection:
     filters: list[str] = field(default_factory=lambda: [
-        "empty_message", "roles_do_not_alternate", "unbalanced_code_fence", "truncated_ending", "refusal",
+        "control_tokens", "empty_message", "roles_do_not_alternate", "unbalanced_code_fence", "truncated_ending", "refusal",
         "repetition", "language", "too_short", "too_long"])
     min_tokens: int = 8
     max_tokens: int = 2048
@@ -54,6 +56,7 @@ class CurateSection:
     minhash_ngram: int = 3
     minhash_threshold: float = 0.7
     minhash_bands: int = 0  # 0: chosen from the threshold (see curate/minhash.py optimal_bands)
+    control_tokens: Literal["reject", "escape"] = "reject"  # the model's control tokens inside a row's content
 
 
 @dataclass
@@ -161,7 +164,7 @@ def all_key_paths(cls: type = Config, prefix: str = "") -> list[str]:
 
 
 def _suggest(path: str) -> str:
-    valid = all_key_paths()
+    valid = [p for p in all_key_paths() if not path.startswith(p + ".")]  # never the key's own section
     close = difflib.get_close_matches(path, valid, n=1, cutoff=0.6)
     if not close:  # the right key in the wrong section: `max_steps` -> `train.max_steps`
         leaf = path.rsplit(".", 1)[-1]
@@ -196,7 +199,7 @@ class _Problems:
 
     def add(self, path: str, msg: str) -> None:
         # An override's problem points at the override (`trian.max_steps=3` -> its unknown `trian`).
-        override = next((o for o in self.overrides if o == path or o.startswith(path + ".")), None)
+        override = next((o for o in self.overrides if o == path or o.startswith(path + ".") or path.startswith(o + ".")), None)
         if override is not None:
             where = f"override `{override}`"
         else:
@@ -294,7 +297,8 @@ def parse_overrides(overrides: list[str]) -> tuple[list[tuple[str, Any]], list[s
         try:
             parsed.append((key.strip(), yaml.safe_load(text) if text.strip() else ""))
         except yaml.YAMLError as e:
-            problems.append(f"override `{item}`: value is not valid YAML ({e.problem})")
+            why = " ".join(str(getattr(e, "problem", None) or e).split())
+            problems.append(f"override `{item!r}`: value is not valid YAML ({why})")
     return parsed, problems
 
 
@@ -306,14 +310,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     path = Path(path) if path else DEFAULT_CONFIG
     if not path.is_file():
         raise UserError(f"{path}: config file not found; pass --config PATH or restore config.yaml from git")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the config as UTF-8") from None
     try:
         node = yaml.compose(text)
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise UserError(f"{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
+        why = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise UserError(f"{where}: not valid YAML ({why}); fix the syntax") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: the top level must be a mapping of sections (run, data, train, ...)")
 
@@ -331,38 +339,79 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     problems.items.extend(override_problems)
     cfg = _build(Config, raw, "", problems)
     if not problems.items:  # value checks only make sense once every type is right
-        problems.items.extend(_semantic_problems(cfg, str(path)))
+        for key, msg in _semantic_problems(cfg):
+            problems.add(key, msg)
     if problems.items:
         raise UserError(*problems.items)
     return cfg
 
 
-def _semantic_problems(cfg: Config, source: str) -> list[str]:
-    """Values of the right type that still cannot work."""
-    out = []
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # one safe path component: never `.`, `..` or a slash
+
+
+def langdetect_languages() -> set[str]:
+    """langdetect's language codes (its profile files), plus each code's base (`zh` for `zh-cn`, `zh-tw`)."""
+    spec = importlib.util.find_spec("langdetect")
+    if spec is None or not spec.submodule_search_locations:
+        return set()
+    codes = {p.name for p in (Path(spec.submodule_search_locations[0]) / "profiles").iterdir()}
+    return codes | {c.split("-")[0] for c in codes}
+
+
+def _semantic_problems(cfg: Config) -> list[tuple[str, str]]:
+    """(key, problem) for values of the right type that still cannot work: every numeric knob's range,
+    min <= max, a safe run name, known languages, at least one input."""
+    out: list[tuple[str, str]] = []
 
     def need(ok: bool, key: str, msg: str) -> None:
         if not ok:
-            out.append(f"{source}: `{key}` {msg}")
+            out.append((key, f"`{key}` {msg}"))
 
-    # curate.filters names are checked by curate.checks(cfg), beside the filters themselves
-    need(cfg.curate.minhash_bands == 0 or cfg.curate.minhash_num_perm // cfg.curate.minhash_bands >= 1,
-         "curate.minhash_bands", "must be 0 (automatic) or at most curate.minhash_num_perm")
+    c, t, e = cfg.curate, cfg.train, cfg.export
+    need(bool(RUN_NAME.fullmatch(cfg.run.name)), "run.name", "must be one folder name of letters, digits, '.', '_' "
+         "and '-' (starting with a letter or digit, at most 100 characters), e.g. default")
+    need(bool(cfg.run.root.strip()) and "\0" not in cfg.run.root, "run.root", "must be a folder path, e.g. runs")
+    need(bool(cfg.data.inputs), "data.inputs", "lists no input; give at least one file or glob, e.g. [data/sample/*]")
+    need(c.min_tokens >= 0, "curate.min_tokens", "must be 0 or positive, e.g. 8")
+    need(c.max_tokens > 0, "curate.max_tokens", "must be positive, e.g. 2048")
+    need(c.min_tokens <= c.max_tokens or c.max_tokens <= 0, "curate.min_tokens", f"({c.min_tokens}) must not exceed curate.max_tokens ({c.max_tokens})")
+    known = langdetect_languages()
+    unknown = [lang for lang in c.languages if known and lang not in known]
+    need(not unknown, "curate.languages", f"names language codes langdetect does not know: {unknown}; "
+         f"use ISO 639-1 codes such as en, de, zh (known: {', '.join(sorted(k for k in known if '-' not in k))})")
+    need(bool(c.languages) or "language" not in c.filters, "curate.languages",
+         "is empty while the language filter is on: every row would be rejected; list languages or drop the filter")
+    need(0.0 <= c.max_repeated_ngram_ratio <= 1.0, "curate.max_repeated_ngram_ratio", "must be between 0 and 1, e.g. 0.3")
+    need(c.repetition_ngram >= 1, "curate.repetition_ngram", "must be at least 1, e.g. 3")
+    need(16 <= c.minhash_num_perm <= 4096, "curate.minhash_num_perm", "must be between 16 and 4096, e.g. 128")
+    need(c.minhash_ngram >= 1, "curate.minhash_ngram", "must be at least 1, e.g. 3")
+    need(0 <= c.minhash_bands <= max(1, c.minhash_num_perm), "curate.minhash_bands",
+         "must be 0 (automatic) or at most curate.minhash_num_perm")
+    need(0.0 < c.minhash_threshold <= 1.0, "curate.minhash_threshold", "must be in (0, 1], e.g. 0.7")
     need(0.0 < cfg.split.val_fraction < 1.0, "split.val_fraction", "must be between 0 and 1, e.g. 0.1")
-    need(0.0 < cfg.curate.minhash_threshold <= 1.0, "curate.minhash_threshold", "must be in (0, 1], e.g. 0.7")
     need(0.0 < cfg.split.leakage_threshold <= 1.0, "split.leakage_threshold", "must be in (0, 1], e.g. 0.5")
-    need(cfg.train.max_seq_length > 0, "train.max_seq_length", "must be positive, e.g. 512")
-    need(cfg.train.batch_size > 0, "train.batch_size", "must be positive, e.g. 8")
-    need(cfg.train.max_steps == -1 or cfg.train.max_steps > 0, "train.max_steps", "must be positive, or -1 to use train.epochs")
     need(cfg.lora.r > 0, "lora.r", "must be positive, e.g. 16")
-    need(0.0 <= cfg.export.min_f16_exact <= 1.0, "export.min_f16_exact", "must be between 0 and 1, e.g. 0.9")
-    need(0.0 <= cfg.export.max_quantized_run_on < 1.0, "export.max_quantized_run_on", "must be in [0, 1), e.g. 0.1")
-    need(cfg.review.sample_size >= 0, "review.sample_size", "must be 0 (automatic) or positive, e.g. 50")
-    need(0 < cfg.review.port < 65536, "review.port", "must be a TCP port, e.g. 8501")
-    need(cfg.export.roundtrip_prompts > 0, "export.roundtrip_prompts", "must be positive, e.g. 20")
+    need(cfg.lora.alpha > 0, "lora.alpha", "must be positive, e.g. 16")
+    need(0.0 <= cfg.lora.dropout < 1.0, "lora.dropout", "must be in [0, 1), e.g. 0.0")
+    need(bool(cfg.lora.target_modules), "lora.target_modules", "lists no module; e.g. [q_proj, v_proj]")
+    need(t.max_seq_length > 0, "train.max_seq_length", "must be positive, e.g. 512")
+    need(t.max_steps == -1 or t.max_steps > 0, "train.max_steps", "must be positive, or -1 to use train.epochs")
+    need(t.epochs > 0, "train.epochs", "must be positive, e.g. 1")
+    for key in ("batch_size", "grad_accum", "logging_steps", "eval_steps", "save_steps"):
+        need(getattr(t, key) > 0, f"train.{key}", "must be positive")
+    need(t.learning_rate > 0, "train.learning_rate", "must be positive, e.g. 1e-3")
+    need(0.0 <= t.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1), e.g. 0.05")
+    need(t.weight_decay >= 0, "train.weight_decay", "must be 0 or positive")
+    need(t.early_stopping_patience >= 0, "train.early_stopping_patience", "must be 0 (off) or positive")
+    need(cfg.eval.max_new_tokens > 0, "eval.max_new_tokens", "must be positive, e.g. 64")
+    need(cfg.eval.batch_size > 0, "eval.batch_size", "must be positive, e.g. 32")
     need(cfg.eval.max_samples >= 0, "eval.max_samples", "must be 0 (the whole val split) or positive")
     need(cfg.eval.probe_prompts >= 0, "eval.probe_prompts", "must be 0 (all) or positive")
-    need(bool(cfg.run.name) and "/" not in cfg.run.name, "run.name", "must be a plain directory name, e.g. default")
+    need(cfg.review.sample_size >= 0, "review.sample_size", "must be 0 (automatic) or positive, e.g. 50")
+    need(0 < cfg.review.port < 65536, "review.port", "must be a TCP port, e.g. 8501")
+    need(e.roundtrip_prompts > 0, "export.roundtrip_prompts", "must be positive, e.g. 20")
+    need(0.0 <= e.min_f16_exact <= 1.0, "export.min_f16_exact", "must be between 0 and 1, e.g. 0.9")
+    need(0.0 <= e.max_quantized_run_on < 1.0, "export.max_quantized_run_on", "must be in [0, 1), e.g. 0.1")
     return out
 
 

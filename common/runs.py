@@ -35,7 +35,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    # a lone surrogate (from JSON input or an undecodable file name) is written as its \\udXXX escape
+    atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -44,8 +45,24 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
+def json_text(obj: Any, **kwargs) -> str:
+    """JSON with non-ASCII characters written as they are, except when the data holds a lone UTF-16 surrogate
+    (JSON input may), which UTF-8 cannot encode: then that object is written with ASCII escapes."""
+    text = json.dumps(obj, ensure_ascii=False, **kwargs)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, ensure_ascii=True, **kwargs)
+    return text
+
+
+def jsonl_text(records) -> str:
+    """JSONL: one json_text line per record."""
+    return "".join(json_text(r) + "\n" for r in records)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(path, json_text(obj, indent=2) + "\n")
 
 
 def package_versions() -> dict[str, Any]:

@@ -7,6 +7,7 @@ report are written once, there.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -63,9 +64,16 @@ def clean_text(text: str) -> str:
     return "\n".join(lines)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def normalize(raw: list[dict], default_system: str | None) -> list[dict]:
     msgs = []
     for i, m in enumerate(raw):
+        bad = _SURROGATE.search(m["role"] + m["content"])
+        if bad:  # e.g. "\ud83d" escaped in JSON without its pair: not Unicode, cannot be encoded or tokenized
+            raise RecordError("bad_encoding", f"turn {i + 1} holds a lone UTF-16 surrogate (U+{ord(bad.group()):04X}); "
+                              "the text is not valid Unicode (often an emoji escaped as half a \\uD83D\\uDE00 pair)")
         role = ROLE_MAP.get(m["role"].strip().lower())
         if role is None:
             raise RecordError("unknown_role", f"turn {i + 1} has role {m['role']!r}; known roles: {', '.join(sorted(ROLE_MAP))}")
@@ -75,7 +83,46 @@ def normalize(raw: list[dict], default_system: str | None) -> list[dict]:
     return msgs
 
 
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+@functools.lru_cache(maxsize=4)
+def _token_pattern(tokens: tuple[str, ...]) -> re.Pattern:
+    return re.compile("|".join(map(re.escape, tokens)))  # tokens come longest first: the longest match wins
+
+
+def escape_control_tokens(messages: list[dict], tokens: tuple[str, ...]) -> list[dict]:
+    """curate.control_tokens=escape: a zero-width space after the first character of every control token in
+    a message, so the text reads the same but no longer tokenizes as the token."""
+    if not tokens:
+        return messages
+    pattern = _token_pattern(tokens)
+    return [{**m, "content": pattern.sub(lambda t: t.group()[0] + ZERO_WIDTH_SPACE + t.group()[1:], m["content"])}
+            for m in messages]
+
+
 # ------------------------------------------------------------------------------------------- filters
+@dataclass
+class FilterContext:
+    """What a filter may read: the curate section of the config, the model's control tokens."""
+
+    curate: object
+    control_tokens: tuple[str, ...] = ()
+
+
+def control_tokens(c: Conversation, cfg) -> str | None:
+    tokens = getattr(cfg, "control_tokens", ())
+    if not tokens:
+        return None
+    pattern = _token_pattern(tokens)
+    for i, m in enumerate(c.messages):
+        found = pattern.search(m["content"])
+        if found:
+            return (f"turn {i + 1} ({m['role']}) holds the model's control token {found.group()!r}: it would train as "
+                    "a real turn boundary; clean the row, or set curate.control_tokens: escape")
+    return None
+
+
 def empty_message(c: Conversation, cfg) -> str | None:
     for i, m in enumerate(c.messages):
         if m["role"] != "system" and not m["content"].strip():
@@ -184,6 +231,7 @@ def language(c: Conversation, cfg) -> str | None:
 
 
 FILTERS: dict[str, Callable[[Conversation, object], str | None]] = {
+    "control_tokens": control_tokens,
     "empty_message": empty_message,
     "roles_do_not_alternate": roles_do_not_alternate,
     "unbalanced_code_fence": unbalanced_code_fence,
@@ -194,6 +242,7 @@ FILTERS: dict[str, Callable[[Conversation, object], str | None]] = {
     "too_short": too_short,
     "too_long": too_long,
 }
+FILTER_NEEDS = {"language": "language", "too_short": "tokens", "too_long": "tokens"}  # measured before them
 
 
 # ------------------------------------------------------------------------------------------ language

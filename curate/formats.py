@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")
+UTF8_BOM = b"\xef\xbb\xbf"
 CHATML_TURN = re.compile(r"<\|im_start\|>([^\n<]*)\n(.*?)(?:<\|im_end\|>|$)", re.S)
 
 
@@ -70,87 +72,161 @@ def read_file(path: Path, display: str) -> Iterator[RawRow]:
 
 
 def _read_jsonl(path: Path, display: str) -> Iterator[RawRow]:
+    """One record per line. Lines end at \n, \r\n or a lone \r (a JSON text never holds a raw line break, so
+    this splits nothing valid); a UTF-8 byte-order mark before the first line is dropped."""
+    data = path.read_bytes()
+    if data.startswith(UTF8_BOM):
+        data = data[len(UTF8_BOM):]
     row = 0
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            row += 1
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield RawRow(display, row, line_no, error=f"not UTF-8 text ({e.reason} at byte {e.start})")
-                continue
-            try:
-                yield RawRow(display, row, line_no, record=json.loads(text))
-            except json.JSONDecodeError as e:
-                yield RawRow(display, row, line_no, error=f"invalid JSON: {e.msg} (column {e.colno})")
-            except RecursionError:
-                yield RawRow(display, row, line_no, error="invalid JSON: nested too deeply")
+    for line_no, raw in enumerate(data.splitlines(), start=1):  # bytes.splitlines: \n, \r\n and \r only
+        if not raw.strip():
+            continue
+        row += 1
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield RawRow(display, row, line_no, error=f"not UTF-8 text ({e.reason} at byte {e.start})")
+            continue
+        try:
+            yield RawRow(display, row, line_no, record=json.loads(text))
+        except json.JSONDecodeError as e:
+            yield RawRow(display, row, line_no, error=f"invalid JSON: {e.msg} (column {e.colno})")
+        except RecursionError:
+            yield RawRow(display, row, line_no, error="invalid JSON: nested too deeply")
 
 
 def _read_json(path: Path, display: str) -> Iterator[RawRow]:
+    """A top-level array (each element a row, a bad element costs only itself), an object holding one list of
+    records (`{"data": [...]}`), or one object (one row). An empty file has no rows."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a leading byte-order mark is not content
     except UnicodeDecodeError as e:
         raise FileError(f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-    decoder = json.JSONDecoder()
     start = len(text) - len(text.lstrip())
-    if not text[start:start + 1] == "[":
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise FileError(f"line {e.lineno}: invalid JSON: {e.msg}") from None
-        lists = [v for v in obj.values() if isinstance(v, list)] if isinstance(obj, dict) else []
-        if isinstance(obj, dict) and len(lists) == 1 and not _looks_like_record(obj):
-            for i, rec in enumerate(lists[0], start=1):  # {"data": [...]}
-                yield RawRow(display, i, None, record=rec)
-        else:
-            yield RawRow(display, 1, 1, record=obj)
+    if start == len(text):
         return
-    # A top-level array, decoded element by element so each row knows its line.
-    pos, row = start + 1, 0
-    ws = re.compile(r"[\s,]*")
+    if text[start] == "[":
+        yield from _read_json_array(text, start, display)
+        return
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FileError(f"line {e.lineno}: invalid JSON: {e.msg}") from None
+    except RecursionError:
+        raise FileError("invalid JSON: nested too deeply") from None
+    records = _records_list(obj) if isinstance(obj, dict) and not _looks_like_record(obj) else None
+    if records is None:
+        yield RawRow(display, 1, 1 + text.count("\n", 0, start), record=obj)
+        return
+    for i, rec in enumerate(records, start=1):
+        yield RawRow(display, i, None, record=rec)
+
+
+def _records_list(obj: dict) -> list | None:
+    """The one list in an object that holds the records ({"data": [...], "meta": [...]}): the only list, or the
+    only one whose first element has a known shape."""
+    lists = [v for v in obj.values() if isinstance(v, list)]
+    if len(lists) > 1:
+        lists = [v for v in lists if v and detect_format(v[0]) is not None]
+    return lists[0] if len(lists) == 1 else None
+
+
+_ARRAY_GAP = re.compile(r"[\s,]*")
+_VALUE_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],]')
+
+
+def _read_json_array(text: str, start: int, display: str) -> Iterator[RawRow]:
+    """Element by element, each with its line (counted incrementally: linear in the file size). An element
+    that does not parse is rejected alone and reading goes on after it; a file cut off inside an element
+    costs that element, with the reason."""
+    decoder = json.JSONDecoder()
+    pos, row, line, counted = start + 1, 0, 1, 0
     while True:
-        pos = ws.match(text, pos).end()
-        if pos >= len(text):
-            raise FileError("invalid JSON: the array is not closed with ]")
-        if text[pos] == "]":
+        pos = _ARRAY_GAP.match(text, pos).end()
+        if pos >= len(text) or text[pos] == "]":
             return
+        line += text.count("\n", counted, pos)
+        counted = pos
+        row += 1
         try:
             rec, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            raise FileError(f"line {e.lineno}: invalid JSON: {e.msg}") from None
-        row += 1
-        yield RawRow(display, row, text.count("\n", 0, pos) + 1, record=rec)
+        except (json.JSONDecodeError, RecursionError) as e:
+            end = _end_of_value(text, pos)
+            why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+            cut = " (the file ends inside this element: truncated?)" if end >= len(text) else ""
+            yield RawRow(display, row, line, error=f"invalid JSON in array element {row}: {why}{cut}")
+        else:
+            yield RawRow(display, row, line, record=rec)
         pos = end
+
+
+def _end_of_value(text: str, pos: int) -> int:
+    """Where a (malformed) array element ends: the next `,` or `]` outside strings and brackets, or the end."""
+    depth = 0
+    for m in _VALUE_TOKEN.finditer(text, pos):
+        tok = m.group()
+        if tok in "{[":
+            depth += 1
+        elif tok in "}]":
+            if depth == 0:
+                return m.start()
+            depth -= 1
+        elif tok == "," and depth == 0:
+            return m.start()
+    return len(text)
 
 
 def _looks_like_record(obj: dict) -> bool:
     return any(k in obj for k in ("messages", "conversations"))
 
 
+KNOWN_COLUMNS = {"instruction", "input", "output", "response", "context", "prompt", "completion", "question",
+                 "answer", "text", "system", "messages", "conversations", "history"}
+
+
 def _read_csv(path: Path, display: str) -> Iterator[RawRow]:
+    """A header line, then one row per record. Quoting is parsed strictly: a quote that is never closed (which
+    would fold every following line into one field) rejects the record it opens, and reading restarts on the
+    next line, so its neighbours are kept. Fields may be any size."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise FileError(f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames:
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # the default 128 KiB would reject a long reply
+    lines = list(io.StringIO(text, newline=""))  # \n, \r\n, \r; never U+2028 (str.splitlines would)
+    first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
+    if first is None:
         return
-    row, line = 0, reader.line_num + 1
-    try:
-        for rec in reader:
+    header = next(csv.reader([lines[first]]))
+    headerless = not KNOWN_COLUMNS & {h.strip() for h in header}
+    if headerless:  # the line is a row of its own then: say so instead of silently eating it
+        yield RawRow(display, 1, first + 1, error=f"the first line {lines[first].strip()[:120]!r} names no known column "
+                     f"({', '.join(sorted(KNOWN_COLUMNS))}): a CSV needs a header line; it is read as the header")
+    yield from _csv_records(lines, first + 1, header, display, row=int(headerless))
+
+
+def _csv_records(lines: list[str], i: int, header: list[str], display: str, row: int = 0) -> Iterator[RawRow]:
+    while i < len(lines):
+        reader = csv.reader(itertools.islice(lines, i, None), strict=True)
+        done = 0  # lines of this reader consumed by complete records
+        try:
+            for cells in reader:
+                start, done = i + done + 1, reader.line_num
+                if not cells:
+                    continue
+                row += 1
+                if len(cells) != len(header):
+                    more = "more" if len(cells) > len(header) else "fewer"
+                    yield RawRow(display, row, start, error=f"{more} cells ({len(cells)}) than the header's {len(header)} columns")
+                else:
+                    yield RawRow(display, row, start, record=dict(zip(header, cells)))
+            return
+        except csv.Error as e:
             row += 1
-            if None in rec:  # more cells than header columns
-                yield RawRow(display, row, line, error=f"{len(rec[None])} more cells than the header's {len(reader.fieldnames)} columns")
-            elif any(v is None for v in rec.values()):
-                yield RawRow(display, row, line, error=f"fewer cells than the header's {len(reader.fieldnames)} columns")
-            else:
-                yield RawRow(display, row, line, record=rec)
-            line = reader.line_num + 1
-    except csv.Error as e:
-        raise FileError(f"line {reader.line_num}: invalid CSV: {e}") from None
+            bad = i + done + 1
+            yield RawRow(display, row, bad, error=f"invalid CSV quoting in the record starting here ({e}): a quote that is "
+                         "never closed would swallow the lines after it; this record is rejected, the next line read anew")
+            i = bad  # lines[bad - 1] is the bad record's first line: restart right after it
 
 
 def _read_parquet(path: Path, display: str) -> Iterator[RawRow]:

@@ -26,9 +26,10 @@ from common import model as common_model
 from common.config import Config
 from common.errors import UserError
 from common.preflight import require, unwritable
-from common.runs import atomic_write_json, atomic_write_text, stage_dir
+from common.runs import atomic_write_json, atomic_write_text, jsonl_text, stage_dir
 from curate import review as review_mod
-from curate.filters import FILTERS, Conversation, LanguageDetector, language_text, normalize
+from curate.filters import (FILTER_NEEDS, FILTERS, Conversation, FilterContext, LanguageDetector,
+                            escape_control_tokens, language_text, normalize)
 from curate.formats import CONVERTERS, FileError, RawRow, RecordError, read_file, to_messages
 from curate.minhash import SEGMENT, MinHasher, ShingleSets, UnionFind, similar_pairs
 from curate.report import build_report, write_html
@@ -100,7 +101,7 @@ def input_files(cfg: Config) -> list[tuple[Path, str, str | None]]:
     return [found[k] for k in sorted(found)]
 
 
-def read_rows(cfg: Config, stats: Stats) -> list[Row]:
+def read_rows(cfg: Config, stats: Stats, control_tokens: tuple[str, ...] = ()) -> list[Row]:
     rows: list[Row] = []
     for path, display, forced in tqdm(input_files(cfg), desc="read", unit="file", leave=False):
         try:
@@ -115,18 +116,21 @@ def read_rows(cfg: Config, stats: Stats) -> list[Row]:
             continue
         stats.rows_per_file[display] += len(raws)
         for raw in raws:
-            rows.append(_parse(raw, forced, cfg))
+            rows.append(_parse(raw, forced, cfg, control_tokens))
     return rows
 
 
-def _parse(raw: RawRow, forced: str | None, cfg: Config) -> Row:
+def _parse(raw: RawRow, forced: str | None, cfg: Config, control_tokens: tuple[str, ...] = ()) -> Row:
     r = Row(raw.file, raw.row, raw.line)
     if raw.error is not None:
         r.reject("malformed_json" if raw.file.endswith((".json", ".jsonl")) else "malformed_row", raw.error)
         return r
     try:
         r.format, msgs = to_messages(raw.record, forced)
-        r.conv = Conversation(normalize(msgs, cfg.data.system_prompt))
+        msgs = normalize(msgs, cfg.data.system_prompt)
+        if cfg.curate.control_tokens == "escape":
+            msgs = escape_control_tokens(msgs, control_tokens)
+        r.conv = Conversation(msgs)
     except RecordError as e:
         r.reject(e.reason, e.detail)
         return r
@@ -147,7 +151,7 @@ def render(rows: list[Row], tokenizer) -> None:
     """The chat-template render training will use, and its token count. A conversation the template refuses
     keeps the refusal in conv.render_error (the filters decide first; see apply_filters)."""
     todo = [r for r in rows if r.kept and r.conv.tokens is None]
-    for i in tqdm(range(0, len(todo), RENDER_BATCH), desc="render+tokenize", unit="batch", leave=False):
+    for i in tqdm(range(0, len(todo), RENDER_BATCH), disable=not todo, desc="render+tokenize", unit="batch", leave=False):
         chunk = todo[i:i + RENDER_BATCH]
         try:
             texts = tokenizer.apply_chat_template([r.conv.messages for r in chunk], tokenize=False)
@@ -164,28 +168,46 @@ def render(rows: list[Row], tokenizer) -> None:
             r.conv.text, r.conv.tokens = text, n
 
 
-def apply_filters(rows: list[Row], cfg: Config, tokenizer, stats: Stats) -> None:
-    """Every filter of curate.filters, in that order: the first that fails names the reason. What a filter may
-    need (language, token count of the render) is measured first for every row still in, so the order is
-    the configured one whatever each filter needs. A row the chat template refuses, and that no filter
-    rejected, is rejected as template_error: it cannot be trained as rendered."""
+def special_tokens(tokenizer) -> tuple[str, ...]:
+    """The tokenizer's special/control tokens as text (longest first): in a row's content they would be
+    tokenized as control tokens, i.e. fake turn boundaries in training."""
+    found = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    return tuple(sorted((t for t in found if t), key=lambda t: (-len(t), t)))
+
+
+def apply_filters(rows: list[Row], cfg: Config, tokenizer, stats: Stats, control_tokens: tuple[str, ...] = ()) -> None:
+    """Every filter of curate.filters, in that order: the first that fails names the reason. What a filter
+    needs (the language, the token count of the render) is measured right before it, for the rows still in,
+    so the order is the configured one and no work is spent on rows already rejected. A row the chat
+    template refuses, and that no filter rejected, is rejected as template_error: it cannot be trained."""
     detector = LanguageDetector(cfg.curate.lang_seed)
+    ctx = FilterContext(cfg.curate, control_tokens)
     live = [r for r in rows if r.kept]
-    for r in tqdm(live, desc="language", unit="row", leave=False, mininterval=1):
-        r.conv.lang = detector.detect(language_text(r.conv))
-    stats.counters["langdetect_fast_path_rows"] = detector.fast_path_hits
-    render(live, tokenizer)
     for name in cfg.curate.filters:
+        _measure(FILTER_NEEDS.get(name), [r for r in live if r.kept], detector, tokenizer)
         for r in live:
             if r.kept and r.review != "restore":
-                detail = FILTERS[name](r.conv, cfg)
+                detail = FILTERS[name](r.conv, ctx)
                 if detail is not None:
                     r.reject(name, detail)
         stats.step(f"filter {name}", rows)
-    for r in live:
-        if r.kept and r.conv.render_error:
+    kept = [r for r in live if r.kept]
+    for need in ("language", "tokens"):  # what the outputs, the report and the review app show
+        _measure(need, kept, detector, tokenizer)
+    stats.counters["langdetect_fast_path_rows"] = detector.fast_path_hits
+    for r in kept:
+        if r.conv.render_error:
             r.reject("template_error", r.conv.render_error)
     stats.step("chat template renders", rows)
+
+
+def _measure(need: str | None, rows: list[Row], detector: LanguageDetector, tokenizer) -> None:
+    if need == "language":
+        todo = [r for r in rows if r.conv.lang is None]
+        for r in tqdm(todo, disable=not todo, desc="language", unit="row", leave=False, mininterval=1):
+            r.conv.lang = detector.detect(language_text(r.conv))
+    elif need == "tokens":
+        render(rows, tokenizer)
 
 
 # --------------------------------------------------------------------------------------------- dedup
@@ -285,12 +307,13 @@ def canonical(r: Row) -> dict:
     return {"id": r.id, "messages": r.conv.messages, "text": r.conv.text,
             "source": {"file": r.file, "row": r.row, "line": r.line}, "format": r.format, "lang": r.conv.lang,
             "tokens": r.conv.tokens, "cluster": r.cluster, "cluster_size": r.cluster_size,
-            "review": r.review}
+            "review": r.review, **({"original_id": r.original_id} if r.original_id != r.id else {})}
 
 
 def rejected_record(r: Row) -> dict:
     out = {"reason": r.reason, "detail": r.detail, "source": {"file": r.file, "row": r.row, "line": r.line},
-           "where": r.where, "format": r.format, "id": r.id}
+           "where": r.where, "format": r.format, "id": r.id,
+           **({"original_id": r.original_id} if r.original_id != r.id else {})}
     if r.conv is not None:
         out["messages"] = r.conv.messages
         out["lang"], out["tokens"] = r.conv.lang, r.conv.tokens
@@ -304,11 +327,7 @@ def rejected_record(r: Row) -> dict:
 def manifest_line(r: Row) -> dict:
     return {"id": r.original_id, "file": r.file, "row": r.row, "line": r.line, "format": r.format,
             "status": r.status, "cluster": r.cluster, "split": r.split, "review": r.review,
-            **({"edited_id": r.id} if r.review == "edit" else {})}
-
-
-def jsonl(records) -> str:
-    return "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in records)
+            **({"edited_id": r.id} if r.id != r.original_id else {})}
 
 
 def check_accounting(rows_per_file: Counter, outputs: dict[str, str]) -> None:
@@ -354,23 +373,24 @@ def run(cfg: Config) -> dict:
     require(checks(cfg))
     stats = Stats()
     tokenizer = load_tokenizer(cfg.model.name)
-    out = stage_dir(cfg, "curate")
-    rows = read_rows(cfg, stats)
+    control_tokens = special_tokens(tokenizer)
+    rows = read_rows(cfg, stats, control_tokens)
     stats.steps.append(("rows in", len(rows)))
     stats.step("parsed", rows)
     review_summary = review_mod.apply(rows, review_mod.load_decisions(cfg.run_dir / "review" / "decisions.jsonl"), cfg)
     stats.step("after review rejections", rows)
-    apply_filters(rows, cfg, tokenizer, stats)
+    apply_filters(rows, cfg, tokenizer, stats, control_tokens)
     exact_dedup(rows)
     stats.step("exact dedup", rows)
     kept, sigs, shingles, clusters = near_dedup(rows, cfg, MinHasher(cfg.curate.minhash_num_perm, cfg.curate.minhash_ngram))
     stats.step("near dedup", rows)
     split_info = _split(kept, sigs, shingles, cfg)
     train, val = [r for r in kept if r.split == "train"], [r for r in kept if r.split == "val"]
-    outputs = {"train.jsonl": jsonl(canonical(r) for r in train), "val.jsonl": jsonl(canonical(r) for r in val),
-               "rejected.jsonl": jsonl(rejected_record(r) for r in rows if not r.kept),
-               "manifest.jsonl": jsonl(manifest_line(r) for r in rows)}
+    outputs = {"train.jsonl": jsonl_text(canonical(r) for r in train), "val.jsonl": jsonl_text(canonical(r) for r in val),
+               "rejected.jsonl": jsonl_text(rejected_record(r) for r in rows if not r.kept),
+               "manifest.jsonl": jsonl_text(manifest_line(r) for r in rows)}
     check_accounting(stats.rows_per_file, outputs)
+    out = stage_dir(cfg, "curate")  # only now: a run that fails earlier leaves an existing curate/ as it was
     for name, text in outputs.items():
         atomic_write_text(out / name, text)
     report = build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary)

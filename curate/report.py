@@ -20,6 +20,7 @@ def _counts(values) -> dict:
 
 def build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary) -> dict:
     rejected = [r for r in rows if not r.kept]
+    kept_per_file = Counter(r.file for r in kept)
     tokens = [r.conv.tokens for r in kept]
     limit = cfg.train.max_seq_length
     return {
@@ -34,7 +35,8 @@ def build_report(cfg, rows, kept, train, val, clusters, stats, split_info, revie
         "rejected_by_reason": _counts(r.reason for r in rejected),
         "file_errors": stats.file_errors,
         "formats": _counts(r.format or "unparsed" for r in rows),
-        "sources": {f: {"in": n, "kept": sum(1 for r in kept if r.file == f)} for f, n in sorted(Counter(r.file for r in rows).items())},
+        # every input file, an empty one too (0 rows in), as the reader counted it
+        "sources": {f: {"in": n, "kept": kept_per_file[f]} for f, n in sorted(stats.rows_per_file.items())},
         "languages": _counts(r.conv.lang for r in rows if r.conv is not None and r.conv.lang),
         "langdetect_fast_path_rows": stats.counters.get("langdetect_fast_path_rows", 0),
         "tokens": {
@@ -106,7 +108,7 @@ def plots(report: dict) -> dict[str, bytes]:
     fig, axes = subplots(1, 2, figsize=(9, 3.2))
     langs = report["languages"]
     axes[0].bar(list(langs), list(langs.values()), color="#f58518")
-    axes[0].set_title("language (all parsed rows)")
+    axes[0].set_title("language (rows that reached the language check)")
     src = report["sources"]
     labels = [Path(f).name for f in src]
     axes[1].barh(labels, [v["in"] for v in src.values()], color="#bab0ac", label="in")
@@ -143,7 +145,7 @@ def write_html(out_dir: Path, report: dict) -> None:
 <h2>Duplicates</h2><p>{report['dedup']['exact_duplicates']} exact, {report['dedup']['near_duplicates']} near-duplicates in
 {report['dedup']['clusters_with_duplicates']} clusters (MinHash {esc(str(report['dedup']['minhash']))}).</p>{clusters}
 <h2>Review decisions</h2><p>{'applied: ' + esc(str(rv['applied'])) if rv['present'] else 'none yet (make review)'}
-{('; unknown ids: ' + str(len(rv['unknown_ids']))) if rv['unknown_ids'] else ''}
+{('; ' + str(len(rv['unknown_ids'])) + ' decision(s) match no row of this input (' + esc(', '.join(rv['unknown_ids'][:20])) + (', …' if len(rv['unknown_ids']) > 20 else '') + ')') if rv['unknown_ids'] else ''}
 {('; corrupted lines: ' + esc('; '.join(rv['corrupted_lines']))) if rv['corrupted_lines'] else ''}</p>
 <h2>Config</h2><pre>{esc(report['config'])}</pre>"""
     write_page(out_dir, f"curate report: {report['run']}", body, images)

@@ -15,8 +15,10 @@ A corrupted line is reported and skipped; a decision for an id that no longer ex
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+from common.runs import json_text
 from curate.filters import Conversation, normalize
 from curate.formats import RecordError, _turn_list
 
@@ -36,53 +38,79 @@ def load_decisions(path: Path) -> dict:
                 continue
             lines += 1
             try:
-                d = json.loads(raw.decode("utf-8"))
+                d = json.loads(raw.decode("utf-8").lstrip("\ufeff"))  # a byte-order mark is not part of the line
                 if not isinstance(d, dict) or not isinstance(d.get("id"), str) or d.get("action") not in ACTIONS:
                     raise ValueError(f"needs a string `id` and an `action` in {ACTIONS}")
                 if d["action"] == "edit" and not isinstance(d.get("messages"), list):
                     raise ValueError("an edit needs `messages`")
-            except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
-                corrupted.append(f"{path}:{n}: {e}")
+            except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as e:
+                corrupted.append(f"{path}:{n}: {'nested too deeply' if isinstance(e, RecursionError) else e}")
                 continue
             latest[d["id"]] = d
     return {"latest": latest, "corrupted": corrupted, "lines": lines, "path": str(path), "present": True}
 
 
 def apply(rows: list, decisions: dict, cfg) -> dict:
+    """Apply the latest decision per id. A decision follows its row through edits: after an edit the row's id
+    is the edited content's (what the app shows next), so a later decision on that id applies too
+    (edit -> reject rejects the edited row; edit -> edit chains)."""
     latest = decisions["latest"]
     by_id: dict[str, list] = {}
     for r in rows:
         if r.id is not None:  # rows that never parsed have no content id and cannot be reviewed
             by_id.setdefault(r.id, []).append(r)
     counts = {a: 0 for a in ACTIONS}
-    refused = []
-    for rid, d in latest.items():
-        targets = by_id.get(rid, [])
+    refused: list[str] = []
+    matched: set[str] = set()
+    for rid, targets in by_id.items():
+        if rid not in latest:
+            continue
         for r in targets:
-            action = d["action"]
-            r.review, r.review_note = action, d.get("note") or ""
-            counts[action] += 1
-            if action == "reject":
-                r.reject("human_review", f"{d.get('reason') or 'rejected by a reviewer'}" + (f": {d['note']}" if d.get("note") else ""))
-            elif action == "edit":
-                try:
-                    msgs = normalize(_turn_list(d["messages"], "messages", "role", "content"), cfg.data.system_prompt)
-                except RecordError as e:
-                    refused.append(f"{rid}: edit refused ({e.detail})")
-                    r.review = None
-                    counts[action] -= 1
-                    continue
-                r.conv = Conversation(msgs)
-                r.id = r.conv.id
-                r.reason, r.detail = None, ""  # an edit re-enters filters and dedup
-            # "restore": the pipeline skips the filters for rows marked so; accept/skip: marked only
-    unknown = sorted(rid for rid in latest if rid not in by_id)
+            seen = set()
+            while r.id in latest and r.id not in seen:  # an edit gives the row a new id, which may have its own
+                seen.add(r.id)
+                matched.add(r.id)
+                if not _apply_one(r, latest[r.id], cfg, counts, refused):
+                    break
+    unknown = sorted(rid for rid in latest if rid not in matched)
     return {"decisions_file": decisions["path"], "present": decisions["present"], "lines": decisions["lines"],
             "applied": counts, "unknown_ids": unknown, "corrupted_lines": decisions["corrupted"],
             "refused_edits": refused}
 
 
+def _apply_one(r, d: dict, cfg, counts: dict, refused: list[str]) -> bool:
+    """Apply one decision to a row; True when it was an edit that gave the row a new id."""
+    action = d["action"]
+    if action == "edit":
+        try:
+            msgs = normalize(_turn_list(d["messages"], "messages", "role", "content"), cfg.data.system_prompt)
+        except RecordError as e:
+            refused.append(f"{d['id']}: edit refused ({e.detail})")
+            return False
+        r.review, r.review_note = action, d.get("note") or ""
+        counts[action] += 1
+        r.conv = Conversation(msgs)
+        r.reason, r.detail = None, ""  # an edit re-enters filters and dedup
+        new_id = r.conv.id
+        changed = new_id != r.id
+        r.id = new_id
+        return changed
+    r.review, r.review_note = action, d.get("note") or ""
+    counts[action] += 1
+    if action == "reject":
+        r.reject("human_review", f"{d.get('reason') or 'rejected by a reviewer'}" + (f": {d['note']}" if d.get("note") else ""))
+    # "restore": the pipeline skips the filters for rows marked so; accept/skip: marked only
+    return False
+
+
 # ------------------------------------------------------------------------------ the review app's side
+def plain(value) -> str:
+    """Data shown inside markdown (file names, reasons, details quote the rows) as literal text: every character
+    markdown gives a meaning is escaped, so a row can never become a link, an image (a request from the
+    reviewer's browser), a heading or code."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", str(value))
+
+
 REJECT_REASONS = ("wrong answer", "bad format", "unsafe or private data", "off-task", "low quality", "duplicate", "other")
 
 
@@ -99,7 +127,7 @@ def append_decision(path: Path, decision: dict) -> dict:
     record = {"id": decision["id"], "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
               "action": decision["action"], "reason": decision.get("reason") or "", "note": decision.get("note") or "",
               "messages": decision.get("messages") if decision["action"] == "edit" else None}
-    line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    line = (json_text(record) + "\n").encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:

@@ -1,6 +1,9 @@
 """`make review`: human spot-checks of curate's output whose decisions flow back into the data.
 
-    streamlit run curate/review_app.py -- [--config config.yaml] [key=value ...]
+    make review                       # binds 127.0.0.1:<review.port>
+    streamlit run curate/review_app.py --server.address 127.0.0.1 -- [--config config.yaml] [key=value ...]
+(.streamlit/config.toml at the repository root also sets 127.0.0.1 for a plain `streamlit run` from there.)
+Everything from the data is shown as text: st.text, escaped markdown (`plain`), or escaped HTML.
 
 Reads runs/<name>/curate/ (train, val, rejected); appends every decision at once to
 runs/<name>/review/decisions.jsonl (format: curate/review.py), which the next `make curate` applies.
@@ -23,7 +26,8 @@ import streamlit as st  # noqa: E402
 
 from common.errors import UserError  # noqa: E402
 from common.runs import read_jsonl  # noqa: E402
-from curate.review import REJECT_REASONS, append_decision, edit_problem, length_bucket, load_decisions, review_sample  # noqa: E402
+from curate.review import (REJECT_REASONS, append_decision, edit_problem, length_bucket, load_decisions,  # noqa: E402
+                           plain, review_sample)
 
 QUEUES = {"to review": None, "accepted": "accept", "rejected": "reject", "edited": "edit", "skipped": "skip"}
 SHORTCUTS = "**a** accept · **x** reject · **e** edit · **s** skip · **j** next · **k** back"
@@ -101,7 +105,12 @@ def main() -> None:
     kept, rejected = load_curated(str(curate_dir), mtimes)
     decisions = load_decisions(decisions_path)  # read every rerun: another tab may have written
     for bad in decisions["corrupted"]:
-        st.warning(f"skipped a corrupted line in decisions.jsonl: {bad}")
+        st.warning(f"skipped a corrupted line in decisions.jsonl: {plain(bad)}")
+    known = {r["id"] for r in kept} | {r.get("id") for r in rejected} | {r.get("original_id") for r in kept}
+    orphans = sorted(i for i in decisions["latest"] if i not in known)
+    if orphans:  # e.g. decided on an edit that was later changed again, or on rows no longer in the input
+        st.sidebar.warning(f"{len(orphans)} decision(s) match no row of the current curate output: "
+                           + plain(", ".join(orphans[:10])) + (" …" if len(orphans) > 10 else ""))
     sample = review_sample(kept, cfg.review.sample_size, cfg.review.seed, cfg.train.max_seq_length)
     view = st.sidebar.radio("view", ["review", "rejected by filters", "summary"], key="view")
     st.sidebar.markdown(f"run `{cfg.run_dir}`  \n{len(kept)} kept rows, {len(rejected)} rejected; sample {len(sample)} "
@@ -137,7 +146,7 @@ def review(cfg, tok, eot, kept: list[dict], rejected: list[dict], sample: list[s
     navigation(path, ids, pos)
     meta = st.columns([3, 2])
     with meta[0]:
-        st.subheader(f"{pos + 1} / {len(ids)} in '{queue}' · `{cur}`")
+        st.subheader(f"{pos + 1} / {len(ids)} in '{queue}' · {plain(cur)}")
         show_messages(rec["messages"])
     with meta[1]:
         record_facts(cfg, rec, latest.get(cur), rejected)
@@ -184,18 +193,18 @@ def record_facts(cfg, rec: dict, decision: dict | None, rejected: list[dict]) ->
     src = rec.get("source") or {}
     tokens = int(rec.get("tokens") or 0)
     limit = cfg.train.max_seq_length
-    st.markdown(f"**source** `{src.get('file')}` row {src.get('row')} (line {src.get('line')})  \n"
-                f"**format** {rec.get('format')} · **language** {rec.get('lang')} · **split** {rec.get('split')}  \n"
+    st.markdown(f"**source** {plain(src.get('file'))} row {src.get('row')} (line {src.get('line')})  \n"
+                f"**format** {plain(rec.get('format'))} · **language** {plain(rec.get('lang'))} · **split** {rec.get('split')}  \n"
                 f"**tokens** {tokens} / {limit}" + (" — :red[**truncated in training**]" if tokens > limit else "")
                 + f" ({length_bucket(tokens, limit)})  \n"
                 f"**filters** passed all {len(cfg.curate.filters)}  \n"
                 f"**cluster size** {rec.get('cluster_size', 1)}"
-                + (f"  \n**decision** {decision['action']} {decision.get('reason') or ''}" if decision else ""))
+                + (f"  \n**decision** {decision['action']} {plain(decision.get('reason') or '')}" if decision else ""))
     dups = [r for r in rejected if r.get("near_duplicate_of") == rec["id"] or (r["reason"] == "exact_duplicate" and r.get("id") == rec["id"])]
     if rec.get("cluster_size", 1) > 1 or dups:
         with st.expander(f"near-duplicates dropped for this record ({len(dups)})"):
             for d in dups:
-                st.markdown(f"`{d['id']}` {d['where']} ({d['reason']})")
+                st.markdown(f"{plain(d['id'])} {plain(d['where'])} ({plain(d['reason'])})")
                 st.text(d["messages"][-1]["content"] if d.get("messages") else "")
 
 
@@ -220,7 +229,7 @@ def decision_forms(path: Path, rec: dict, ids: list[str], pos: int) -> None:
             if st.form_submit_button("Save edit", type="primary"):
                 problem = edit_problem(edited)
                 if problem:
-                    st.error(f"Edit refused, nothing written: {problem}")
+                    st.error(f"Edit refused, nothing written: {plain(problem)}")
                 else:
                     decide(path, {"id": cur, "action": "edit", "messages": edited, "note": note}, ids, pos)
 
@@ -251,7 +260,7 @@ def audit(rejected: list[dict], latest: dict, path: Path) -> None:
     rid = st.selectbox("inspect / restore", [r["id"] for r in restorable], key="audit_pick",
                        format_func=lambda i: f"{i} · {next(r['reason'] for r in restorable if r['id'] == i)}")
     row = next(r for r in restorable if r["id"] == rid)
-    st.caption(f"{row.get('where')}: {row.get('detail')}")
+    st.caption(f"{plain(row.get('where'))}: {plain(row.get('detail'))}")
     show_messages(row["messages"])
     if latest.get(rid, {}).get("action") == "restore":
         st.success("restored: the next `make curate` keeps this row (the filters skip it; dedup still applies)")
@@ -277,7 +286,7 @@ def summary(sample: list[str], by_id: dict, latest: dict) -> None:
     df = pd.DataFrame(rows)
     for col in ("file", "format", "language"):
         g = df.groupby(col)["accepted"].agg(["mean", "count"]).rename(columns={"mean": "acceptance", "count": "decided"})
-        st.markdown(f"**by {col}**")
+        st.markdown(f"**by {col}**")  # a column name of ours, not data
         cols = st.columns([2, 3])
         cols[0].dataframe(g.round(3), width="stretch")
         cols[1].bar_chart(g["acceptance"], height=180)

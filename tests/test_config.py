@@ -69,7 +69,7 @@ def test_choices_and_value_ranges(tmp_path):
     got = problems(write(tmp_path, "train:\n  lr_scheduler: cosin\n"))
     assert "must be one of 'cosine'" in got[0]
     got = problems(write(tmp_path, "split:\n  val_fraction: 1.5\n"))
-    assert got == [f"{tmp_path / 'c.yaml'}: `split.val_fraction` must be between 0 and 1, e.g. 0.1"]
+    assert got == [f"{tmp_path / 'c.yaml'}:2: `split.val_fraction` must be between 0 and 1, e.g. 0.1"]  # file:line
 
 
 def test_overrides_are_yaml_typed_and_validated():

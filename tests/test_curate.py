@@ -234,10 +234,12 @@ def test_bad_input_is_rejected_with_file_line_and_never_lost(tmp_path, model_dir
     b = str(data / "b.csv")
     assert rejected[f"{b}:3"]["reason"] == "malformed_row" and "fewer cells" in rejected[f"{b}:3"]["detail"]
     assert rejected[f"{b}:4"]["reason"] == "malformed_row" and "more cells" in rejected[f"{b}:4"]["detail"]
+    d = str(data / "d.json")  # a truncated array costs its last, cut-off element only
+    assert rejected[f"{d}:1"]["reason"] == "malformed_json" and "truncated" in rejected[f"{d}:1"]["detail"]
     errors = {Path(e["file"]).name: e["error"] for e in report["file_errors"]}
-    assert set(errors) == {"c.parquet", "d.json", "e.txt"}
-    assert "not a readable Parquet file" in errors["c.parquet"] and "line 1" in errors["d.json"] and "unsupported file type .txt" in errors["e.txt"]
-    assert report["kept"] == 2 and report["rows_in"] == report["kept"] + report["rejected"] == 2 + 7 + 2 + 3
+    assert set(errors) == {"c.parquet", "e.txt"}
+    assert "not a readable Parquet file" in errors["c.parquet"] and "unsupported file type .txt" in errors["e.txt"]
+    assert report["kept"] == 3 and report["rows_in"] == report["kept"] + report["rejected"] == 3 + 7 + 2 + 1 + 2
 
 
 def test_glob_that_matches_nothing_is_a_one_line_error(tmp_path, model_dir):

@@ -88,13 +88,14 @@ def run(cfg: Config, fresh: bool = False) -> dict:
     """The stage: inputs -> checkpoints -> model -> data -> trainer -> train -> outputs. Returns the summary."""
     t_start = time.time()
     train_records, val_records, model_dir = _setup_inputs(cfg)
-    out = stage_dir(cfg, "train")
+    out = cfg.run_dir / "train"
     resume_from, fp = _setup_checkpoints(cfg, out, fresh)
     est = memory_check(model_dir, cfg)  # passed in checks(); printed and kept in the summary here
     print(est.line())
     model, tokenizer, end_of_turn_id, backend = _setup_model(cfg, model_dir, est)
     data = _setup_data(cfg, train_records, val_records, tokenizer, end_of_turn_id)
     trainer, progress = _setup_trainer(cfg, out, model, tokenizer, data, fp, resume_from, backend)
+    stage_dir(cfg, "train")  # config.yaml and versions.json once everything before training has worked
     if resume_from:
         print(f"train: resuming from {resume_from}")
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
