@@ -39,12 +39,15 @@ class DataSection:
     inputs: list[str] = field(default_factory=lambda: ["data/sample/*"])
     format: dict[str, str] = field(default_factory=dict)  # glob -> forced format, e.g. {"data/x/*.json": alpaca}
     system_prompt: Optional[str] = None  # added to conversations that have no system turn
+    variables: dict[str, str] = field(default_factory=dict)  # fill {{name}} placeholders in the data
+    reasoning: Literal["keep", "drop"] = "keep"  # reasoning traces: rendered as <think>...</think> before the answer, or dropped
+    preference: Literal["chosen", "refuse"] = "chosen"  # chosen/rejected pairs: train on prompt + chosen, or reject them
 
 
 @dataclass
 class CurateSection:
     filters: list[str] = field(default_factory=lambda: [
-        "control_tokens", "empty_message", "roles_do_not_alternate", "unbalanced_code_fence", "truncated_ending", "refusal",
+        "control_tokens", "unfilled_placeholder", "empty_message", "roles_do_not_alternate", "unbalanced_code_fence", "truncated_ending", "refusal",
         "repetition", "language", "too_short", "too_long"])
     min_tokens: int = 8
     max_tokens: int = 2048

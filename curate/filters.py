@@ -22,7 +22,10 @@ from curate.formats import RecordError
 CODE_FENCE = re.compile(r"^[^\S\n]*```", re.M)
 TAIL_SHOWN = 40  # characters of a reply's end quoted in a rejection detail
 MIN_NGRAMS_FOR_REPETITION = 8  # a reply with fewer word n-grams is too short to call repetitive
-MIN_WORDS_FOR_LANGUAGE = 3  # fewer words: language `und`, which passes the language filter
+MIN_WORDS_FOR_LANGUAGE = 3  # fewer words (and fewer letters than below): language `und`, which passes the filter
+# Scripts written without spaces between words (Han, kana, Thai, Lao, Myanmar, Khmer): a sentence is one "word"
+NO_SPACE_SCRIPT = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]")
+MIN_UNSPACED_LETTERS = 5  # that many such letters are judged like 3 words
 EN_FUNCTION_WORD_SHARE = 0.2  # ASCII texts with at least this share of English function words are `en` at once
 
 ROLE_MAP = {
@@ -101,6 +104,17 @@ def escape_control_tokens(messages: list[dict], tokens: tuple[str, ...]) -> list
             for m in messages]
 
 
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")  # {{name}}, {{ author }}
+
+
+def fill_variables(messages: list[dict], variables: dict[str, str]) -> list[dict]:
+    """data.variables fills {{name}}-style placeholders (identity data: "I am {{name}}, made by {{author}}")."""
+    if not variables:
+        return messages
+    fill = lambda m: variables.get(m.group(1), m.group())  # noqa: E731  (unknown names stay, for the filter)
+    return [{**m, "content": PLACEHOLDER.sub(fill, m["content"])} for m in messages]
+
+
 # ------------------------------------------------------------------------------------------- filters
 @dataclass
 class FilterContext:
@@ -120,6 +134,14 @@ def control_tokens(c: Conversation, cfg) -> str | None:
         if found:
             return (f"turn {i + 1} ({m['role']}) holds the model's control token {found.group()!r}: it would train as "
                     "a real turn boundary; clean the row, or set curate.control_tokens: escape")
+    return None
+
+
+def unfilled_placeholder(c: Conversation, cfg) -> str | None:
+    names = sorted({m for msg in c.messages for m in PLACEHOLDER.findall(msg["content"])})
+    if names:
+        return (f"unfilled placeholder(s) {', '.join('{{' + n + '}}' for n in names)}: the model would learn to say them; "
+                "set data.variables (e.g. {" + ", ".join(f"{n}: ..." for n in names) + "}) or drop the rows")
     return None
 
 
@@ -225,13 +247,15 @@ def too_long(c: Conversation, cfg) -> str | None:
 
 
 def language(c: Conversation, cfg) -> str | None:
-    if c.lang and c.lang != "und" and c.lang not in cfg.curate.languages:
+    """langdetect's regional codes match their base: `zh-cn` and `zh-tw` pass `languages: [zh]`."""
+    if c.lang and c.lang != "und" and c.lang not in cfg.curate.languages and c.lang.split("-")[0] not in cfg.curate.languages:
         return f"language {c.lang} not in curate.languages {cfg.curate.languages}"
     return None
 
 
 FILTERS: dict[str, Callable[[Conversation, object], str | None]] = {
     "control_tokens": control_tokens,
+    "unfilled_placeholder": unfilled_placeholder,
     "empty_message": empty_message,
     "roles_do_not_alternate": roles_do_not_alternate,
     "unbalanced_code_fence": unbalanced_code_fence,
@@ -257,7 +281,10 @@ class LanguageDetector:
 
     langdetect costs milliseconds per text; most rows of an English data set are ASCII with many English
     function words, for which its answer is always `en`. Those skip it; everything else goes to langdetect.
-    Texts with fewer than MIN_WORDS_FOR_LANGUAGE words are `und` (undetermined) and pass the language filter.
+    Texts with fewer than MIN_WORDS_FOR_LANGUAGE words and fewer than MIN_UNSPACED_LETTERS letters are `und`
+    (undetermined) and pass the language filter: scripts written without spaces between words (Chinese,
+    Japanese, Thai, ...) are judged by their letters, so a long sentence is never `und`. A row mixing languages
+    is judged by the dominant one of its user turns (langdetect's most probable language).
     """
 
     def __init__(self, seed: int):
@@ -270,7 +297,7 @@ class LanguageDetector:
         from langdetect import LangDetectException, detect
 
         words = re.findall(r"[^\W\d_]+", text.lower())
-        if len(words) < MIN_WORDS_FOR_LANGUAGE:
+        if len(words) < MIN_WORDS_FOR_LANGUAGE and len(NO_SPACE_SCRIPT.findall(text)) < MIN_UNSPACED_LETTERS:
             return "und"
         if text.isascii() and sum(w in _EN_FUNCTION_WORDS for w in words) / len(words) >= EN_FUNCTION_WORD_SHARE:
             self.fast_path_hits += 1

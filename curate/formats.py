@@ -12,7 +12,12 @@ Record shapes (detected per record unless `data.format` forces one per glob):
     prompt_completion {"prompt", "completion"}
     qa                {"question", "answer"}
     chatml            {"text": "<|im_start|>role\\ncontent<|im_end|>..."}
+    preference        {"chosen", "rejected"} + a prompt (conversations / messages / prompt / instruction / question)
 Instruction and input are joined as `instruction + "\\n\\n" + input` (the input dropped when empty).
+Content may be typed parts ([{"type": "text", "text"|"value": ...}]); reasoning (`reasoning_content`, typed
+`reasoning` parts, a leading <think>...</think>) becomes one `<think>` block or is dropped (data.reasoning).
+Refused before the shape is read, each with its own reason: a false KTO label (`undesirable_label`), media
+(`multimodal`: images/audio/video fields, media parts, <image> placeholders), tools and tool turns (`tool_call`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")
+MEDIA_KEYS = ("images", "image", "audios", "audio", "videos", "video")
+MEDIA_PART_TYPES = {"image", "image_url", "input_image", "audio", "input_audio", "video", "video_url", "file"}
+MEDIA_PLACEHOLDER = re.compile(r"<(image|audio|video)>")
+TOOL_ROLES = {"function_call", "observation", "tool", "function", "tool_call", "tool_response", "ipython"}
+TOOL_PART_TYPES = {"tool_call", "tool_use", "function_call", "tool_result", "tool_response"}
+REASONING_PART_TYPES = ("reasoning", "thinking")
+LABEL_KEYS = ("label", "kto_tag")
 UTF8_BOM = b"\xef\xbb\xbf"
 CHATML_TURN = re.compile(r"<\|im_start\|>([^\n<]*)\n(.*?)(?:<\|im_end\|>|$)", re.S)
 
@@ -37,6 +49,11 @@ class RecordError(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason, self.detail = reason, detail
+
+
+def TOOL_CALL(what: str) -> RecordError:  # noqa: N802  (reads as the reason it raises)
+    return RecordError("tool_call", f"{what}: tool-calling rows are not trained yet (their calls and tool specs "
+                       "would be rendered as plain text or lost); they are kept out until tool rendering lands")
 
 
 @dataclass
@@ -68,7 +85,8 @@ def read_file(path: Path, display: str) -> Iterator[RawRow]:
     elif suffix == ".parquet":
         yield from _read_parquet(path, display)
     else:
-        raise FileError(f"unsupported file type {suffix or '(none)'}; use one of {', '.join(EXTENSIONS)}")
+        raise FileError(f"unsupported file type {suffix or '(none)'}; use one of {', '.join(EXTENSIONS)} holding "
+                        "conversations (e.g. one {\"prompt\": ..., \"completion\": ...} per .jsonl line)")
 
 
 def _read_jsonl(path: Path, display: str) -> Iterator[RawRow]:
@@ -242,12 +260,32 @@ def _read_parquet(path: Path, display: str) -> Iterator[RawRow]:
 
 # ---------------------------------------------------------------------------------------------- shapes
 def _text(value: Any, field: str) -> str:
-    """A field that must hold text. OpenAI-style content parts ([{"type": "text", "text": ...}]) are joined."""
+    """A field that must hold text. Typed content parts ([{"type": "text", "text"|"value": ...}]) are joined;
+    reasoning parts are kept apart by `_parts`; media and tool-call parts reject the row with their reason."""
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value):
-        return "".join(p["text"] for p in value)
+    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
+        text, _ = _parts(value, field)
+        return text
     raise RecordError("bad_field", f"`{field}` must be text, got {type(value).__name__}")
+
+
+def _parts(parts: list[dict], field: str) -> tuple[str, str]:
+    """(text, reasoning) of a list of typed content parts."""
+    text, reasoning = [], []
+    for k, p in enumerate(parts):
+        kind = str(p.get("type", ""))
+        body = p.get("text", p.get("value", p.get("content")))
+        if kind in MEDIA_PART_TYPES:
+            raise RecordError("multimodal", f"`{field}[{k}]` is an {kind} part: a text-only model would learn to talk "
+                              "about media it never sees")
+        if kind in TOOL_PART_TYPES:
+            raise TOOL_CALL(f"`{field}[{k}]` is a {kind} part")
+        if kind not in ("text",) + REASONING_PART_TYPES or not isinstance(body, str):
+            raise RecordError("bad_field", f"`{field}[{k}]` must be a text part ({{\"type\": \"text\", \"text\": ...}}), "
+                              f"got type {kind!r}")
+        (reasoning if kind in REASONING_PART_TYPES else text).append(body)
+    return "".join(text), "\n".join(reasoning)
 
 
 def _optional_text(rec: dict, key: str) -> str:
@@ -272,8 +310,23 @@ def _turn_list(value: Any, field: str, role_key: str, content_key: str) -> list[
             raise RecordError("bad_field", f"`{field}[{i}]` needs `{role_key}` and `{content_key}`, has {sorted(t)}")
         if not isinstance(t[rk], str):
             raise RecordError("bad_field", f"`{field}[{i}].{rk}` must be text, got {type(t[rk]).__name__}")
-        turns.append({"role": t[rk], "content": _text(t[ck], f"{field}[{i}].{ck}")})
+        if t[rk].strip().lower() in TOOL_ROLES or t.get("tool_calls") or t.get("function_call"):
+            raise TOOL_CALL(f"`{field}[{i}]` is a tool call or tool result (role {t[rk]!r})")
+        turns.append(_turn(t, rk, ck, f"{field}[{i}]"))
     return turns
+
+
+def _turn(t: dict, rk: str, ck: str, where: str) -> dict:
+    """{"role", "content", "reasoning"?}: reasoning from `reasoning_content`/`reasoning` or reasoning parts."""
+    value = t[ck]
+    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
+        content, reasoning = _parts(value, f"{where}.{ck}")
+    else:
+        content, reasoning = _text(value, f"{where}.{ck}"), ""
+    extra = t.get("reasoning_content", t.get("reasoning"))
+    if isinstance(extra, str) and extra.strip():
+        reasoning = (reasoning + "\n" + extra).strip("\n")
+    return {"role": t[rk], "content": content, **({"reasoning": reasoning} if reasoning else {})}
 
 
 def from_openai(rec: dict) -> list[dict]:
@@ -327,7 +380,8 @@ def from_chatml(rec: dict) -> list[dict]:
 
 
 CONVERTERS: dict[str, tuple[tuple[str, ...], Callable[[dict], list[dict]]]] = {
-    # format: (keys that identify it, converter); detection tries them in this order
+    # format: (keys that identify it, converter); detection tries them in this order (preference first)
+    "preference": (("chosen", "rejected"), lambda rec: from_preference(rec)[0]),
     "openai": (("messages",), from_openai),
     "sharegpt": (("conversations",), from_sharegpt),
     "alpaca": (("instruction", "output"), from_alpaca),
@@ -341,24 +395,110 @@ CONVERTERS: dict[str, tuple[tuple[str, ...], Callable[[dict], list[dict]]]] = {
 def detect_format(rec: Any) -> str | None:
     if not isinstance(rec, dict):
         return None
+    if "chosen" in rec and "rejected" in rec:
+        return "preference"
     for name, (keys, _) in CONVERTERS.items():
-        if all(k in rec for k in keys):
+        if name != "preference" and all(k in rec for k in keys):
             if name == "chatml" and not (isinstance(rec["text"], str) and "<|im_start|>" in rec["text"]):
                 continue
             return name
     return None
 
 
-def to_messages(rec: Any, forced: str | None = None) -> tuple[str, list[dict]]:
-    """(format, raw messages) for one record; raises RecordError with the rejection reason."""
+def to_messages(rec: Any, forced: str | None = None, reasoning: str = "keep") -> tuple[str, list[dict], dict]:
+    """(format, raw messages, extra) for one record; extra holds a preference pair's rejected reply. Raises
+    RecordError with the rejection reason: rows that must never train as they are (an undesirable label,
+    media, tools) are refused before their shape is read."""
     if not isinstance(rec, dict):
         raise RecordError("unknown_format", f"a record must be a JSON object, got {type(rec).__name__}")
+    _refuse_what_cannot_train(rec)
     fmt = forced or detect_format(rec)
     if fmt is None:
-        keys = ", ".join(sorted(map(str, rec))) or "none"
-        raise RecordError("unknown_format", f"no known chat format has these keys: {keys}")
+        raise RecordError("unknown_format", _unknown_shape(rec))
     keys, convert = CONVERTERS[fmt]
     missing = [k for k in keys if k not in rec]
     if missing:
         raise RecordError("unknown_format", f"data.format forces {fmt}, but the record lacks {', '.join(missing)} (has {', '.join(sorted(map(str, rec)))})")
-    return fmt, convert(rec)
+    extra: dict = {}
+    if fmt == "preference":
+        msgs, extra["rejected"] = from_preference(rec)
+    else:
+        msgs = convert(rec)
+    for m in msgs:
+        if isinstance(m["content"], str) and MEDIA_PLACEHOLDER.search(m["content"]):
+            raise RecordError("multimodal", f"a {m['role']} turn holds the media placeholder "
+                              f"{MEDIA_PLACEHOLDER.search(m['content']).group()!r}: a text-only model would learn to "
+                              "talk about media it never sees")
+    return fmt, fold_reasoning(msgs, reasoning), extra
+
+
+def _refuse_what_cannot_train(rec: dict) -> None:
+    for key in LABEL_KEYS:
+        if key in rec and (rec[key] is False or str(rec[key]).strip().lower() in ("false", "0", "undesirable", "bad")):
+            raise RecordError("undesirable_label", f"`{key}` is {rec[key]!r}: the row marks its answer as undesirable "
+                              "(KTO-style); it is never trained as a target")
+    for key in MEDIA_KEYS:
+        if rec.get(key):
+            n = len(rec[key]) if isinstance(rec[key], list) else 1
+            raise RecordError("multimodal", f"the row carries `{key}` ({n}): a text-only model would learn to talk "
+                              "about media it never sees")
+    if rec.get("tools") or rec.get("functions"):
+        raise TOOL_CALL("the row defines `tools`")
+
+
+def _unknown_shape(rec: dict) -> str:
+    keys = ", ".join(sorted(map(str, rec))) or "none"
+    if set(rec) <= {"text", "id", "meta", "metadata", "source", "url"} and isinstance(rec.get("text"), str):
+        return (f"plain text without chat turns (keys: {keys}): curate trains on conversations; give "
+                "{\"prompt\", \"completion\"}, {\"messages\": [...]}, or ChatML text with <|im_start|> turns")
+    return (f"no known chat format has these keys: {keys} (known: messages, conversations, instruction+output, "
+            "instruction+response, prompt+completion, question+answer, chosen+rejected, ChatML text)")
+
+
+def from_preference(rec: dict) -> tuple[list[dict], str]:
+    """A preference pair as SFT: the prompt turns + the chosen reply (and the rejected reply, for preference.jsonl).
+    Prompt: `conversations` (ShareGPT), `messages` or `prompt` (a list of turns or text), or instruction(+input) /
+    question. chosen/rejected: text, one turn ({"from"|"role", "value"|"content"}), or a list of turns."""
+    if "conversations" in rec:
+        prompt = _turn_list(rec["conversations"], "conversations", "from", "value")
+    elif isinstance(rec.get("messages"), list) or isinstance(rec.get("prompt"), list):
+        key = "messages" if isinstance(rec.get("messages"), list) else "prompt"
+        prompt = _turn_list(rec[key], key, "role", "content")
+    else:
+        key = next((k for k in ("prompt", "instruction", "question") if k in rec), None)
+        if key is None:
+            raise RecordError("unknown_format", f"a preference pair (chosen/rejected) without a prompt: has {', '.join(sorted(map(str, rec)))}")
+        prompt = [{"role": "user", "content": _join(_text(rec[key], key), _optional_text(rec, "input"))}]
+    if isinstance(rec.get("system"), str) and rec["system"].strip():
+        prompt.insert(0, {"role": "system", "content": rec["system"]})
+    return prompt + _reply(rec["chosen"], "chosen"), _reply(rec["rejected"], "rejected")[-1]["content"]
+
+
+def _reply(value: Any, field: str) -> list[dict]:
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list) and value and all(isinstance(t, dict) for t in value):
+        turns = _turn_list(value, field, "from", "value")
+        if turns[-1]["role"].strip().lower() not in ("assistant", "gpt", "model", "bot"):
+            raise RecordError("bad_field", f"`{field}` must end with the assistant's reply, ends with {turns[-1]['role']!r}")
+        return turns
+    return [{"role": "assistant", "content": _text(value, field)}]
+
+
+THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.S)
+
+
+def fold_reasoning(msgs: list[dict], mode: str) -> list[dict]:
+    """Reasoning (a `reasoning` field, or `<think>...</think>` opening the content) in the one form this toolkit
+    renders for templates without a reasoning field: `<think>\\n{reasoning}\\n</think>\\n\\n{content}`
+    (data.reasoning: keep); or dropped (data.reasoning: drop)."""
+    out = []
+    for m in msgs:
+        reasoning, content = m.get("reasoning", ""), m["content"]
+        found = THINK.match(content) if isinstance(content, str) else None
+        if found:
+            reasoning, content = (reasoning + "\n" + found.group(1).strip()).strip(), content[found.end():]
+        if reasoning and mode == "keep":
+            content = f"<think>\n{reasoning.strip()}\n</think>\n\n{content}"
+        out.append({"role": m["role"], "content": content})
+    return out

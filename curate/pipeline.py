@@ -28,8 +28,8 @@ from common.errors import UserError
 from common.preflight import require, unwritable
 from common.runs import atomic_write_json, atomic_write_text, jsonl_text, stage_dir
 from curate import review as review_mod
-from curate.filters import (FILTER_NEEDS, FILTERS, Conversation, FilterContext, LanguageDetector,
-                            escape_control_tokens, language_text, normalize)
+from curate.filters import (FILTER_NEEDS, FILTERS, Conversation, FilterContext, LanguageDetector, clean_text,
+                            escape_control_tokens, fill_variables, language_text, normalize)
 from curate.formats import CONVERTERS, FileError, RawRow, RecordError, read_file, to_messages
 from curate.minhash import SEGMENT, MinHasher, ShingleSets, UnionFind, similar_pairs
 from curate.report import build_report, write_html
@@ -51,6 +51,7 @@ class Row:
     split: str | None = None
     review: str | None = None  # the applied review action
     review_note: str = ""
+    rejected_reply: str | None = None  # a preference pair's rejected reply (preference.jsonl)
 
     @property
     def kept(self) -> bool:
@@ -126,11 +127,17 @@ def _parse(raw: RawRow, forced: str | None, cfg: Config, control_tokens: tuple[s
         r.reject("malformed_json" if raw.file.endswith((".json", ".jsonl")) else "malformed_row", raw.error)
         return r
     try:
-        r.format, msgs = to_messages(raw.record, forced)
-        msgs = normalize(msgs, cfg.data.system_prompt)
+        r.format, msgs, extra = to_messages(raw.record, forced, cfg.data.reasoning)
+        if r.format == "preference" and cfg.data.preference == "refuse":
+            raise RecordError("preference_pair", "a chosen/rejected pair; data.preference is `refuse` (set `chosen` to "
+                              "train on the prompt and the chosen reply)")
+        msgs = fill_variables(normalize(msgs, cfg.data.system_prompt), cfg.data.variables)
         if cfg.curate.control_tokens == "escape":
             msgs = escape_control_tokens(msgs, control_tokens)
         r.conv = Conversation(msgs)
+        if "rejected" in extra:
+            r.rejected_reply = fill_variables([{"role": "assistant", "content": clean_text(extra["rejected"])}],
+                                              cfg.data.variables)[0]["content"]
     except RecordError as e:
         r.reject(e.reason, e.detail)
         return r
@@ -324,6 +331,12 @@ def rejected_record(r: Row) -> dict:
     return out
 
 
+def preference_record(r: Row) -> dict:
+    """A kept preference pair, curated like every row (filters, dedup, split), for a later preference stage."""
+    return {"id": r.id, "split": r.split, "prompt": r.conv.messages[:-1], "chosen": r.conv.messages[-1]["content"],
+            "rejected": r.rejected_reply, "source": {"file": r.file, "row": r.row, "line": r.line}}
+
+
 def manifest_line(r: Row) -> dict:
     return {"id": r.original_id, "file": r.file, "row": r.row, "line": r.line, "format": r.format,
             "status": r.status, "cluster": r.cluster, "split": r.split, "review": r.review,
@@ -388,7 +401,8 @@ def run(cfg: Config) -> dict:
     train, val = [r for r in kept if r.split == "train"], [r for r in kept if r.split == "val"]
     outputs = {"train.jsonl": jsonl_text(canonical(r) for r in train), "val.jsonl": jsonl_text(canonical(r) for r in val),
                "rejected.jsonl": jsonl_text(rejected_record(r) for r in rows if not r.kept),
-               "manifest.jsonl": jsonl_text(manifest_line(r) for r in rows)}
+               "manifest.jsonl": jsonl_text(manifest_line(r) for r in rows),
+               "preference.jsonl": jsonl_text(preference_record(r) for r in kept if r.rejected_reply is not None)}
     check_accounting(stats.rows_per_file, outputs)
     out = stage_dir(cfg, "curate")  # only now: a run that fails earlier leaves an existing curate/ as it was
     for name, text in outputs.items():

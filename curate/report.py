@@ -12,6 +12,7 @@ import numpy as np
 
 from common.config import dump_config
 from common.report import esc, img, png, subplots, table, write_page
+from curate.filters import PLACEHOLDER
 
 
 def _counts(values) -> dict:
@@ -36,7 +37,14 @@ def build_report(cfg, rows, kept, train, val, clusters, stats, split_info, revie
         "file_errors": stats.file_errors,
         "formats": _counts(r.format or "unparsed" for r in rows),
         # every input file, an empty one too (0 rows in), as the reader counted it
-        "sources": {f: {"in": n, "kept": kept_per_file[f]} for f, n in sorted(stats.rows_per_file.items())},
+        "sources": {f: {"in": n, "kept": kept_per_file[f],
+                        "formats": _counts(r.format or "unparsed" for r in rows if r.file == f),
+                        "rejected": _counts(r.reason for r in rejected if r.file == f)}
+                    for f, n in sorted(stats.rows_per_file.items())},
+        "unfilled_placeholders": _counts(name for r in rejected if r.reason == "unfilled_placeholder"
+                                         for name in sorted({n for m in r.conv.messages for n in PLACEHOLDER.findall(m["content"])})),
+        "preference_pairs": {"kept": sum(r.rejected_reply is not None for r in kept),
+                             "in": sum(r.format == "preference" for r in rows)},
         "languages": _counts(r.conv.lang for r in rows if r.conv is not None and r.conv.lang),
         "langdetect_fast_path_rows": stats.counters.get("langdetect_fast_path_rows", 0),
         "tokens": {
@@ -66,6 +74,10 @@ def build_report(cfg, rows, kept, train, val, clusters, stats, split_info, revie
         "token_histogram": _histogram(tokens, limit),
         "config": dump_config(cfg),
     }
+
+
+def _inline(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
 def _first_user(r) -> str:
@@ -140,7 +152,11 @@ def write_html(out_dir: Path, report: dict) -> None:
 <p>median {t['median']:.0f}, p95 {t['p95']:.0f}, max {t['max']} tokens; {t['would_be_truncated']} kept rows
 ({t['would_be_truncated_share']:.1%}) are longer than train.max_seq_length {t['max_seq_length']}.</p>
 <h2>Languages and sources</h2>{img(images['mix.png'], 'languages and sources')}
-{table(['file', 'rows in', 'kept'], [(f, v['in'], v['kept']) for f, v in report['sources'].items()])}
+{table(['file', 'rows in', 'kept', 'formats', 'rejected by reason'],
+       [(f, v['in'], v['kept'], _inline(v['formats']), _inline(v['rejected'])) for f, v in report['sources'].items()])}
+<p>Preference pairs (chosen/rejected): {report['preference_pairs']['in']} read, {report['preference_pairs']['kept']} kept
+(trained on prompt + chosen; all kept pairs in <code>preference.jsonl</code>).
+{('Unfilled placeholders (set data.variables): ' + esc(_inline(report['unfilled_placeholders']))) if report['unfilled_placeholders'] else ''}</p>
 {table(['format', 'rows'], report['formats'].items())}
 <h2>Duplicates</h2><p>{report['dedup']['exact_duplicates']} exact, {report['dedup']['near_duplicates']} near-duplicates in
 {report['dedup']['clusters_with_duplicates']} clusters (MinHash {esc(str(report['dedup']['minhash']))}).</p>{clusters}

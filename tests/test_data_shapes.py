@@ -1,0 +1,173 @@
+"""The data people actually have (issue 15): non-Latin scripts, preference pairs, KTO labels, media rows,
+reasoning traces, placeholders, plain text and tool-calling rows — each read into the right conversation or
+rejected with a reason that says what it is, never trained silently wrong."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from common.chat import tokenize
+from common.config import load_config
+from common.model import load_tokenizer
+from common.runs import read_jsonl
+from curate import run
+
+SYSTEM = "You are a helpful assistant."
+Q, A = "How do I reset my password on the website?", "Open Settings, choose Security and click Reset password."
+
+SHAPES = {  # file name -> rows; the expected fate of each row is in FATES
+    "zh.json": [{"instruction": "请给我三个保持健康的建议。", "input": "", "output": "多喝水，早睡早起，每天运动。"},
+                {"instruction": "保持健康的三个提示。", "input": "", "output": "均衡饮食，规律运动，充足睡眠。"}],
+    "pref_sharegpt.json": [{"conversations": [{"from": "human", "value": Q}],
+                            "chosen": {"from": "gpt", "value": A}, "rejected": {"from": "gpt", "value": "No idea, sorry."}}],
+    "pref_openai.jsonl": [{"prompt": [{"role": "user", "content": "What is the capital of France, please?"}],
+                           "chosen": [{"role": "assistant", "content": "The capital of France is Paris."}],
+                           "rejected": [{"role": "assistant", "content": "It is Lyon, I believe."}]}],
+    "kto.jsonl": [{"prompt": "Which plan includes phone support?", "completion": "The Business plan includes it.", "label": True},
+                  {"prompt": Q, "completion": "Just delete your account and make a new one.", "label": False},
+                  {"messages": [{"role": "user", "content": "Summarise the meeting for me."},
+                                {"role": "assistant", "content": "It was long and boring."}], "kto_tag": False}],
+    "media.json": [{"messages": [{"role": "user", "content": "<image>What is in this picture?"},
+                                 {"role": "assistant", "content": "A cat sitting on a red sofa."}], "images": ["cat.jpg"]},
+                   {"messages": [{"role": "user", "content": [{"type": "text", "text": "Describe it, please."},
+                                                              {"type": "image_url", "image_url": {"url": "x.png"}}]},
+                                 {"role": "assistant", "content": "A dog running on the beach."}]},
+                   {"messages": [{"role": "user", "content": "<image> Describe this image in detail."},
+                                 {"role": "assistant", "content": "A mountain lake at sunrise."}]}],
+    "reasoning.jsonl": [{"messages": [{"role": "user", "content": "What is 17 times 3, please?"},
+                                      {"role": "assistant", "content": "It is 51.", "reasoning_content": "17 * 3 = 51."}]},
+                        {"messages": [{"role": "user", "content": "Is 91 a prime number or not?"},
+                                      {"role": "assistant", "content": [{"type": "reasoning", "value": "91 = 7 * 13."},
+                                                                        {"type": "text", "value": "No, 91 is 7 times 13."}]}]},
+                        {"messages": [{"role": "user", "content": "What is the square root of 144?"},
+                                      {"role": "assistant", "content": "<think>\n12 * 12 = 144.\n</think>\n\nIt is 12."}]}],
+    "identity.json": [{"instruction": "Who are you?", "input": "",
+                       "output": "I am {{name}}, an AI assistant developed by {{author}}. How can I help you today?"}],
+    "text.jsonl": [{"text": "Just a paragraph of plain prose about the weather being nice today."}],
+    "tools.jsonl": [{"conversations": [{"from": "human", "value": "What is the weather in Paris today?"},
+                                       {"from": "function_call", "value": '{"name": "weather", "arguments": {"city": "Paris"}}'},
+                                       {"from": "observation", "value": '{"temp": 21}'},
+                                       {"from": "gpt", "value": "It is 21 degrees in Paris."}],
+                     "tools": '[{"name": "weather"}]'},
+                    {"messages": [{"role": "user", "content": "Book a table for two at eight tonight."},
+                                  {"role": "assistant", "content": None, "tool_calls": [{"type": "function",
+                                   "function": {"name": "book", "arguments": "{}"}}]},
+                                  {"role": "tool", "content": "booked"},
+                                  {"role": "assistant", "content": "Your table is booked for eight."}]}],
+}
+FATES = {  # (file, row) -> kept, or the rejection reason
+    ("zh.json", 1): "language", ("zh.json", 2): "language",
+    ("pref_sharegpt.json", 1): "kept", ("pref_openai.jsonl", 1): "kept",
+    ("kto.jsonl", 1): "kept", ("kto.jsonl", 2): "undesirable_label", ("kto.jsonl", 3): "undesirable_label",
+    ("media.json", 1): "multimodal", ("media.json", 2): "multimodal", ("media.json", 3): "multimodal",
+    ("reasoning.jsonl", 1): "kept", ("reasoning.jsonl", 2): "kept", ("reasoning.jsonl", 3): "kept",
+    ("identity.json", 1): "unfilled_placeholder", ("text.jsonl", 1): "unknown_format",
+    ("tools.jsonl", 1): "tool_call", ("tools.jsonl", 2): "tool_call",
+}
+
+
+def write_shapes(d: Path) -> None:
+    d.mkdir(exist_ok=True)
+    for name, rows in SHAPES.items():
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) if name.endswith(".jsonl") else \
+            json.dumps(rows, ensure_ascii=False, indent=1)
+        (d / name).write_text(text, encoding="utf-8")
+
+
+def curate(tmp_path: Path, *overrides: str) -> tuple[dict, dict]:
+    cfg = load_config(None, [f"run.root={tmp_path / 'runs'}", "run.name=t", f"data.inputs=[{tmp_path / 'in'}/*]",
+                             "split.val_fraction=0.2", "curate.min_tokens=1", *overrides])
+    report = run(cfg)
+    out = tmp_path / "runs/t/curate"
+    rows = {name: read_jsonl(out / f"{name}.jsonl") for name in ("train", "val", "rejected", "manifest", "preference")}
+    return report, rows
+
+
+def fates(rows: dict) -> dict:
+    got = {(Path(r["source"]["file"]).name, r["source"]["row"]): "kept" for r in rows["train"] + rows["val"]}
+    got.update({(Path(r["source"]["file"]).name, r["source"]["row"]): r["reason"] for r in rows["rejected"]})
+    return got
+
+
+def kept_by_file(rows: dict) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in sorted(rows["train"] + rows["val"], key=lambda r: (r["source"]["file"], r["source"]["row"])):
+        out.setdefault(Path(r["source"]["file"]).name, []).append(r)
+    return out
+
+
+@pytest.fixture(scope="module")
+def shapes_run(tmp_path_factory, model_dir):
+    tmp = tmp_path_factory.mktemp("shapes")
+    write_shapes(tmp / "in")
+    report, rows = curate(tmp)
+    return tmp, report, rows
+
+
+def test_every_shape_is_read_or_rejected_with_what_it_is(shapes_run):
+    _, report, rows = shapes_run
+    assert fates(rows) == FATES
+    assert report["rows_in"] == len(FATES) == report["kept"] + report["rejected"]
+    details = {(Path(r["source"]["file"]).name, r["source"]["row"]): r["detail"] for r in rows["rejected"]}
+    assert "`label` is False" in details[("kto.jsonl", 2)] and "`kto_tag`" in details[("kto.jsonl", 3)]
+    assert "`images` (1)" in details[("media.json", 1)] and "image_url part" in details[("media.json", 2)]
+    assert "'<image>'" in details[("media.json", 3)]
+    assert "{{author}}, {{name}}" in details[("identity.json", 1)] and "data.variables" in details[("identity.json", 1)]
+    assert "plain text without chat turns" in details[("text.jsonl", 1)] and "prompt" in details[("text.jsonl", 1)]
+    assert "`tools`" in details[("tools.jsonl", 1)] and "tool call" in details[("tools.jsonl", 2)]
+    assert report["unfilled_placeholders"] == {"author": 1, "name": 1}
+    src = {Path(f).name: v for f, v in report["sources"].items()}
+    assert src["kto.jsonl"]["rejected"] == {"undesirable_label": 2} and src["pref_openai.jsonl"]["formats"] == {"preference": 1}
+
+
+def test_preference_pairs_train_on_the_chosen_reply_and_keep_the_pair(shapes_run):
+    _, report, rows = shapes_run
+    kept = kept_by_file(rows)
+    [pair] = kept["pref_sharegpt.json"]
+    assert pair["format"] == "preference" and [m["role"] for m in pair["messages"]][-2:] == ["user", "assistant"]
+    assert pair["messages"][-1]["content"] == A
+    prefs = {p["id"]: p for p in rows["preference"]}
+    assert prefs[pair["id"]]["rejected"] == "No idea, sorry." and prefs[pair["id"]]["chosen"] == A
+    assert {p["split"] for p in rows["preference"]} <= {"train", "val"} and len(prefs) == 2
+    assert report["preference_pairs"] == {"in": 2, "kept": 2}
+
+
+def test_reasoning_is_one_visible_form_that_carries_loss(shapes_run, model_dir):
+    _, _, rows = shapes_run
+    replies = [r["messages"][-1]["content"] for r in kept_by_file(rows)["reasoning.jsonl"]]
+    assert replies == ["<think>\n17 * 3 = 51.\n</think>\n\nIt is 51.", "<think>\n91 = 7 * 13.\n</think>\n\nNo, 91 is 7 times 13.",
+                       "<think>\n12 * 12 = 144.\n</think>\n\nIt is 12."]
+    tok = load_tokenizer(str(model_dir))
+    rec = kept_by_file(rows)["reasoning.jsonl"][0]
+    ex = tokenize([rec], tok, 512, tok.convert_tokens_to_ids("<|im_end|>")).examples[0]
+    trained = tok.decode([t for t in ex["labels"] if t != -100])
+    assert trained.startswith("<think>\n17 * 3 = 51.\n</think>") and trained.endswith("It is 51.<|im_end|>")
+
+
+def test_variables_fill_placeholders_reasoning_can_be_dropped_and_languages_match_their_base(tmp_path, model_dir):
+    write_shapes(tmp_path / "in")
+    report, rows = curate(tmp_path, "data.variables={name: Ava, author: Acme}", "data.reasoning=drop",
+                          "curate.languages=[en, zh]", "data.preference=refuse")
+    got = fates(rows)
+    assert got[("identity.json", 1)] == got[("zh.json", 1)] == got[("zh.json", 2)] == "kept"
+    assert got[("pref_sharegpt.json", 1)] == got[("pref_openai.jsonl", 1)] == "preference_pair"
+    kept = kept_by_file(rows)
+    assert kept["identity.json"][0]["messages"][-1]["content"].startswith("I am Ava, an AI assistant developed by Acme.")
+    assert [r["lang"] for r in kept["zh.json"]] == ["zh-cn", "zh-cn"]  # short Chinese sentences are not `und`
+    assert [r["messages"][-1]["content"] for r in kept["reasoning.jsonl"]] == ["It is 51.", "No, 91 is 7 times 13.", "It is 12."]
+    assert not rows["preference"]
+
+
+def test_a_mixed_folder_reruns_byte_identically(shapes_run):
+    tmp, _, _ = shapes_run
+    out = tmp / "runs/t/curate"
+    before = {p.name: p.read_bytes() for p in out.glob("*.json*")}
+    curate(tmp)
+    after = {p.name: p.read_bytes() for p in out.glob("*.json*") if p.name != "timing.json"}
+    assert after == {k: v for k, v in before.items() if k != "timing.json"}
+    assert Counter(m["status"].split(":")[0] for m in read_jsonl(out / "manifest.jsonl")) == Counter(
+        {"kept": sum(v == "kept" for v in FATES.values()), "rejected": sum(v != "kept" for v in FATES.values())})
