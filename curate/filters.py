@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from curate.formats import RecordError
@@ -42,6 +42,7 @@ class Conversation:
     text: str | None = None  # the chat-template render
     lang: str | None = None
     render_error: str | None = None  # why the chat template refused to render it (set by the pipeline)
+    dropped_turns: list[int] = field(default_factory=list)  # turns whose content the render leaves out
 
     @property
     def id(self) -> str:

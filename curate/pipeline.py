@@ -77,7 +77,7 @@ class Row:
 class Stats:
     steps: list[tuple[str, int]] = field(default_factory=list)
     file_errors: list[dict] = field(default_factory=list)
-    counters: dict[str, int] = field(default_factory=dict)
+    counters: dict = field(default_factory=dict)  # named numbers and tallies for the report
     rows_per_file: Counter = field(default_factory=Counter)  # as the reader gave them, for check_accounting
 
     def step(self, name: str, rows: list[Row]) -> None:
@@ -173,6 +173,8 @@ def render(rows: list[Row], tokenizer) -> None:
         lengths = [len(e.ids) for e in tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
         for r, text, n in zip(chunk, texts, lengths):
             r.conv.text, r.conv.tokens = text, n
+            if text:  # the render audit: every turn's content must be in what training sees
+                r.conv.dropped_turns = [i for i, m in enumerate(r.conv.messages) if m["content"].strip() not in text]
 
 
 def special_tokens(tokenizer) -> tuple[str, ...]:
@@ -202,9 +204,19 @@ def apply_filters(rows: list[Row], cfg: Config, tokenizer, stats: Stats, control
     for need in ("language", "tokens"):  # what the outputs, the report and the review app show
         _measure(need, kept, detector, tokenizer)
     stats.counters["langdetect_fast_path_rows"] = detector.fast_path_hits
+    audit = stats.counters.setdefault("render_audit_dropped_turns", {})
     for r in kept:
         if r.conv.render_error:
             r.reject("template_error", r.conv.render_error)
+            continue
+        last = len(r.conv.messages) - 1
+        if last in r.conv.dropped_turns and r.conv.messages[last]["role"] == "assistant":
+            r.reject("template_drops_reply", "the chat template leaves the assistant's reply out of the render: the row "
+                     "would train on nothing; use a template that renders every turn (`make doctor`)")
+            continue
+        for i in r.conv.dropped_turns:  # kept rows that train without some of their turns: reported, by role
+            role = r.conv.messages[i]["role"]
+            audit[role] = audit.get(role, 0) + 1
     stats.step("chat template renders", rows)
 
 

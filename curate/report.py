@@ -47,6 +47,8 @@ def build_report(cfg, rows, kept, train, val, clusters, stats, split_info, revie
                              "in": sum(r.format == "preference" for r in rows)},
         "languages": _counts(r.conv.lang for r in rows if r.conv is not None and r.conv.lang),
         "langdetect_fast_path_rows": stats.counters.get("langdetect_fast_path_rows", 0),
+        # turns (by role) of kept rows whose content the chat template left out of the render
+        "render_audit_dropped_turns": dict(sorted(stats.counters.get("render_audit_dropped_turns", {}).items())),
         "tokens": {
             "tokenizer": cfg.model.name,
             "max_seq_length": limit,
@@ -154,6 +156,7 @@ def write_html(out_dir: Path, report: dict) -> None:
 <h2>Languages and sources</h2>{img(images['mix.png'], 'languages and sources')}
 {table(['file', 'rows in', 'kept', 'formats', 'rejected by reason'],
        [(f, v['in'], v['kept'], _inline(v['formats']), _inline(v['rejected'])) for f, v in report['sources'].items()])}
+<p>Render audit: {('turns the chat template leaves out of the render, by role: ' + esc(_inline(report['render_audit_dropped_turns']))) if report['render_audit_dropped_turns'] else 'every turn of every kept row appears in its render'}.</p>
 <p>Preference pairs (chosen/rejected): {report['preference_pairs']['in']} read, {report['preference_pairs']['kept']} kept
 (trained on prompt + chosen; all kept pairs in <code>preference.jsonl</code>).
 {('Unfilled placeholders (set data.variables): ' + esc(_inline(report['unfilled_placeholders']))) if report['unfilled_placeholders'] else ''}</p>

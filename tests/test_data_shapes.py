@@ -171,3 +171,33 @@ def test_a_mixed_folder_reruns_byte_identically(shapes_run):
     assert after == {k: v for k, v in before.items() if k != "timing.json"}
     assert Counter(m["status"].split(":")[0] for m in read_jsonl(out / "manifest.jsonl")) == Counter(
         {"kept": sum(v == "kept" for v in FATES.values()), "rejected": sum(v != "kept" for v in FATES.values())})
+
+
+def test_the_render_audit_finds_turns_a_template_leaves_out(tmp_path, model_dir):
+    """A template that renders no system turn and at most three messages: the system prompt is reported as
+    dropped (the row still trains), a row whose reply falls outside the render is rejected."""
+    import shutil
+
+    tok_dir = tmp_path / "tok"
+    tok_dir.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json"):
+        if (model_dir / name).is_file():
+            shutil.copy(model_dir / name, tok_dir / name)
+    (tok_dir / "chat_template.jinja").write_text(
+        "{% for m in messages[:3] %}{% if m['role'] != 'system' %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] "
+        "+ '<|im_end|>\\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    cfg_json = json.loads((tok_dir / "tokenizer_config.json").read_text())
+    cfg_json.pop("chat_template", None)
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps(cfg_json))
+    d = tmp_path / "in"
+    d.mkdir()
+    rows = [{"messages": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": Q},
+                          {"role": "assistant", "content": A}]},
+            {"messages": [{"role": "user", "content": "Hello there, can you help me today?"},
+                          {"role": "assistant", "content": "Of course, what do you need help with?"},
+                          {"role": "user", "content": "My parcel never arrived at my door."},
+                          {"role": "assistant", "content": "I am sorry; I have reported it to the courier."}]}]
+    (d / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report, out = curate(tmp_path, f"model.name={tok_dir}")
+    assert fates(out) == {("x.jsonl", 1): "kept", ("x.jsonl", 2): "template_drops_reply"}
+    assert report["render_audit_dropped_turns"] == {"system": 1}

@@ -61,3 +61,14 @@ def test_no_long_functions():
                     if n > MAX_FUNCTION_LINES:
                         long.append(f"{p.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, long
+
+
+def test_big_local_folders_are_ignored_even_as_symlinks():
+    """.venv, models and runs are often symlinks (a worktree sharing one environment, runs on a bigger disk):
+    a `dir/` pattern ignores only directories, so `git add -A` would commit the link, and a checkout of that
+    commit replaces the real folder (ignored files are expendable to git). The patterns must match files too."""
+    import subprocess
+
+    for path in (".venv", "models", "runs"):
+        proc = subprocess.run(["git", "check-ignore", "--no-index", "-v", path], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 0 and not proc.stdout.split("\t")[0].endswith("/"), (path, proc.stdout)
