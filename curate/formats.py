@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from curate.tools import (TOOL_CALL_ROLES, TOOL_PART_TYPES, TOOL_RESULT_ROLES, ToolFormatError, has_tools, parse_call,
+                          parse_specs, render_fallback)
+
 EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")
 MEDIA_KEYS = ("images", "image", "audios", "audio", "videos", "video")
 MEDIA_PART_TYPES = {"image", "image_url", "input_image", "audio", "input_audio", "video", "video_url", "file"}
 MEDIA_PLACEHOLDER = re.compile(r"<(image|audio|video)>")
-TOOL_ROLES = {"function_call", "observation", "tool", "function", "tool_call", "tool_response", "ipython"}
-TOOL_PART_TYPES = {"tool_call", "tool_use", "function_call", "tool_result", "tool_response"}
 REASONING_PART_TYPES = ("reasoning", "thinking")
 LABEL_KEYS = ("label", "kto_tag")
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -52,8 +53,8 @@ class RecordError(Exception):
 
 
 def TOOL_CALL(what: str) -> RecordError:  # noqa: N802  (reads as the reason it raises)
-    return RecordError("tool_call", f"{what}: tool-calling rows are not trained yet (their calls and tool specs "
-                       "would be rendered as plain text or lost); they are kept out until tool rendering lands")
+    return RecordError("tool_call", f"{what}; data.tools is `refuse` (set `fallback` to train them in the "
+                       "documented text form, curate/tools.py)")
 
 
 @dataclass
@@ -265,14 +266,16 @@ def _text(value: Any, field: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list) and all(isinstance(p, dict) for p in value):
-        text, _ = _parts(value, field)
+        text, _, calls = _parts(value, field)
+        if calls:
+            raise RecordError("bad_field", f"`{field}` holds tool-call parts where only text can be")
         return text
     raise RecordError("bad_field", f"`{field}` must be text, got {type(value).__name__}")
 
 
-def _parts(parts: list[dict], field: str) -> tuple[str, str]:
-    """(text, reasoning) of a list of typed content parts."""
-    text, reasoning = [], []
+def _parts(parts: list[dict], field: str) -> tuple[str, str, list[dict]]:
+    """(text, reasoning, tool calls) of a list of typed content parts."""
+    text, reasoning, calls = [], [], []
     for k, p in enumerate(parts):
         kind = str(p.get("type", ""))
         body = p.get("text", p.get("value", p.get("content")))
@@ -280,12 +283,20 @@ def _parts(parts: list[dict], field: str) -> tuple[str, str]:
             raise RecordError("multimodal", f"`{field}[{k}]` is an {kind} part: a text-only model would learn to talk "
                               "about media it never sees")
         if kind in TOOL_PART_TYPES:
-            raise TOOL_CALL(f"`{field}[{k}]` is a {kind} part")
+            calls.append(_call(body if body is not None else p, f"`{field}[{k}]`"))
+            continue
         if kind not in ("text",) + REASONING_PART_TYPES or not isinstance(body, str):
             raise RecordError("bad_field", f"`{field}[{k}]` must be a text part ({{\"type\": \"text\", \"text\": ...}}), "
                               f"got type {kind!r}")
         (reasoning if kind in REASONING_PART_TYPES else text).append(body)
-    return "".join(text), "\n".join(reasoning)
+    return "".join(text), "\n".join(reasoning), calls
+
+
+def _call(value: Any, what: str) -> dict:
+    try:
+        return parse_call(value, what)
+    except ToolFormatError as e:
+        raise RecordError("bad_field", str(e)) from None
 
 
 def _optional_text(rec: dict, key: str) -> str:
@@ -310,23 +321,34 @@ def _turn_list(value: Any, field: str, role_key: str, content_key: str) -> list[
             raise RecordError("bad_field", f"`{field}[{i}]` needs `{role_key}` and `{content_key}`, has {sorted(t)}")
         if not isinstance(t[rk], str):
             raise RecordError("bad_field", f"`{field}[{i}].{rk}` must be text, got {type(t[rk]).__name__}")
-        if t[rk].strip().lower() in TOOL_ROLES or t.get("tool_calls") or t.get("function_call"):
-            raise TOOL_CALL(f"`{field}[{i}]` is a tool call or tool result (role {t[rk]!r})")
         turns.append(_turn(t, rk, ck, f"{field}[{i}]"))
     return turns
 
 
 def _turn(t: dict, rk: str, ck: str, where: str) -> dict:
-    """{"role", "content", "reasoning"?}: reasoning from `reasoning_content`/`reasoning` or reasoning parts."""
-    value = t[ck]
+    """{"role", "content", "reasoning"?, "tool_calls"?} in the one schema: reasoning from `reasoning_content` /
+    `reasoning` or reasoning parts; tool calls from a call turn, `tool_calls`, `function_call` or call parts;
+    a tool result as role `tool` (curate/tools.py)."""
+    role, value = t[rk].strip().lower(), t[ck]
+    if role in TOOL_CALL_ROLES:
+        return {"role": "assistant", "content": "", "tool_calls": [_call(value, f"`{where}.{ck}`")]}
+    if role in TOOL_RESULT_ROLES:
+        return {"role": "tool", "content": value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}
+    calls = [_call(c, f"`{where}.tool_calls[{k}]`") for k, c in enumerate(t.get("tool_calls") or [])]
+    if t.get("function_call"):
+        calls.append(_call(t["function_call"], f"`{where}.function_call`"))
+    if value is None and calls:
+        value = ""
     if isinstance(value, list) and all(isinstance(p, dict) for p in value):
-        content, reasoning = _parts(value, f"{where}.{ck}")
+        content, reasoning, part_calls = _parts(value, f"{where}.{ck}")
+        calls += part_calls
     else:
         content, reasoning = _text(value, f"{where}.{ck}"), ""
     extra = t.get("reasoning_content", t.get("reasoning"))
     if isinstance(extra, str) and extra.strip():
         reasoning = (reasoning + "\n" + extra).strip("\n")
-    return {"role": t[rk], "content": content, **({"reasoning": reasoning} if reasoning else {})}
+    return {"role": t[rk], "content": content, **({"reasoning": reasoning} if reasoning else {}),
+            **({"tool_calls": calls} if calls else {})}
 
 
 def from_openai(rec: dict) -> list[dict]:
@@ -405,10 +427,11 @@ def detect_format(rec: Any) -> str | None:
     return None
 
 
-def to_messages(rec: Any, forced: str | None = None, reasoning: str = "keep") -> tuple[str, list[dict], dict]:
-    """(format, raw messages, extra) for one record; extra holds a preference pair's rejected reply. Raises
-    RecordError with the rejection reason: rows that must never train as they are (an undesirable label,
-    media, tools) are refused before their shape is read."""
+def to_messages(rec: Any, forced: str | None = None, reasoning: str = "keep", tools: str = "fallback") -> tuple[str, list[dict], dict]:
+    """(format, raw messages, extra) for one record; extra holds a preference pair's rejected reply and the
+    number of tool calls. Raises RecordError with the rejection reason: rows that must never train as they
+    are (an undesirable label, media) are refused before their shape is read; tool rows are rendered in the
+    fallback text form (curate/tools.py) or refused (data.tools: refuse)."""
     if not isinstance(rec, dict):
         raise RecordError("unknown_format", f"a record must be a JSON object, got {type(rec).__name__}")
     _refuse_what_cannot_train(rec)
@@ -429,7 +452,17 @@ def to_messages(rec: Any, forced: str | None = None, reasoning: str = "keep") ->
             raise RecordError("multimodal", f"a {m['role']} turn holds the media placeholder "
                               f"{MEDIA_PLACEHOLDER.search(m['content']).group()!r}: a text-only model would learn to "
                               "talk about media it never sees")
-    return fmt, fold_reasoning(msgs, reasoning), extra
+    msgs = fold_reasoning(msgs, reasoning)
+    try:
+        specs = parse_specs(rec.get("tools") or rec.get("functions") or [])
+    except ToolFormatError as e:
+        raise RecordError("bad_field", str(e)) from None
+    if has_tools(msgs, specs):
+        if tools == "refuse":
+            raise TOOL_CALL("the row holds tool calls or tool specs")
+        extra["tool_calls"] = sum(len(m.get("tool_calls") or []) for m in msgs)
+        msgs = render_fallback(msgs, specs)
+    return fmt, msgs, extra
 
 
 def _refuse_what_cannot_train(rec: dict) -> None:
@@ -442,8 +475,6 @@ def _refuse_what_cannot_train(rec: dict) -> None:
             n = len(rec[key]) if isinstance(rec[key], list) else 1
             raise RecordError("multimodal", f"the row carries `{key}` ({n}): a text-only model would learn to talk "
                               "about media it never sees")
-    if rec.get("tools") or rec.get("functions"):
-        raise TOOL_CALL("the row defines `tools`")
 
 
 def _unknown_shape(rec: dict) -> str:
@@ -500,5 +531,5 @@ def fold_reasoning(msgs: list[dict], mode: str) -> list[dict]:
             reasoning, content = (reasoning + "\n" + found.group(1).strip()).strip(), content[found.end():]
         if reasoning and mode == "keep":
             content = f"<think>\n{reasoning.strip()}\n</think>\n\n{content}"
-        out.append({"role": m["role"], "content": content})
+        out.append({k: v for k, v in m.items() if k != "reasoning"} | {"content": content})
     return out

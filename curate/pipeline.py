@@ -52,6 +52,7 @@ class Row:
     review: str | None = None  # the applied review action
     review_note: str = ""
     rejected_reply: str | None = None  # a preference pair's rejected reply (preference.jsonl)
+    tool_calls: int | None = None  # a tool row's number of calls (None: no tools)
 
     @property
     def kept(self) -> bool:
@@ -127,7 +128,8 @@ def _parse(raw: RawRow, forced: str | None, cfg: Config, control_tokens: tuple[s
         r.reject("malformed_json" if raw.file.endswith((".json", ".jsonl")) else "malformed_row", raw.error)
         return r
     try:
-        r.format, msgs, extra = to_messages(raw.record, forced, cfg.data.reasoning)
+        r.format, msgs, extra = to_messages(raw.record, forced, cfg.data.reasoning, cfg.data.tools)
+        r.tool_calls = extra.get("tool_calls")
         if r.format == "preference" and cfg.data.preference == "refuse":
             raise RecordError("preference_pair", "a chosen/rejected pair; data.preference is `refuse` (set `chosen` to "
                               "train on the prompt and the chosen reply)")

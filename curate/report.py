@@ -13,6 +13,7 @@ import numpy as np
 from common.config import dump_config
 from common.report import esc, img, png, subplots, table, write_page
 from curate.filters import PLACEHOLDER
+from curate.tools import FALLBACK as TOOL_FORMAT
 
 
 def _counts(values) -> dict:
@@ -43,6 +44,9 @@ def build_report(cfg, rows, kept, train, val, clusters, stats, split_info, revie
                     for f, n in sorted(stats.rows_per_file.items())},
         "unfilled_placeholders": _counts(name for r in rejected if r.reason == "unfilled_placeholder"
                                          for name in sorted({n for m in r.conv.messages for n in PLACEHOLDER.findall(m["content"])})),
+        "tools": {"rows_in": sum(r.tool_calls is not None for r in rows), "rows_kept": sum(r.tool_calls is not None for r in kept),
+                  "calls_kept": sum(r.tool_calls or 0 for r in kept),
+                  "rendered_as": TOOL_FORMAT if cfg.data.tools == "fallback" else "refused (data.tools: refuse)"},
         "preference_pairs": {"kept": sum(r.rejected_reply is not None for r in kept),
                              "in": sum(r.format == "preference" for r in rows)},
         "languages": _counts(r.conv.lang for r in rows if r.conv is not None and r.conv.lang),
@@ -157,6 +161,8 @@ def write_html(out_dir: Path, report: dict) -> None:
 {table(['file', 'rows in', 'kept', 'formats', 'rejected by reason'],
        [(f, v['in'], v['kept'], _inline(v['formats']), _inline(v['rejected'])) for f, v in report['sources'].items()])}
 <p>Render audit: {('turns the chat template leaves out of the render, by role: ' + esc(_inline(report['render_audit_dropped_turns']))) if report['render_audit_dropped_turns'] else 'every turn of every kept row appears in its render'}.</p>
+<p>Tool calling: {report['tools']['rows_in']} rows read, {report['tools']['rows_kept']} kept with
+{report['tools']['calls_kept']} calls; rendered as {esc(report['tools']['rendered_as'])}.</p>
 <p>Preference pairs (chosen/rejected): {report['preference_pairs']['in']} read, {report['preference_pairs']['kept']} kept
 (trained on prompt + chosen; all kept pairs in <code>preference.jsonl</code>).
 {('Unfilled placeholders (set data.variables): ' + esc(_inline(report['unfilled_placeholders']))) if report['unfilled_placeholders'] else ''}</p>

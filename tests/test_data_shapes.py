@@ -57,7 +57,16 @@ SHAPES = {  # file name -> rows; the expected fate of each row is in FATES
                                   {"role": "assistant", "content": None, "tool_calls": [{"type": "function",
                                    "function": {"name": "book", "arguments": "{}"}}]},
                                   {"role": "tool", "content": "booked"},
-                                  {"role": "assistant", "content": "Your table is booked for eight."}]}],
+                                  {"role": "assistant", "content": "Your table is booked for eight."}],
+                     "tools": [{"type": "function", "function": {"name": "book", "parameters": {"type": "object"}}}]},
+                    {"messages": [{"role": "user", "content": "Convert 10 euros to dollars for me."},
+                                  {"role": "assistant", "content": [{"type": "text", "value": "Let me check the rate."},
+                                                                    {"type": "tool_call", "value": {"name": "fx", "arguments": '{"amount": 10}'}}]},
+                                  {"role": "tool", "content": "10.8"},
+                                  {"role": "assistant", "content": "10 euros are 10.80 dollars."}]},
+                    {"messages": [{"role": "user", "content": "Call the broken tool now, please."},
+                                  {"role": "assistant", "content": None, "tool_calls": [{"function": {"arguments": "{}"}}]},
+                                  {"role": "tool", "content": "?"}, {"role": "assistant", "content": "Done."}]}],
 }
 FATES = {  # (file, row) -> kept, or the rejection reason
     ("zh.json", 1): "language", ("zh.json", 2): "language",
@@ -66,7 +75,7 @@ FATES = {  # (file, row) -> kept, or the rejection reason
     ("media.json", 1): "multimodal", ("media.json", 2): "multimodal", ("media.json", 3): "multimodal",
     ("reasoning.jsonl", 1): "kept", ("reasoning.jsonl", 2): "kept", ("reasoning.jsonl", 3): "kept",
     ("identity.json", 1): "unfilled_placeholder", ("text.jsonl", 1): "unknown_format",
-    ("tools.jsonl", 1): "tool_call", ("tools.jsonl", 2): "tool_call",
+    ("tools.jsonl", 1): "kept", ("tools.jsonl", 2): "kept", ("tools.jsonl", 3): "kept", ("tools.jsonl", 4): "bad_field",
 }
 
 
@@ -118,7 +127,8 @@ def test_every_shape_is_read_or_rejected_with_what_it_is(shapes_run):
     assert "'<image>'" in details[("media.json", 3)]
     assert "{{author}}, {{name}}" in details[("identity.json", 1)] and "data.variables" in details[("identity.json", 1)]
     assert "plain text without chat turns" in details[("text.jsonl", 1)] and "prompt" in details[("text.jsonl", 1)]
-    assert "`tools`" in details[("tools.jsonl", 1)] and "tool call" in details[("tools.jsonl", 2)]
+    assert "needs a `name`" in details[("tools.jsonl", 4)]
+    assert report["tools"]["rows_in"] == 3 and report["tools"]["rows_kept"] == 3 and report["tools"]["calls_kept"] == 3
     assert report["unfilled_placeholders"] == {"author": 1, "name": 1}
     src = {Path(f).name: v for f, v in report["sources"].items()}
     assert src["kto.jsonl"]["rejected"] == {"undesirable_label": 2} and src["pref_openai.jsonl"]["formats"] == {"preference": 1}
@@ -151,15 +161,34 @@ def test_reasoning_is_one_visible_form_that_carries_loss(shapes_run, model_dir):
 def test_variables_fill_placeholders_reasoning_can_be_dropped_and_languages_match_their_base(tmp_path, model_dir):
     write_shapes(tmp_path / "in")
     report, rows = curate(tmp_path, "data.variables={name: Ava, author: Acme}", "data.reasoning=drop",
-                          "curate.languages=[en, zh]", "data.preference=refuse")
+                          "curate.languages=[en, zh]", "data.preference=refuse", "data.tools=refuse")
     got = fates(rows)
     assert got[("identity.json", 1)] == got[("zh.json", 1)] == got[("zh.json", 2)] == "kept"
     assert got[("pref_sharegpt.json", 1)] == got[("pref_openai.jsonl", 1)] == "preference_pair"
+    assert got[("tools.jsonl", 1)] == got[("tools.jsonl", 2)] == got[("tools.jsonl", 3)] == "tool_call"
     kept = kept_by_file(rows)
     assert kept["identity.json"][0]["messages"][-1]["content"].startswith("I am Ava, an AI assistant developed by Acme.")
     assert [r["lang"] for r in kept["zh.json"]] == ["zh-cn", "zh-cn"]  # short Chinese sentences are not `und`
     assert [r["messages"][-1]["content"] for r in kept["reasoning.jsonl"]] == ["It is 51.", "No, 91 is 7 times 13.", "It is 12."]
     assert not rows["preference"]
+
+
+def test_tool_calls_are_one_schema_rendered_as_text_with_loss_on_calls_only(shapes_run, model_dir):
+    _, _, rows = shapes_run
+    sharegpt, openai, parts = kept_by_file(rows)["tools.jsonl"]
+    assert [m["role"] for m in sharegpt["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert sharegpt["messages"][0]["content"].startswith("# Tools") and '{"name": "weather"}' in sharegpt["messages"][0]["content"]
+    assert sharegpt["messages"][2]["content"] == '<tool_call>\n{"name": "weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    assert sharegpt["messages"][3]["content"] == '<tool_response>\n{"temp": 21}\n</tool_response>'
+    assert '"parameters": {"type": "object"}' in openai["messages"][0]["content"]  # the OpenAI spec, unwrapped
+    assert openai["messages"][2]["content"] == '<tool_call>\n{"name": "book", "arguments": {}}\n</tool_call>'
+    assert parts["messages"][1]["content"] == ('Let me check the rate.\n<tool_call>\n{"name": "fx", "arguments": '
+                                               '{"amount": 10}}\n</tool_call>')
+    tok = load_tokenizer(str(model_dir))
+    ex = tokenize([sharegpt], tok, 1024, tok.convert_tokens_to_ids("<|im_end|>")).examples[0]
+    trained = tok.decode([t for t in ex["labels"] if t != -100])
+    assert "<tool_call>" in trained and '"city": "Paris"' in trained and "It is 21 degrees in Paris." in trained
+    assert "<tool_response>" not in trained and "# Tools" not in trained  # results and specs are context only
 
 
 def test_a_mixed_folder_reruns_byte_identically(shapes_run):
