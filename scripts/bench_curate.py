@@ -182,9 +182,14 @@ def main() -> int:
     ap.add_argument("--baseline-rows", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--whole-only", action="store_true",
+                    help="only the whole curate run (to compare two checkouts, run it in each, alternating)")
     args = ap.parse_args()
     rows, pairs = make_rows(args.rows)
     print(f"{len(rows)} rows, {len(pairs)} planted near-duplicates")
+    if args.whole_only:
+        print(json.dumps({"whole_curate_run": whole_run(rows)}))
+        return 0
     base = rows[: args.baseline_rows]
     base_shingles = [py_shingles(u, a) for u, a in base]
     variants = {"datasketch_update_loop": lambda: bench_datasketch(base),
