@@ -1,13 +1,17 @@
 """Per-sample metrics of a generation against its reference, and their aggregation.
 
 Text: exact match (after trimming), ROUGE-L F1 (rouge-score), chrF (sacrebleu). When the reference is a
-JSON object: valid JSON, same keys, per-field accuracy. The main metric is per-field accuracy when most
-references are JSON objects, ROUGE-L otherwise.
+JSON object: valid JSON, same keys, per-field accuracy. When the reference holds tool calls (curate/tools.py's
+text form, `<tool_call>{"name", "arguments"}</tool_call>`): the output's calls parse (`tool_call_valid`), name
+the same tools (`tool_name_match`), and name them with equal arguments as parsed JSON (`tool_call_match`). The
+main metric is tool_call_match when most references hold tool calls, per-field accuracy when most are JSON
+objects, ROUGE-L otherwise.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 
 
@@ -26,6 +30,23 @@ def _json_object(text: str):
     return obj if isinstance(obj, dict) else None
 
 
+TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
+
+
+def _tool_calls(text: str) -> list | None:
+    """The calls in a text, as sorted canonical JSON strings; None when a block does not parse as a call."""
+    calls = []
+    for body in TOOL_CALL_BLOCK.findall(text):
+        try:
+            call = json.loads(body)
+        except (json.JSONDecodeError, RecursionError):
+            return None
+        if not (isinstance(call, dict) and isinstance(call.get("name"), str)):
+            return None
+        calls.append(call)
+    return sorted(calls, key=lambda c: json.dumps(c, sort_keys=True))
+
+
 def score(output: str, reference: str) -> dict:
     from sacrebleu.metrics import CHRF
 
@@ -34,6 +55,13 @@ def score(output: str, reference: str) -> dict:
         "rougeL": _rouge().score(reference, output)["rougeL"].fmeasure,
         "chrf": CHRF().sentence_score(output, [reference]).score / 100,
     }
+    want = _tool_calls(reference) if "<tool_call>" in reference else None
+    if want:
+        got = _tool_calls(output) or []
+        out["tool_call_valid"] = float(bool(got) and _tool_calls(output) is not None)
+        out["tool_name_match"] = float(sorted(c["name"] for c in got) == sorted(c["name"] for c in want))
+        canon = lambda calls: sorted(json.dumps(c, sort_keys=True) for c in calls)  # noqa: E731
+        out["tool_call_match"] = float(canon(got) == canon(want))
     ref = _json_object(reference)
     if ref is not None:
         got = _json_object(output)
@@ -44,6 +72,9 @@ def score(output: str, reference: str) -> dict:
 
 
 def main_metric(references: list[str]) -> str:
+    tool_refs = sum(bool(_tool_calls(r)) for r in references if "<tool_call>" in r)
+    if references and tool_refs * 2 > len(references):
+        return "tool_call_match"
     json_refs = sum(_json_object(r) is not None for r in references)
     return "field_accuracy" if references and json_refs * 2 > len(references) else "rougeL"
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from common.report import esc, img, png, subplots, write_page
 
-SHOWN = ["field_accuracy", "valid_json", "same_keys", "exact_match", "rougeL", "chrf", "stopped_at_end_of_turn"]
+SHOWN = ["tool_call_match", "tool_name_match", "tool_call_valid", "field_accuracy", "valid_json", "same_keys",
+         "exact_match", "rougeL", "chrf", "stopped_at_end_of_turn"]
 BAR_WIDTH = 0.38
 
 

@@ -36,6 +36,20 @@ def test_metrics():
     assert aggregate([{"a": 1.0}, {"a": 0.0, "b": 1.0}]) == {"a": 0.5, "b": 1.0}
 
 
+def test_tool_call_metrics():
+    """References in curate's tool-call text form are scored by the calls they hold, parsed as JSON."""
+    ref = 'Let me check.\n<tool_call>\n{"name": "weather", "arguments": {"city": "Paris", "unit": "C"}}\n</tool_call>'
+    same = '<tool_call>{"arguments": {"unit": "C", "city": "Paris"}, "name": "weather"}</tool_call>'  # order differs
+    s = score(same, ref)
+    assert s["tool_call_valid"] == s["tool_name_match"] == s["tool_call_match"] == 1.0
+    s = score('<tool_call>\n{"name": "weather", "arguments": {"city": "Lyon"}}\n</tool_call>', ref)
+    assert (s["tool_call_valid"], s["tool_name_match"], s["tool_call_match"]) == (1.0, 1.0, 0.0)
+    s = score('<tool_call>{"name": "weather", "arguments": {</tool_call>', ref)
+    assert (s["tool_call_valid"], s["tool_call_match"]) == (0.0, 0.0)
+    assert score("It is sunny.", ref)["tool_call_valid"] == 0.0 and "tool_call_valid" not in score("x", "plain text")
+    assert main_metric([ref, ref, "text"]) == "tool_call_match"
+
+
 @pytest.fixture(scope="module")
 def evaluated(chain):
     """The eval stage of `make all` on the sample data after 20 training steps (conftest.CHAIN_SET)."""
