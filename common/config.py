@@ -68,6 +68,7 @@ class SplitSection:
     val_fraction: float = 0.1
     seed: int = 42
     leakage_threshold: float = 0.5
+    stratify: Literal["file", "none"] = "file"  # file: every input file gives its share of val rows
 
 
 @dataclass

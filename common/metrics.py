@@ -5,7 +5,8 @@ JSON object: valid JSON, same keys, per-field accuracy. When the reference holds
 text form, `<tool_call>{"name", "arguments"}</tool_call>`): the output's calls parse (`tool_call_valid`), name
 the same tools (`tool_name_match`), and name them with equal arguments as parsed JSON (`tool_call_match`). The
 main metric is tool_call_match when most references hold tool calls, per-field accuracy when most are JSON
-objects, ROUGE-L otherwise.
+objects, ROUGE-L otherwise. Text metrics read the whole answer; the JSON and tool-call metrics read the part
+after a leading <think>...</think> block (a reasoning trace kept by curate's data.reasoning: keep).
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ def _tool_calls(text: str) -> list | None:
     return sorted(calls, key=lambda c: json.dumps(c, sort_keys=True))
 
 
+THINK_BLOCK = re.compile(r"^\s*<think>.*?</think>\s*", re.S)  # curate's reasoning form (curate/formats.py)
+
+
+def answer_part(text: str) -> str:
+    """The text after a leading <think>...</think> block: what the JSON and tool-call metrics read."""
+    return THINK_BLOCK.sub("", text, count=1)
+
+
 def score(output: str, reference: str) -> dict:
     from sacrebleu.metrics import CHRF
 
@@ -55,6 +64,7 @@ def score(output: str, reference: str) -> dict:
         "rougeL": _rouge().score(reference, output)["rougeL"].fmeasure,
         "chrf": CHRF().sentence_score(output, [reference]).score / 100,
     }
+    output, reference = answer_part(output), answer_part(reference)
     want = _tool_calls(reference) if "<tool_call>" in reference else None
     if want:
         got = _tool_calls(output) or []
@@ -75,7 +85,7 @@ def main_metric(references: list[str]) -> str:
     tool_refs = sum(bool(_tool_calls(r)) for r in references if "<tool_call>" in r)
     if references and tool_refs * 2 > len(references):
         return "tool_call_match"
-    json_refs = sum(_json_object(r) is not None for r in references)
+    json_refs = sum(_json_object(answer_part(r)) is not None for r in references)
     return "field_accuracy" if references and json_refs * 2 > len(references) else "rougeL"
 
 

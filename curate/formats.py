@@ -428,8 +428,8 @@ def detect_format(rec: Any) -> str | None:
 
 
 def to_messages(rec: Any, forced: str | None = None, reasoning: str = "keep", tools: str = "fallback") -> tuple[str, list[dict], dict]:
-    """(format, raw messages, extra) for one record; extra holds a preference pair's rejected reply and the
-    number of tool calls. Raises RecordError with the rejection reason: rows that must never train as they
+    """(format, raw messages, extra) for one record; extra holds a preference pair's rejected reply, the
+    number of tool calls and of turns with a reasoning trace. Raises RecordError with the rejection reason: rows that must never train as they
     are (an undesirable label, media) are refused before their shape is read; tool rows are rendered in the
     fallback text form (curate/tools.py) or refused (data.tools: refuse)."""
     if not isinstance(rec, dict):
@@ -452,6 +452,7 @@ def to_messages(rec: Any, forced: str | None = None, reasoning: str = "keep", to
             raise RecordError("multimodal", f"a {m['role']} turn holds the media placeholder "
                               f"{MEDIA_PLACEHOLDER.search(m['content']).group()!r}: a text-only model would learn to "
                               "talk about media it never sees")
+    extra["reasoning"] = sum(bool(m.get("reasoning") or (isinstance(m["content"], str) and THINK.match(m["content"]))) for m in msgs)
     msgs = fold_reasoning(msgs, reasoning)
     try:
         specs = parse_specs(rec.get("tools") or rec.get("functions") or [])

@@ -53,6 +53,7 @@ class Row:
     review_note: str = ""
     rejected_reply: str | None = None  # a preference pair's rejected reply (preference.jsonl)
     tool_calls: int | None = None  # a tool row's number of calls (None: no tools)
+    reasoning_turns: int = 0  # turns that carried a reasoning trace (kept as <think> or dropped: data.reasoning)
 
     @property
     def kept(self) -> bool:
@@ -130,6 +131,7 @@ def _parse(raw: RawRow, forced: str | None, cfg: Config, control_tokens: tuple[s
     try:
         r.format, msgs, extra = to_messages(raw.record, forced, cfg.data.reasoning, cfg.data.tools)
         r.tool_calls = extra.get("tool_calls")
+        r.reasoning_turns = extra.get("reasoning", 0)
         if r.format == "preference" and cfg.data.preference == "refuse":
             raise RecordError("preference_pair", "a chosen/rejected pair; data.preference is `refuse` (set `chosen` to "
                               "train on the prompt and the chosen reply)")
@@ -292,7 +294,9 @@ def near_dedup(rows: list[Row], cfg: Config, hasher: MinHasher):
 # --------------------------------------------------------------------------------------------- split
 def split(kept: list[Row], sigs: np.ndarray, shingles: ShingleSets, cfg: Config, check_sigs: np.ndarray) -> dict:
     """Whole families of similar rows (word n-gram Jaccard >= split.leakage_threshold, transitively) go
-    to one side, chosen by a seeded hash; then every val row is checked against train again."""
+    to one side, chosen by a seeded hash, per stratum (split.stratify: a family belongs to the input file of its
+    first row, and each file gives round(rows x val_fraction) val rows; or one stratum); then every val row is
+    checked against train again."""
     thr = cfg.split.leakage_threshold
     pairs = similar_pairs(sigs, thr, shingles.jaccard)
     uf = UnionFind(len(kept))
@@ -300,13 +304,19 @@ def split(kept: list[Row], sigs: np.ndarray, shingles: ShingleSets, cfg: Config,
         uf.union(i, j)
     families = list(uf.groups().values())
     rank = lambda fam: hashlib.sha256(f"{cfg.split.seed}:{min(kept[i].id for i in fam)}".encode()).hexdigest()  # noqa: E731
-    target = round(len(kept) * cfg.split.val_fraction)
-    n_val = 0
-    for fam in sorted(families, key=rank):
-        side = "val" if n_val + len(fam) <= target else "train"
-        n_val += len(fam) if side == "val" else 0
-        for i in fam:
-            kept[i].split = side
+    strata: dict[str, list[list[int]]] = {}
+    for fam in families:
+        strata.setdefault(kept[min(fam)].file if cfg.split.stratify == "file" else "", []).append(fam)
+    target = 0
+    for fams in strata.values():
+        goal = round(sum(map(len, fams)) * cfg.split.val_fraction)
+        target += goal
+        n_val = 0
+        for fam in sorted(fams, key=rank):
+            side = "val" if n_val + len(fam) <= goal else "train"
+            n_val += len(fam) if side == "val" else 0
+            for i in fam:
+                kept[i].split = side
     # The check after assignment, with signatures from other hash functions (`check_sigs`), so LSH misses
     # of the first pass are not repeated: every val-train candidate verified by exact Jaccard; a hit moves
     # the val row to train and is reported.

@@ -111,6 +111,34 @@ def plain(value) -> str:
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", str(value))
 
 
+SEGMENT = re.compile(r"<(tool_call|tool_response|tools|think)>\n?(.*?)\n?</\1>", re.S)
+
+
+def segments(text: str) -> list[tuple[str, str]]:
+    """A turn's content cut into what the review app shows apart: ("text", ...), ("tool_call", pretty JSON),
+    ("tool_response", ...), ("tools", one pretty JSON spec per block), ("think", ...) - the text forms curate
+    writes (curate/tools.py, formats.fold_reasoning). Joined back, the pieces hold every character of the turn
+    but the tags and JSON layout."""
+    out, pos = [], 0
+    for m in SEGMENT.finditer(text):
+        if text[pos:m.start()].strip():
+            out.append(("text", text[pos:m.start()].strip("\n")))
+        kind, body = m.group(1), m.group(2)
+        if kind in ("tool_call", "tools"):
+            pretty = []
+            for line in (body.splitlines() if kind == "tools" else [body]):
+                try:
+                    pretty.append(json.dumps(json.loads(line), indent=2, ensure_ascii=False))
+                except (json.JSONDecodeError, RecursionError):
+                    pretty.append(line)  # shown as written: the reviewer sees the broken call
+            body = "\n\n".join(pretty)
+        out.append((kind, body))
+        pos = m.end()
+    if text[pos:].strip() or not out:
+        out.append(("text", text[pos:].strip("\n") if out else text))
+    return out
+
+
 REJECT_REASONS = ("wrong answer", "bad format", "unsafe or private data", "off-task", "low quality", "duplicate", "other")
 
 

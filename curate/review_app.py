@@ -3,7 +3,7 @@
     make review                       # binds 127.0.0.1:<review.port>
     streamlit run curate/review_app.py --server.address 127.0.0.1 -- [--config config.yaml] [key=value ...]
 (.streamlit/config.toml at the repository root also sets 127.0.0.1 for a plain `streamlit run` from there.)
-Everything from the data is shown as text: st.text, escaped markdown (`plain`), or escaped HTML.
+Everything from the data is shown as text: st.text, st.code, escaped markdown (`plain`), or escaped HTML.
 
 Reads runs/<name>/curate/ (train, val, rejected); appends every decision at once to
 runs/<name>/review/decisions.jsonl (format: curate/review.py), which the next `make curate` applies.
@@ -27,7 +27,7 @@ import streamlit as st  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from common.runs import read_jsonl  # noqa: E402
 from curate.review import (REJECT_REASONS, append_decision, edit_problem, length_bucket, load_decisions,  # noqa: E402
-                           plain, review_sample)
+                           plain, review_sample, segments)
 
 QUEUES = {"to review": None, "accepted": "accept", "rejected": "reject", "edited": "edit", "skipped": "skip"}
 SHORTCUTS = "**a** accept · **x** reject · **e** edit · **s** skip · **j** next · **k** back"
@@ -182,10 +182,22 @@ def navigation(path: Path, ids: list[str], pos: int) -> None:
         decide(path, {"id": cur, "action": act}, ids, pos)
 
 
+SEGMENT_LABELS = {"tool_call": "tool call", "tool_response": "tool result", "tools": "tools offered", "think": "reasoning"}
+
+
 def show_messages(messages: list[dict]) -> None:
+    """Each turn as text; tool calls, results and specs as pretty JSON, reasoning in a fold (curate.review.segments)."""
     for m in messages:
         with st.chat_message(m["role"], avatar={"system": "⚙️"}.get(m["role"])):
-            st.text(m["content"])
+            for kind, body in segments(m["content"]):
+                if kind == "text":
+                    st.text(body)
+                elif kind in ("tools", "think"):
+                    with st.expander(SEGMENT_LABELS[kind]):
+                        st.code(body, language="json" if kind == "tools" else None)
+                else:
+                    st.caption(SEGMENT_LABELS[kind])
+                    st.code(body, language="json" if kind == "tool_call" else None)
 
 
 def record_facts(cfg, rec: dict, decision: dict | None, rejected: list[dict]) -> None:

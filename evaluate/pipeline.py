@@ -1,5 +1,6 @@
 """The eval stage, as its phases (`run` reads top to bottom): inputs (the adapter and the config it was trained
-with, val rows) -> model (base + adapter, loaded once) -> per variant: batched greedy answers and scores,
+with, val rows) -> model (base + adapter, loaded once) -> per variant: batched greedy answers and scores (each
+row's last assistant turn, and every earlier one that calls a tool: `eval_points`),
 teacher-forced val loss, forgetting probe -> flips and deltas -> metrics.json, samples, report.
 
 Reads runs/<name>/curate/val.jsonl and runs/<name>/train/ (adapter, resolved config); writes
@@ -81,16 +82,18 @@ def run(cfg: Config) -> dict:
     cfg, adapter, records, model_dir = _setup_inputs(cfg)
     model, tokenizer, eot_id = _setup_model(cfg, model_dir, adapter)
     variants = ["base", "tuned"] if adapter is not None else ["base"]
-    refs = [r["messages"][-1]["content"] for r in records]
+    points = eval_points(records)
+    refs = [r["messages"][i]["content"] for r, i in points]
     probe_prompts = [p["prompt"] for p in read_jsonl(PROBE_DIR / "prompts.jsonl")][: cfg.eval.probe_prompts or None]
     results = {}
     for name in variants:
         # base: the same loaded model with the adapter switched off, so both see one loader, dtype and template
         with (model.disable_adapter() if name == "base" and adapter is not None else contextlib.nullcontext()):
-            results[name] = _evaluate_variant(cfg, model, tokenizer, eot_id, records, refs, probe_prompts)
+            results[name] = _evaluate_variant(cfg, model, tokenizer, eot_id, records, points, probe_prompts)
     main = main_metric(refs)
-    samples = _samples(records, refs, results, main)
+    samples = _samples(points, refs, results, main)
     metrics = _metrics(results, samples, main, len(records), adapter, model_dir)
+    metrics["answers_scored"] = len(points)
     probe_rows = _probe_rows(results, probe_prompts)
     metrics["seconds"] = round(time.time() - t0, 1)
     out = stage_dir(cfg, "eval")  # only now: a run that fails earlier leaves an existing eval/ as it was
@@ -138,15 +141,27 @@ def _setup_model(cfg: Config, model_dir: str, adapter: Path | None):
     return model, tokenizer, eot_id
 
 
-def _evaluate_variant(cfg: Config, model, tokenizer, eot_id: int, records, refs, probe_prompts) -> dict:
+def eval_points(records: list[dict]) -> list[tuple[dict, int]]:
+    """(record, index of the assistant turn to answer): each val row's last turn, and before it every assistant
+    turn that makes a tool call (curate/tools.py's text form), so a call mid-conversation is scored too."""
+    points = []
+    for r in records:
+        last = len(r["messages"]) - 1
+        points += [(r, i) for i, m in enumerate(r["messages"][:-1])
+                   if m["role"] == "assistant" and "<tool_call>" in m["content"]]
+        points.append((r, last))
+    return points
+
+
+def _evaluate_variant(cfg: Config, model, tokenizer, eot_id: int, records, points, probe_prompts) -> dict:
     """One variant's greedy answers to the val prompts and their scores, teacher-forced val loss, the forgetting
     probe's answers and the perplexity of a general text."""
     def prompt(messages):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    gens = generate(model, tokenizer, [prompt(r["messages"][:-1]) for r in records], cfg.eval.max_new_tokens,
+    gens = generate(model, tokenizer, [prompt(r["messages"][:i]) for r, i in points], cfg.eval.max_new_tokens,
                     cfg.eval.batch_size, eot_id)
-    per = [score(g["text"], ref) for g, ref in zip(gens, refs)]
+    per = [score(g["text"], r["messages"][i]["content"]) for g, (r, i) in zip(gens, points)]
     probe = [prompt([{"role": "user", "content": p}]) for p in probe_prompts]
     return {
         # full-vocabulary logits for every position: a small batch keeps that memory bounded
@@ -159,11 +174,11 @@ def _evaluate_variant(cfg: Config, model, tokenizer, eot_id: int, records, refs,
     }
 
 
-def _samples(records, refs, results: dict, main: str) -> list[dict]:
-    """One row per val prompt: reference and each variant's answer and score, the flip; broke/fixed first."""
+def _samples(points, refs, results: dict, main: str) -> list[dict]:
+    """One row per scored answer: reference and each variant's answer and score, the flip; broke/fixed first."""
     samples = []
-    for i, r in enumerate(records):
-        row = {"id": r.get("id"), "prompt": r["messages"][-2]["content"], "reference": refs[i]}
+    for i, (r, turn) in enumerate(points):
+        row = {"id": r.get("id"), "turn": turn, "prompt": r["messages"][turn - 1]["content"], "reference": refs[i]}
         for name in results:
             row[name] = results[name]["generations"][i]["text"]
             row[f"{name}_{main}"] = round(results[name]["per_sample"][i][main], 4)

@@ -131,8 +131,8 @@ def go_template(w: Wraps) -> str:
 
 def verification_cases() -> list[list[dict]]:
     """At least 20 conversations: with and without system, multi-turn, empty content, characters that mean
-    something to Go or Jinja, newlines, non-ASCII; ending with the user (a serving prompt) or the assistant
-    (a training example)."""
+    something to Go or Jinja, newlines, non-ASCII, tool calls and reasoning in curate's text form; ending with
+    the user (a serving prompt) or the assistant (a training example)."""
     sys_, u, a = "system", "user", "assistant"
 
     def conv(*pairs):
@@ -165,7 +165,26 @@ def verification_cases() -> list[list[dict]]:
         conv((sys_, "Be brief."), (u, "a"), (a, "b"), (sys_, "From now on answer in French."), (u, "c")),
         conv((u, "a"), (a, "b"), (sys_, "A system turn later in the chat."), (u, "c"), (a, "d")),
     ]
-    return cases
+    return cases + tool_cases()
+
+
+def tool_cases() -> list[list[dict]]:
+    """Tool-calling and reasoning conversations in the text form curate trains them in (curate/tools.py,
+    curate/formats.fold_reasoning): specs in the system turn, calls in assistant turns, results in user turns."""
+    spec = '{"description": "Open a ticket.", "name": "create_ticket", "parameters": {"properties": {"category": {"type": "string"}}, "type": "object"}}'
+    system = ("You are a support agent.\n\n# Tools\nYou may call one or more of these tools. Their specifications:\n"
+              f"<tools>\n{spec}\n</tools>\nTo call a tool, answer with <tool_call>\n{{\"name\": <tool name>, "
+              "\"arguments\": <JSON object>}\n</tool_call>; each result comes back as <tool_response>...</tool_response>.")
+    call = '<tool_call>\n{"name": "create_ticket", "arguments": {"category": "billing"}}\n</tool_call>'
+    result = '<tool_response>\n{"ticket": "T-10422", "status": "open"}\n</tool_response>'
+    return [
+        [{"role": "system", "content": system}, {"role": "user", "content": "I was charged twice."}],
+        [{"role": "system", "content": system}, {"role": "user", "content": "I was charged twice."},
+         {"role": "assistant", "content": call}, {"role": "user", "content": result},
+         {"role": "assistant", "content": "I have opened ticket T-10422 for you."}],
+        [{"role": "user", "content": "Is 17 prime?"},
+         {"role": "assistant", "content": "<think>\n17 has no divisor between 2 and 4.\n</think>\n\nYes."}],
+    ]
 
 
 def build_renderer() -> Path:
@@ -212,8 +231,9 @@ def verify(binary: Path, template: str, render: Render) -> dict:
                                                   "jinja (training)", "go (Ollama TEMPLATE)", lineterm=""))
             raise UserError(f"the Modelfile TEMPLATE renders {json.dumps(case, ensure_ascii=False)[:200]} differently "
                             f"from the chat template used in training:\n{diff or repr(want) + ' != ' + repr(have)}")
+    tool_forms = sum(any(t in m["content"] for m in c for t in ("<tool_call>", "<tools>", "<think>")) for c in cases)
     return {"conversations": len(cases), "identical": len(cases), "refused_by_template": refused,
-            "engine": "Go text/template (export/gotemplate)"}
+            "with_tool_calls_or_reasoning": tool_forms, "engine": "Go text/template (export/gotemplate)"}
 
 
 def modelfile_text(gguf_name: str, template: str, stops: list[str], num_ctx: int, system: str) -> str:

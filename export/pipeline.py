@@ -172,7 +172,8 @@ def run(cfg: Config) -> dict:
         "modelfile": str(out / "Modelfile"), "modelfile_gguf": files[served].name, **modelfile, "disk": disk,
         "stages": stages, "doctor": {k: {"ok": r.ok, "end_of_turn": r.end_of_turn, "end_of_turn_id": r.end_of_turn_id,
                                          "eos_id": r.facts.eos_id} for k, r in doctor.items()},
-        "roundtrip_passed": roundtrip["passed"], "seconds": round(time.time() - t_start, 1),
+        "roundtrip_passed": roundtrip["passed"], "serving_notes": serving_notes(cfg),
+        "seconds": round(time.time() - t_start, 1),
     }
     if roundtrip["failures"]:  # nothing broken gets registered with Ollama
         summary["ollama"] = {"ran": False, "commands": "(not run: the round trip failed)"}
@@ -186,7 +187,30 @@ def run(cfg: Config) -> dict:
     print(f"  report:    {out / 'report.html'}")
     print(f"  GGUF:      {files[served]}" + "".join(f"\n             {p}" for t, p in files.items() if t != served))
     print(f"  Modelfile: {out / 'Modelfile'}")
+    for note in summary["serving_notes"]:
+        print(f"  note: {note}")
     return summary
+
+
+def serving_notes(cfg: Config) -> list[str]:
+    """What a served model does with the tool calls and reasoning it was trained on (curate's report says how
+    many rows had them): they were trained as text, so Ollama's `tools` and `think` request fields do not reach them."""
+    path = cfg.run_dir / "curate" / "report.json"
+    report = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    notes = []
+    tools = report.get("tools", {})
+    if tools.get("rows_kept"):
+        notes.append(f"tool calls: {tools['rows_kept']} training rows held tool calls, trained as text ({tools['rendered_as']}). "
+                     "This TEMPLATE does not render Ollama's `tools` request field and Ollama will not parse the calls: "
+                     "send the tool specs in the system message as curate/tools.py writes them (<tools>...</tools>) "
+                     "and read <tool_call>{...}</tool_call> blocks from the reply; such conversations render byte for "
+                     "byte as in training (the TEMPLATE check has tool cases)")
+    reasoning = report.get("reasoning", {})
+    if reasoning.get("rows_kept") and cfg.data.reasoning == "keep":
+        notes.append(f"reasoning: {reasoning['rows_kept']} training rows kept a reasoning trace as <think>...</think> "
+                     "text before the answer; the model writes it as part of the reply (Ollama's `think` field does not "
+                     "separate it): strip it client-side if you show only the answer")
+    return notes
 
 
 def _setup_inputs(cfg: Config):

@@ -52,5 +52,6 @@ Base vs tuned on the same val set: <a href="../eval/report.html">eval/report.htm
 {verification['conversations']} conversations byte for byte like the training chat template.
 Ollama: {esc(summary['ollama']['commands'])}{' (ran)' if summary['ollama']['ran'] else ' (not installed here: run these)'}</p>
 <pre>{esc(modelfile)}</pre>
+{''.join(f"<p><b>Serving note.</b> {esc(n)}</p>" for n in summary.get('serving_notes', []))}
 {roundtrip_section(roundtrip)}"""
     write_page(out, f"export report: {summary['name']}", body)

@@ -373,6 +373,125 @@ def plant_defects(rng: random.Random, clean: dict[str, list[Sample]]) -> dict[st
     return out
 
 
+# ------------------------------------------------------------------------------------------ other shapes
+# The same task in the shapes real data sets come in (curate/formats.py): tool calls (OpenAI and Glaive/ShareGPT),
+# reasoning traces, preference pairs and KTO labels; with the defects those shapes bring (media rows, unfilled
+# placeholders, an undesirable label, a call whose arguments are not JSON, text in a script without spaces).
+# Drawn from their own seeded generator after the seven files above, which stay byte-identical.
+SYSTEM_TOOLS = ("You are a support agent. Open a ticket for every customer message with the create_ticket tool, "
+                "then tell the customer the ticket number.")
+SYSTEM_REASONING = ("You are a support triage assistant. Think it through in <think> tags first, then reply with only "
+                    "a JSON object with the keys category, priority, sentiment and product.")
+TOOL_SPEC = {"name": "create_ticket", "description": "Open a support ticket.",
+             "parameters": {"type": "object", "properties": {k: {"type": "string"} for k in ("category", "priority", "sentiment", "product")}}}
+TOPIC = {"billing": "a charge, an invoice or a refund", "technical": "a device or app that does not work",
+         "account": "logging in or account settings", "shipping": "a delivery", "feedback": "praise or a suggestion"}
+WHEN = {"low": "within a week", "medium": "within two working days", "high": "today", "urgent": "within the hour"}
+CHINESE = [  # (message, category, priority, sentiment, product)
+    ("你好，我的订单 #48213 被重复扣款了两次，请尽快退款。我非常生气。", "billing", "high", "negative", None),
+    ("我的 Nimbus Router 自从上次更新以后就一直自动重启，请帮帮我。", "technical", "medium", "neutral", "Nimbus Router"),
+    ("我的包裹两个星期了还没有到，能帮我查一下物流吗？谢谢。", "shipping", "medium", "neutral", None),
+    ("我想删除我的账户和所有个人数据，请告诉我应该怎么做。", "account", "low", "neutral", None),
+]
+
+
+def _ticket(s: Sample) -> tuple[str, str]:
+    """The ticket a tool row's call opens (from the row's own text, so re-encoding gives the same bytes) and the
+    agent's closing reply."""
+    number = f"T-{sum(map(ord, s.message)) % 90000 + 10000}"
+    reply = f"I have opened ticket {number} for you. Our {s.labels['category']} team will reply {WHEN[s.labels['priority']]}."
+    return number, (s.defect or {}).get("reply", reply)
+
+
+def enc_tools_openai(s: Sample, rng) -> dict:
+    number, reply = _ticket(s)
+    args = s.defect["raw_args"] if s.defect and "raw_args" in s.defect else json.dumps(s.labels)
+    call = {"id": "call_1", "type": "function", "function": {"name": "create_ticket", "arguments": args}}
+    return {"messages": [{"role": "system", "content": SYSTEM_TOOLS}, {"role": "user", "content": s.message},
+                         {"role": "assistant", "content": "", "tool_calls": [call]},
+                         {"role": "tool", "tool_call_id": "call_1", "content": json.dumps({"ticket": number, "status": "open"})},
+                         {"role": "assistant", "content": reply}],
+            "tools": [{"type": "function", "function": TOOL_SPEC}]}
+
+
+def enc_tools_glaive(s: Sample, rng) -> dict:
+    if s.defect and s.defect["defect"] == "multimodal":
+        return {"conversations": [{"from": "human", "value": "<image>" + s.message}, {"from": "gpt", "value": s.answer}],
+                "images": [f"photos/ticket_{s.labels['category']}_{len(s.message)}.jpg"]}
+    number, reply = _ticket(s)
+    return {"conversations": [{"from": "system", "value": SYSTEM_TOOLS}, {"from": "human", "value": s.message},
+                              {"from": "function_call", "value": json.dumps({"name": "create_ticket", "arguments": s.labels})},
+                              {"from": "observation", "value": json.dumps({"ticket": number, "status": "open"})},
+                              {"from": "gpt", "value": reply}],
+            "tools": json.dumps([TOOL_SPEC])}
+
+
+def enc_preference(s: Sample, rng) -> dict:
+    return {"conversations": [{"from": "system", "value": SYSTEM}, {"from": "human", "value": s.message}],
+            "chosen": {"from": "gpt", "value": s.answer}, "rejected": {"from": "gpt", "value": wrong_answer(s.labels)}}
+
+
+def enc_kto(s: Sample, rng) -> dict:
+    bad = bool(s.defect and s.defect["defect"] == "undesirable_label")
+    return {"messages": chat(s), "label": not bad}
+
+
+def reasoning(labels: dict) -> str:
+    product = f"the {labels['product']}" if labels["product"] else "no product by name"
+    return (f"The message is about {TOPIC[labels['category']]}, so the category is {labels['category']}. "
+            f"The wording asks for {labels['priority']} priority and the tone is {labels['sentiment']}. "
+            f"It mentions {product}.")
+
+
+def enc_reasoning(s: Sample, rng) -> dict:
+    msgs = [{"role": "system", "content": SYSTEM_REASONING}, {"role": "user", "content": s.message}]
+    if s.defect:  # the Chinese rows: plain answers
+        return {"messages": msgs + [{"role": "assistant", "content": s.answer}]}
+    return {"messages": msgs + [{"role": "assistant", "content": s.answer, "reasoning_content": reasoning(s.labels)}]}
+
+
+def wrong_answer(labels: dict) -> str:
+    """The rejected reply of a preference pair: the category and priority of another message."""
+    k = CATEGORIES.index(labels["category"])
+    return answer_json({**labels, "category": CATEGORIES[(k + 2) % len(CATEGORIES)],
+                        "priority": "low" if labels["priority"] != "low" else "urgent"})
+
+
+SHAPE_FILES = {  # file -> (encoder, number of clean rows)
+    "support_tools_openai.jsonl": (enc_tools_openai, 20),
+    "support_tools_glaive.jsonl": (enc_tools_glaive, 12),
+    "support_preference.jsonl": (enc_preference, 10),
+    "support_kto.jsonl": (enc_kto, 8),
+    "support_reasoning.jsonl": (enc_reasoning, 10),
+}
+ENCODERS = {name: enc for name, (enc, _) in (FILES | SHAPE_FILES).items()}
+
+
+def plant_shape_defects(rng: random.Random, clean: dict[str, list[Sample]]) -> dict[str, list[Sample]]:
+    out = {f: list(v) for f, v in clean.items()}
+
+    def new(file: str, defect: str, detail: str, answer: str | None = None, **extra) -> None:
+        m, labels = make_message(rng)
+        out[file].append(Sample(m, answer_json(labels) if answer is None else answer, labels,
+                                {"defect": defect, "detail": detail, "of": None, **extra}))
+
+    for text in ('{"category": "billing", "priority": high}', '{"category": "technical", "priority": "urgent",'):
+        new("support_tools_openai.jsonl", "bad_tool_call", "arguments are not JSON", raw_args=text)
+    for reply in ("Thanks for contacting {{company}}! Your ticket is open.", "This is {{agent_name}} from the support team: ticket opened."):
+        new("support_tools_openai.jsonl", "unfilled_placeholder", "template placeholder left in the reply", reply=reply)
+    for _ in range(3):
+        new("support_tools_glaive.jsonl", "multimodal", "images field and <image> placeholder")
+    for _ in range(6):
+        m, labels = make_message(rng)
+        out["support_kto.jsonl"].append(Sample(m, wrong_answer(labels), labels,
+                                               {"defect": "undesirable_label", "detail": "label: false", "of": None}))
+    for msg, cat, prio, sent, prod in CHINESE:
+        labels = {"category": cat, "priority": prio, "sentiment": sent, "product": prod}
+        out["support_reasoning.jsonl"].append(Sample(msg, answer_json(labels), labels,
+                                                     {"defect": "wrong_language", "detail": "zh", "of": None}))
+    return out
+
+
 # ------------------------------------------------------------------------------------------ writing
 def write_files(rng: random.Random, files: dict[str, list[Sample]], out_dir: Path) -> None:
     import pandas as pd
@@ -385,7 +504,7 @@ def write_files(rng: random.Random, files: dict[str, list[Sample]], out_dir: Pat
         ordered = list(clean)
         for s in planted:  # defects anywhere except before their own originals' first mention is fine
             ordered.insert(rng.randint(0, len(ordered)), s)
-        encode = FILES[name][0]
+        encode = ENCODERS[name]
         for row, s in enumerate(ordered, start=1):
             s.file, s.row = name, row
         records = [s.raw if s.raw is not None else encode(s, rng) for s in ordered]
@@ -429,6 +548,22 @@ def manifest(files: dict[str, list[Sample]]) -> dict:
     }
 
 
+def clean_rows(rng: random.Random, files: dict, kept: list[set]) -> dict[str, list[Sample]]:
+    """`n` clean rows per file; no two rows of the whole data set are similar (`kept` holds their shingles), so
+    every (near-)duplicate in the data is a planted, listed one."""
+    clean: dict[str, list[Sample]] = {}
+    for name, (_, n) in files.items():
+        clean[name] = []
+        while len(clean[name]) < n:
+            msg, labels = make_message(rng)
+            sh = row_shingles(name, msg, answer_json(labels))
+            if any(jaccard(sh, other) >= MAX_CLEAN_SIMILARITY for other in kept):
+                continue
+            kept.append(sh)
+            clean[name].append(Sample(msg, answer_json(labels), labels))
+    return clean
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="Write data/sample/ and its defect manifest (seeded).")
     ap.add_argument("--out", type=Path, default=ROOT / "data" / "sample")
@@ -436,23 +571,16 @@ def main() -> int:
     args = ap.parse_args()
     rng = random.Random(SEED)
     kept: list[set] = []
-    clean: dict[str, list[Sample]] = {}
-    for name, (_, n) in FILES.items():
-        clean[name] = []
-        while len(clean[name]) < n:
-            msg, labels = make_message(rng)
-            sh = row_shingles(name, msg, answer_json(labels))
-            # clean rows are far apart, so every (near-)duplicate in the data is a planted, listed one
-            if any(jaccard(sh, other) >= MAX_CLEAN_SIMILARITY for other in kept):
-                continue
-            kept.append(sh)
-            clean[name].append(Sample(msg, answer_json(labels), labels))
+    clean = clean_rows(rng, FILES, kept)
     files = plant_defects(rng, clean)
     write_files(rng, files, args.out)
-    m = manifest(files)
+    shapes_rng = random.Random(SEED + 1)
+    shapes = plant_shape_defects(shapes_rng, clean_rows(shapes_rng, SHAPE_FILES, kept))
+    write_files(shapes_rng, shapes, args.out)
+    m = manifest(files | shapes)
     args.manifest.write_text(json.dumps(m, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     total = sum(m["rows_per_file"].values())
-    print(f"wrote {total} rows in {len(files)} files to {args.out} ({len(m['defects'])} planted defects: "
+    print(f"wrote {total} rows in {len(m['rows_per_file'])} files to {args.out} ({len(m['defects'])} planted defects: "
           + ", ".join(f"{k} {v}" for k, v in m["defect_counts"].items()) + f"); manifest {args.manifest}")
     return 0
 

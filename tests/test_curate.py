@@ -23,6 +23,8 @@ EXPECTED_REASON = {
     "malformed_json": "malformed_json", "wrong_role_order": "roles_do_not_alternate", "refusal": "refusal",
     "repetition": "repetition", "truncated_ending": "truncated_ending",
     "unbalanced_code_fence": "unbalanced_code_fence", "unknown_format": "unknown_format",
+    "multimodal": "multimodal", "undesirable_label": "undesirable_label", "unfilled_placeholder": "unfilled_placeholder",
+    "bad_tool_call": "bad_field",
 }
 
 
@@ -61,7 +63,7 @@ def test_every_planted_defect_is_caught_with_its_reason(sample_run):
     planted = {(d["file"], d["row"]) for d in defects} | duplicates_of
     unexplained = [k for k, m in manifest.items() if m["status"] != "kept" and k not in planted]
     assert unexplained == []
-    assert report["kept"] == 580 and report["rejected"] == 68
+    assert report["kept"] == 640 and report["rejected"] == 85
 
 
 def test_accounting_and_manifest_cover_every_input_row(sample_run):
@@ -83,7 +85,13 @@ def test_accounting_and_manifest_cover_every_input_row(sample_run):
 def test_split_is_leakage_free_and_sized(sample_run):
     _, report, out = sample_run
     assert report["split"]["leakage"] == 0
-    assert report["val"] == round(0.1 * report["kept"])
+    # split.stratify: file - every input file gives its share, so the small files of other shapes are evaluated too
+    per_file = {f: (v["kept"], 0) for f, v in report["sources"].items()}
+    for r in read_jsonl(out / "val.jsonl"):
+        kept, val = per_file[r["source"]["file"]]
+        per_file[r["source"]["file"]] = (kept, val + 1)
+    assert report["split"]["val_target"] == sum(round(0.1 * k) for k, _ in per_file.values()) == report["val"]
+    assert all(round(0.1 * k) - 1 <= v <= round(0.1 * k) and (v > 0 or k < 5) for k, v in per_file.values()), per_file
     from curate.minhash import SEGMENT, ShingleSets
 
     train, val = read_jsonl(out / "train.jsonl"), read_jsonl(out / "val.jsonl")
@@ -107,9 +115,9 @@ def test_report_files_and_stage_metadata(sample_run):
     for name in ("report.html", "report.json", "steps.png", "tokens.png", "mix.png", "config.yaml", "versions.json"):
         assert (out / name).stat().st_size > 0, name
     html = (out / "report.html").read_text()
-    assert "648 rows in" in html and "Leakage val→train: <b>0</b>" in html
+    assert "725 rows in" in html and "Leakage val→train: <b>0</b>" in html
     assert report["tokens"]["would_be_truncated"] == 0
-    assert set(report["formats"]) == {"alpaca", "sharegpt", "openai", "prompt_completion", "dolly", "chatml", "qa", "unparsed"}
+    assert set(report["formats"]) == {"alpaca", "sharegpt", "openai", "prompt_completion", "dolly", "chatml", "qa", "preference", "unparsed"}
     assert report["languages"]["en"] > 500 and report["dedup"]["largest_clusters"]
 
 

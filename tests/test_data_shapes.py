@@ -130,6 +130,7 @@ def test_every_shape_is_read_or_rejected_with_what_it_is(shapes_run):
     assert "needs a `name`" in details[("tools.jsonl", 4)]
     assert report["tools"]["rows_in"] == 3 and report["tools"]["rows_kept"] == 3 and report["tools"]["calls_kept"] == 3
     assert report["unfilled_placeholders"] == {"author": 1, "name": 1}
+    assert report["reasoning"]["rows_in"] == report["reasoning"]["rows_kept"] == 3  # field, typed part, <think>
     src = {Path(f).name: v for f, v in report["sources"].items()}
     assert src["kto.jsonl"]["rejected"] == {"undesirable_label": 2} and src["pref_openai.jsonl"]["formats"] == {"preference": 1}
 

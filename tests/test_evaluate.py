@@ -50,6 +50,24 @@ def test_tool_call_metrics():
     assert main_metric([ref, ref, "text"]) == "tool_call_match"
 
 
+def test_reasoning_is_read_past_and_mid_conversation_calls_are_scored():
+    """A kept reasoning trace (<think>...</think> before the answer) does not hide the JSON from the JSON metrics;
+    an assistant turn that calls a tool before the last turn is an eval point of its own."""
+    from evaluate.pipeline import eval_points
+
+    ref = '<think>\nA double charge: billing.\n</think>\n\n{"category": "billing", "priority": "high"}'
+    s = score('{"category": "billing", "priority": "low"}', ref)
+    assert s["valid_json"] == 1 and s["field_accuracy"] == 0.5 and s["exact_match"] == 0
+    assert score(ref, ref)["exact_match"] == 1 and main_metric([ref, ref, "x"]) == "field_accuracy"
+    call = '<tool_call>\n{"name": "create_ticket", "arguments": {}}\n</tool_call>'
+    tool_row = {"id": "a", "messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": call},
+                                       {"role": "user", "content": "<tool_response>\n{}\n</tool_response>"},
+                                       {"role": "assistant", "content": "done"}]}
+    plain_row = {"id": "b", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                                        {"role": "assistant", "content": "x"}]}
+    assert [(r["id"], i) for r, i in eval_points([tool_row, plain_row])] == [("a", 1), ("a", 3), ("b", 2)]
+
+
 @pytest.fixture(scope="module")
 def evaluated(chain):
     """The eval stage of `make all` on the sample data after 20 training steps (conftest.CHAIN_SET)."""

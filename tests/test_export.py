@@ -58,6 +58,7 @@ def test_modelfile_template_of_the_embedded_model_matches_training_in_go(go_rend
     template = go_template(derive(render))
     result = verify(go_renderer, template, render)
     assert result["conversations"] >= 20 and result["identical"] == result["conversations"]
+    assert result["with_tool_calls_or_reasoning"] == 3  # curate's text forms render the same in Ollama
     # the default system prompt of the template comes along for conversations without a system turn
     (out,) = go_render(go_renderer, template, [[{"role": "user", "content": "hi"}]])
     assert out == render([{"role": "user", "content": "hi"}], True) and "SmolLM" in out
@@ -109,6 +110,24 @@ def test_modelfile_text():
 
 
 # ------------------------------------------------------------------------------------ refusals
+def test_serving_notes_say_what_tool_calls_and_reasoning_become_in_ollama(tmp_path):
+    from common.config import load_config
+    from export.pipeline import serving_notes
+
+    cfg = load_config(None, [f"run.root={tmp_path}", "run.name=t"])
+    assert serving_notes(cfg) == []  # no curate report: nothing to say
+    (cfg.run_dir / "curate").mkdir(parents=True)
+    report = {"tools": {"rows_kept": 0, "rendered_as": "x"}, "reasoning": {"rows_kept": 0}}
+    (cfg.run_dir / "curate" / "report.json").write_text(json.dumps(report))
+    assert serving_notes(cfg) == []
+    report = {"tools": {"rows_kept": 3, "rendered_as": "text"}, "reasoning": {"rows_kept": 2}}
+    (cfg.run_dir / "curate" / "report.json").write_text(json.dumps(report))
+    tools, reasoning = serving_notes(cfg)
+    assert "3 training rows" in tools and "`tools` request field" in tools and "<tool_call>" in tools
+    assert "2 training rows" in reasoning and "<think>" in reasoning
+    assert [n[:10] for n in serving_notes(load_config(None, [f"run.root={tmp_path}", "run.name=t", "data.reasoning=drop"]))] == ["tool calls"]
+
+
 def test_disk_check_names_the_sizes():
     assert disk_plan(135_000_000, ["f16", "q8_0"], 10 * 2**30)["needed_mib"] > 500
     assert disk_plan(135_000_000, ["f16", "q8_0"], 10 * 2**30)["problems"] == []

@@ -174,6 +174,24 @@ def unescape(markdown: str) -> str:
     return re.sub(r"\\(.)", r"\1", markdown)
 
 
+def test_tool_calls_results_specs_and_reasoning_are_shown_apart():
+    """The review app shows curate's text forms readably: calls and specs as indented JSON, a broken call as
+    written, and nothing of the turn's text lost."""
+    from curate.review import segments
+
+    spec = '{"name": "create_ticket", "parameters": {"type": "object"}}'
+    system = f"Be kind.\n\n# Tools\nYou may call these.\n<tools>\n{spec}\n{spec}\n</tools>\nTo call a tool, answer."
+    kinds = segments(system)
+    assert [k for k, _ in kinds] == ["text", "tools", "text"] and kinds[1][1].count('"name": "create_ticket"') == 2
+    assert kinds[1][1].startswith('{\n  "name"') and kinds[2][1] == "To call a tool, answer."
+    got = segments('Checking.\n<tool_call>\n{"name": "a", "arguments": {"x": 1}}\n</tool_call>\n<tool_call>\n{"name": \n</tool_call>')
+    assert got == [("text", "Checking."), ("tool_call", '{\n  "name": "a",\n  "arguments": {\n    "x": 1\n  }\n}'),
+                   ("tool_call", '{"name": ')]
+    assert segments("<think>\nbecause\n</think>\n\n{}") == [("think", "because"), ("text", "{}")]
+    assert segments("<tool_response>\n{}\n</tool_response>") == [("tool_response", "{}")]
+    assert segments("plain <b>text</b>") == [("text", "plain <b>text</b>")] and segments("") == [("text", "")]
+
+
 def test_data_is_shown_as_text_never_as_markdown():
     """A row can hold markdown that would make the reviewer's browser fetch a URL (an image) or hide text;
     everything from the data passes through `plain` before it reaches st.markdown / caption / warning."""

@@ -104,7 +104,9 @@ def test_small_and_spread_over_formats(records, manifest):
             if isinstance(r, dict):
                 shapes.add(frozenset(r))
     expected = [{"instruction", "input", "output"}, {"conversations"}, {"messages"}, {"prompt", "completion"},
-                {"instruction", "context", "response", "category"}, {"text"}, {"question", "answer"}]
+                {"instruction", "context", "response", "category"}, {"text"}, {"question", "answer"},
+                {"messages", "tools"}, {"conversations", "tools"}, {"conversations", "chosen", "rejected"},
+                {"messages", "label"}, {"conversations", "images"}]
     for shape in expected:
         assert frozenset(shape) in shapes, shape
     assert {k: len(v) for k, v in records.items()} == manifest["rows_per_file"]
@@ -153,8 +155,23 @@ def test_every_listed_defect_is_really_there(records, manifest, tokenizer):
         elif kind == "repetition":
             words = reply.split()
             assert len(set(words)) / len(words) < 0.3, where
+        elif kind == "multimodal":
+            assert rec["images"] and any("<image>" in m["content"] for m in msgs), where
+        elif kind == "undesirable_label":
+            assert rec["label"] is False and list(json.loads(reply)) == KEYS, where  # a wrong triage, marked so
+        elif kind == "unfilled_placeholder":
+            assert re.search(r"\{\{\w+\}\}", reply), where
+        elif kind == "bad_tool_call":
+            args = [c["function"]["arguments"] for m in msgs for c in m.get("tool_calls") or []]
+            assert len(args) == 1, where
+            with pytest.raises(json.JSONDecodeError):
+                json.loads(args[0])
         else:
             raise AssertionError(f"unchecked defect kind {kind}")
+
+
+SHAPE_FILES = {"support_tools_openai.jsonl", "support_tools_glaive.jsonl", "support_preference.jsonl",
+               "support_kto.jsonl", "support_reasoning.jsonl"}  # the other shapes, checked with curate's reader
 
 
 def test_clean_rows_are_valid_distinct_triage_answers(records, manifest):
@@ -162,6 +179,8 @@ def test_clean_rows_are_valid_distinct_triage_answers(records, manifest):
     labels = manifest["labels"]
     texts = []
     for name, recs in records.items():
+        if name in SHAPE_FILES:
+            continue
         for row, rec in enumerate(recs, start=1):
             if (name, row) in planted:
                 continue
@@ -175,6 +194,36 @@ def test_clean_rows_are_valid_distinct_triage_answers(records, manifest):
     assert len(texts) == 580
     worst = max(jaccard(a, b) for a, b in combinations(texts, 2))
     assert worst < 0.5, worst  # so every (near-)duplicate in the data is a planted, listed one
+
+
+def test_clean_rows_of_the_other_shapes_read_as_the_task(records, manifest):
+    """Tool calls (OpenAI and Glaive), preference pairs, KTO labels and reasoning traces, read by curate's own
+    reader: each clean row holds the task's answer in its shape."""
+    from curate.formats import to_messages as curate_messages
+
+    planted = {(d["file"], d["row"]) for d in manifest["defects"]}
+    seen = {}
+    for name in sorted(SHAPE_FILES):
+        for row, rec in enumerate(records[name], start=1):
+            if (name, row) in planted:
+                continue
+            fmt, msgs, extra = curate_messages(rec)
+            seen[name] = seen.get(name, 0) + 1
+            replies = "\n".join(m["content"] for m in msgs if m["role"] == "assistant")
+            if name.startswith("support_tools"):
+                call = json.loads(re.search(r"<tool_call>\n(.*)\n</tool_call>", replies).group(1))
+                assert extra["tool_calls"] == 1 and call["name"] == "create_ticket", (name, row)
+                assert list(call["arguments"]) == KEYS and "<tools>" in msgs[0]["content"], (name, row)
+                assert "<tool_response>" in msgs[-2]["content"] and msgs[-2]["role"] == "user", (name, row)
+            elif name == "support_preference.jsonl":
+                assert fmt == "preference" and json.loads(msgs[-1]["content"]) != json.loads(extra["rejected"]), row
+            elif name == "support_reasoning.jsonl":
+                think, answer = msgs[-1]["content"].split("</think>\n\n")
+                assert extra["reasoning"] == 1 and think.startswith("<think>\n") and list(json.loads(answer)) == KEYS, row
+            else:
+                assert rec["label"] is True and list(json.loads(msgs[-1]["content"])) == KEYS, row
+    assert seen == {"support_tools_openai.jsonl": 20, "support_tools_glaive.jsonl": 12, "support_preference.jsonl": 10,
+                    "support_kto.jsonl": 8, "support_reasoning.jsonl": 10}
 
 
 def test_base_model_cannot_do_the_task(records, manifest, tokenizer, hf_model):
