@@ -42,7 +42,7 @@ class DataSection:
     variables: dict[str, str] = field(default_factory=dict)  # fill {{name}} placeholders in the data
     reasoning: Literal["keep", "drop"] = "keep"  # reasoning traces: rendered as <think>...</think> before the answer, or dropped
     preference: Literal["chosen", "refuse"] = "chosen"  # chosen/rejected pairs: train on prompt + chosen, or reject them
-    tools: Literal["fallback", "refuse"] = "fallback"  # tool calls: the documented text form (curate/tools.py), or reject
+    tools: Literal["auto", "fallback", "refuse"] = "auto"  # tool calls: the model's template form where it has one, else the text form (curate/tools.py); fallback: always the text form; refuse: reject
 
 
 @dataclass

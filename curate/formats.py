@@ -53,7 +53,7 @@ class RecordError(Exception):
 
 
 def TOOL_CALL(what: str) -> RecordError:  # noqa: N802  (reads as the reason it raises)
-    return RecordError("tool_call", f"{what}; data.tools is `refuse` (set `fallback` to train them in the "
+    return RecordError("tool_call", f"{what}; data.tools is `refuse` (set `auto` or `fallback` to train them in the "
                        "documented text form, curate/tools.py)")
 
 
@@ -427,11 +427,13 @@ def detect_format(rec: Any) -> str | None:
     return None
 
 
-def to_messages(rec: Any, forced: str | None = None, reasoning: str = "keep", tools: str = "fallback") -> tuple[str, list[dict], dict]:
+def to_messages(rec: Any, forced: str | None = None, reasoning: str = "keep", tools: str = "fallback",
+                native: Callable[[list[dict], list[dict]], list[dict] | None] | None = None) -> tuple[str, list[dict], dict]:
     """(format, raw messages, extra) for one record; extra holds a preference pair's rejected reply, the
-    number of tool calls and of turns with a reasoning trace. Raises RecordError with the rejection reason: rows that must never train as they
-    are (an undesirable label, media) are refused before their shape is read; tool rows are rendered in the
-    fallback text form (curate/tools.py) or refused (data.tools: refuse)."""
+    number of tool calls and of turns with a reasoning trace. Raises RecordError with the rejection reason:
+    rows that must never train as they are (an undesirable label, media) are refused before their shape is
+    read; tool and reasoning rows are rendered in the text form the model's own template writes (`native`, curate/tools.TemplateForms; data.tools: auto), or in the
+    fallback text form (curate/tools.py), or refused (data.tools: refuse); extra["form"] says which."""
     if not isinstance(rec, dict):
         raise RecordError("unknown_format", f"a record must be a JSON object, got {type(rec).__name__}")
     _refuse_what_cannot_train(rec)
@@ -452,18 +454,28 @@ def to_messages(rec: Any, forced: str | None = None, reasoning: str = "keep", to
             raise RecordError("multimodal", f"a {m['role']} turn holds the media placeholder "
                               f"{MEDIA_PLACEHOLDER.search(m['content']).group()!r}: a text-only model would learn to "
                               "talk about media it never sees")
-    extra["reasoning"] = sum(bool(m.get("reasoning") or (isinstance(m["content"], str) and THINK.match(m["content"]))) for m in msgs)
-    msgs = fold_reasoning(msgs, reasoning)
+    msgs = split_reasoning(msgs)
+    extra["reasoning"] = sum(bool(m.get("reasoning")) for m in msgs)  # counted whether kept or dropped
+    if reasoning == "drop":
+        msgs = [{k: v for k, v in m.items() if k != "reasoning"} for m in msgs]
     try:
         specs = parse_specs(rec.get("tools") or rec.get("functions") or [])
     except ToolFormatError as e:
         raise RecordError("bad_field", str(e)) from None
-    if has_tools(msgs, specs):
+    tool_row = has_tools(msgs, specs)
+    if tool_row:
         if tools == "refuse":
             raise TOOL_CALL("the row holds tool calls or tool specs")
         extra["tool_calls"] = sum(len(m.get("tool_calls") or []) for m in msgs)
-        msgs = render_fallback(msgs, specs)
-    return fmt, msgs, extra
+    if not (tool_row or any(m.get("reasoning") for m in msgs)):
+        return fmt, msgs, extra
+    plain = native(msgs, specs) if native is not None and tools == "auto" else None
+    if plain is not None:
+        extra["form"] = "template"
+        return fmt, plain, extra
+    extra["form"] = "fallback"
+    msgs = fold_reasoning(msgs)
+    return fmt, render_fallback(msgs, specs) if tool_row else msgs, extra
 
 
 def _refuse_what_cannot_train(rec: dict) -> None:
@@ -520,17 +532,24 @@ def _reply(value: Any, field: str) -> list[dict]:
 THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.S)
 
 
-def fold_reasoning(msgs: list[dict], mode: str) -> list[dict]:
-    """Reasoning (a `reasoning` field, or `<think>...</think>` opening the content) in the one form this toolkit
-    renders for templates without a reasoning field: `<think>\\n{reasoning}\\n</think>\\n\\n{content}`
-    (data.reasoning: keep); or dropped (data.reasoning: drop)."""
+def split_reasoning(msgs: list[dict]) -> list[dict]:
+    """Reasoning in one field: a `reasoning` field (from reasoning_content or reasoning parts) and a
+    `<think>...</think>` opening the content join into `reasoning`, taken out of the content; dropped with the
+    field itself later when data.reasoning is `drop`."""
     out = []
     for m in msgs:
         reasoning, content = m.get("reasoning", ""), m["content"]
         found = THINK.match(content) if isinstance(content, str) else None
         if found:
             reasoning, content = (reasoning + "\n" + found.group(1).strip()).strip(), content[found.end():]
-        if reasoning and mode == "keep":
-            content = f"<think>\n{reasoning.strip()}\n</think>\n\n{content}"
-        out.append({k: v for k, v in m.items() if k != "reasoning"} | {"content": content})
+        out.append({k: v for k, v in m.items() if k != "reasoning"} | {"content": content}
+                   | ({"reasoning": reasoning} if reasoning else {}))
     return out
+
+
+def fold_reasoning(msgs: list[dict]) -> list[dict]:
+    """The fallback form of reasoning, for templates without a reasoning field:
+    `<think>\\n{reasoning}\\n</think>\\n\\n{content}`."""
+    return [{k: v for k, v in m.items() if k != "reasoning"}
+            | {"content": f"<think>\n{m['reasoning'].strip()}\n</think>\n\n{m['content']}" if m.get("reasoning") else m["content"]}
+            for m in msgs]

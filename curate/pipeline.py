@@ -28,11 +28,12 @@ from common.errors import UserError
 from common.preflight import require, unwritable
 from common.runs import atomic_write_json, atomic_write_text, jsonl_text, stage_dir
 from curate import review as review_mod
-from curate.filters import (FILTER_NEEDS, FILTERS, Conversation, FilterContext, LanguageDetector, clean_text,
+from curate.filters import (FILTER_NEEDS, FILTERS, ROLE_MAP, Conversation, FilterContext, LanguageDetector, clean_text,
                             escape_control_tokens, fill_variables, language_text, normalize)
 from curate.formats import CONVERTERS, FileError, RawRow, RecordError, read_file, to_messages
 from curate.minhash import SEGMENT, MinHasher, ShingleSets, UnionFind, similar_pairs
 from curate.report import build_report, write_html
+from curate.tools import TemplateForms
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Row:
     rejected_reply: str | None = None  # a preference pair's rejected reply (preference.jsonl)
     tool_calls: int | None = None  # a tool row's number of calls (None: no tools)
     reasoning_turns: int = 0  # turns that carried a reasoning trace (kept as <think> or dropped: data.reasoning)
+    form: str | None = None  # tool calls / reasoning written as the model's template does ("template") or "fallback"
 
     @property
     def kept(self) -> bool:
@@ -104,7 +106,7 @@ def input_files(cfg: Config) -> list[tuple[Path, str, str | None]]:
     return [found[k] for k in sorted(found)]
 
 
-def read_rows(cfg: Config, stats: Stats, control_tokens: tuple[str, ...] = ()) -> list[Row]:
+def read_rows(cfg: Config, stats: Stats, control_tokens: tuple[str, ...] = (), forms: TemplateForms | None = None) -> list[Row]:
     rows: list[Row] = []
     for path, display, forced in tqdm(input_files(cfg), desc="read", unit="file", leave=False):
         try:
@@ -119,18 +121,20 @@ def read_rows(cfg: Config, stats: Stats, control_tokens: tuple[str, ...] = ()) -
             continue
         stats.rows_per_file[display] += len(raws)
         for raw in raws:
-            rows.append(_parse(raw, forced, cfg, control_tokens))
+            rows.append(_parse(raw, forced, cfg, control_tokens, forms))
     return rows
 
 
-def _parse(raw: RawRow, forced: str | None, cfg: Config, control_tokens: tuple[str, ...] = ()) -> Row:
+def _parse(raw: RawRow, forced: str | None, cfg: Config, control_tokens: tuple[str, ...] = (),
+           forms: TemplateForms | None = None) -> Row:
     r = Row(raw.file, raw.row, raw.line)
     if raw.error is not None:
         r.reject("malformed_json" if raw.file.endswith((".json", ".jsonl")) else "malformed_row", raw.error)
         return r
     try:
-        r.format, msgs, extra = to_messages(raw.record, forced, cfg.data.reasoning, cfg.data.tools)
-        r.tool_calls = extra.get("tool_calls")
+        r.format, msgs, extra = to_messages(raw.record, forced, cfg.data.reasoning, cfg.data.tools,
+                                            forms.convert if forms is not None else None)
+        r.tool_calls, r.form = extra.get("tool_calls"), extra.get("form")
         r.reasoning_turns = extra.get("reasoning", 0)
         if r.format == "preference" and cfg.data.preference == "refuse":
             raise RecordError("preference_pair", "a chosen/rejected pair; data.preference is `refuse` (set `chosen` to "
@@ -411,7 +415,9 @@ def run(cfg: Config) -> dict:
     stats = Stats()
     tokenizer = load_tokenizer(cfg.model.name)
     control_tokens = special_tokens(tokenizer)
-    rows = read_rows(cfg, stats, control_tokens)
+    forms = TemplateForms(tokenizer, ROLE_MAP) if cfg.data.tools == "auto" else None
+    stats.counters["template_renders"] = {"tools": bool(forms and forms.tools), "reasoning": bool(forms and forms.reasoning)}
+    rows = read_rows(cfg, stats, control_tokens, forms)
     stats.steps.append(("rows in", len(rows)))
     stats.step("parsed", rows)
     review_summary = review_mod.apply(rows, review_mod.load_decisions(cfg.run_dir / "review" / "decisions.jsonl"), cfg)

@@ -20,17 +20,32 @@ def _counts(values) -> dict:
     return dict(sorted(Counter(values).items(), key=lambda kv: (-kv[1], str(kv[0]))))
 
 
-def _shapes(cfg, rows, kept, rejected) -> dict:
+def _tool_form(cfg, renders: dict) -> str:
+    if cfg.data.tools == "refuse":
+        return "refused (data.tools: refuse)"
+    if cfg.data.tools == "auto" and renders.get("tools"):
+        return "the model's chat template (tools=, tool_calls, role tool) where its render splits into plain turns, else " + TOOL_FORMAT
+    why = "data.tools: fallback" if cfg.data.tools == "fallback" else "the chat template does not render tools"
+    return f"{TOOL_FORMAT} ({why})"
+
+
+def _shapes(cfg, rows, kept, rejected, renders: dict) -> dict:
     """What the data shapes came to: unfilled placeholders, tool calls, reasoning traces, preference pairs."""
     return {
         "unfilled_placeholders": _counts(name for r in rejected if r.reason == "unfilled_placeholder"
                                          for name in sorted({n for m in r.conv.messages for n in PLACEHOLDER.findall(m["content"])})),
         "tools": {"rows_in": sum(r.tool_calls is not None for r in rows), "rows_kept": sum(r.tool_calls is not None for r in kept),
                   "calls_kept": sum(r.tool_calls or 0 for r in kept),
-                  "rendered_as": TOOL_FORMAT if cfg.data.tools == "fallback" else "refused (data.tools: refuse)"},
+                  "template_renders_tools": renders.get("tools", False),
+                  "kept_in_template_form": sum(r.tool_calls is not None and r.form == "template" for r in kept),
+                  "rendered_as": _tool_form(cfg, renders)},
         "reasoning": {"rows_in": sum(r.reasoning_turns > 0 for r in rows), "rows_kept": sum(r.reasoning_turns > 0 for r in kept),
-                      "rendered_as": ("<think>...</think> before the answer" if cfg.data.reasoning == "keep"
-                                      else "dropped (data.reasoning: drop)")},
+                      "template_renders_reasoning": renders.get("reasoning", False),
+                      "kept_in_template_form": sum(r.reasoning_turns > 0 and r.form == "template" for r in kept),
+                      "rendered_as": ("dropped (data.reasoning: drop)" if cfg.data.reasoning == "drop" else
+                                      "the model's chat template (reasoning_content) where it keeps the trace, else "
+                                      "<think>...</think> before the answer" if renders.get("reasoning") else
+                                      "<think>...</think> before the answer (the chat template has no reasoning field)")},
         "preference_pairs": {"kept": sum(r.rejected_reply is not None for r in kept),
                              "in": sum(r.format == "preference" for r in rows)},
     }
@@ -58,7 +73,7 @@ def build_report(cfg, rows, kept, train, val, clusters, stats, split_info, revie
                         "formats": _counts(r.format or "unparsed" for r in rows if r.file == f),
                         "rejected": _counts(r.reason for r in rejected if r.file == f)}
                     for f, n in sorted(stats.rows_per_file.items())},
-        **_shapes(cfg, rows, kept, rejected),
+        **_shapes(cfg, rows, kept, rejected, stats.counters.get("template_renders", {})),
         "languages": _counts(r.conv.lang for r in rows if r.conv is not None and r.conv.lang),
         "langdetect_fast_path_rows": stats.counters.get("langdetect_fast_path_rows", 0),
         # turns (by role) of kept rows whose content the chat template left out of the render
@@ -172,8 +187,10 @@ def write_html(out_dir: Path, report: dict) -> None:
        [(f, v['in'], v['kept'], _inline(v['formats']), _inline(v['rejected'])) for f, v in report['sources'].items()])}
 <p>Render audit: {('turns the chat template leaves out of the render, by role: ' + esc(_inline(report['render_audit_dropped_turns']))) if report['render_audit_dropped_turns'] else 'every turn of every kept row appears in its render'}.</p>
 <p>Tool calling: {report['tools']['rows_in']} rows read, {report['tools']['rows_kept']} kept with
-{report['tools']['calls_kept']} calls; rendered as {esc(report['tools']['rendered_as'])}.
-Reasoning traces: {report['reasoning']['rows_in']} rows read, {report['reasoning']['rows_kept']} kept; {esc(report['reasoning']['rendered_as'])}.</p>
+{report['tools']['calls_kept']} calls ({report['tools']['kept_in_template_form']} rows in the template's own form);
+rendered as {esc(report['tools']['rendered_as'])}.
+Reasoning traces: {report['reasoning']['rows_in']} rows read, {report['reasoning']['rows_kept']} kept
+({report['reasoning']['kept_in_template_form']} in the template's own form); {esc(report['reasoning']['rendered_as'])}.</p>
 <p>Preference pairs (chosen/rejected): {report['preference_pairs']['in']} read, {report['preference_pairs']['kept']} kept
 (trained on prompt + chosen; all kept pairs in <code>preference.jsonl</code>).
 {('Unfilled placeholders (set data.variables): ' + esc(_inline(report['unfilled_placeholders']))) if report['unfilled_placeholders'] else ''}</p>

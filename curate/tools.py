@@ -1,5 +1,6 @@
-"""Tool calling in the data: the three common shapes read into one schema, then rendered in one documented text
-form for chat templates without a tool field (the embedded model's ChatML has none).
+"""Tool calling in the data: the three common shapes read into one schema, then rendered the way the model's chat
+template writes tools, or, for templates without a tool field (the embedded model's ChatML has none), in one
+documented text form.
 
 Shapes read:
     ShareGPT (Glaive / LLaMA-Factory)  turns {"from": "function_call", "value": '{"name", "arguments"}'} and
@@ -11,8 +12,11 @@ Shapes read:
 One schema: an assistant turn carries `tool_calls: [{"name", "arguments": <JSON value>}]`; a tool result is
 {"role": "tool", "content"}.
 
-The fallback rendering (data.tools: fallback), the Hermes / Qwen convention in plain text, so every stage sees the
-same conversation (curate writes it into the messages; train, eval, review and export read them):
+Rendering. data.tools: auto (default) lets the model's own chat template write a tool row when it renders tools
+(TemplateForms, below: probed once, then checked per row); otherwise, and with data.tools: fallback, the
+fallback rendering, the Hermes / Qwen convention in plain text. Either way the row is kept as plain turns, so
+every stage sees the same conversation (curate writes it into the messages; train, eval, review and export
+read them). The fallback:
     system turn     + "\n\n# Tools\nYou may call these tools ... <tools>\n{one JSON spec per line}\n</tools>"
     assistant call  content (if any) + "<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>" per call
     tool result     a user turn "<tool_response>\n{result}\n</tool_response>" (consecutive results share one)
@@ -101,3 +105,75 @@ def render_fallback(msgs: list[dict], specs: list[dict]) -> list[dict]:
         else:
             out.insert(0, {"role": "system", "content": block})
     return [{k: v for k, v in m.items() if k != "tool_results"} for m in out]
+
+
+# ------------------------------------------------------------------------------ the model's own template
+PROBE_SPEC = {"name": "probe_tool_\u27ea1\u27eb", "description": "d", "parameters": {"type": "object", "properties": {}}}
+PROBE_RESULT = "probe result \u27ea2\u27eb"
+PROBE_REASONING = "probe reasoning \u27ea3\u27eb"
+
+
+def _template_messages(msgs: list[dict], role_map: dict[str, str]) -> list[dict]:
+    """The one schema as chat templates take it (OpenAI style): `tool_calls` with a `function`, `reasoning_content`."""
+    out = []
+    for m in msgs:
+        d = {"role": m["role"] if m["role"] == "tool" else role_map.get(m["role"].strip().lower(), m["role"]),
+             "content": m["content"]}
+        if m.get("tool_calls"):
+            d["tool_calls"] = [{"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                               for c in m["tool_calls"]]
+        if m.get("reasoning"):
+            d["reasoning_content"] = m["reasoning"]
+        out.append(d)
+    return out
+
+
+class TemplateForms:
+    """Tool calls and reasoning rendered by the model's own chat template, where it renders them (a template with
+    `tools` / `tool_calls` / `reasoning_content`, e.g. Qwen's), kept as plain turns so that every stage renders the
+    same text: the template's render of the structured row is split back into {"role", "content"} turns by its
+    wraps (common/chat_template.split_turns) and accepted only when those turns render to the same text and every
+    call, result and reasoning trace is in it. Otherwise `None`, and the row takes the fallback text form.
+    Probed once per model: `tools` / `reasoning` say whether the template renders them at all."""
+
+    def __init__(self, tokenizer, role_map: dict[str, str]):
+        from common.chat_template import derive
+
+        self.tok, self.role_map = tokenizer, role_map
+        self.plain = lambda msgs, gen=False: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+        try:
+            self.wraps = derive(self.plain)
+        except Exception:  # noqa: BLE001  (a template outside the wrap shape: the fallback for every row)
+            self.wraps = None
+        call = {"name": PROBE_SPEC["name"], "arguments": {}}
+        self.tools = self.wraps is not None and self.convert(
+            [{"role": "user", "content": "u"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+             {"role": "tool", "content": PROBE_RESULT}, {"role": "assistant", "content": "a"}], [PROBE_SPEC], probe=True) is not None
+        self.reasoning = self.wraps is not None and self.convert(
+            [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a", "reasoning": PROBE_REASONING}], [],
+            probe=True) is not None
+
+    def convert(self, msgs: list[dict], specs: list[dict], probe: bool = False) -> list[dict] | None:
+        """Plain turns of the row as the template renders it, or None (see the class docstring)."""
+        has_calls = any(m.get("tool_calls") or m["role"] == "tool" for m in msgs) or bool(specs)
+        has_reasoning = any(m.get("reasoning") for m in msgs)
+        if not probe and ((has_calls and not self.tools) or (has_reasoning and not self.reasoning)):
+            return None
+        try:
+            native = self.tok.apply_chat_template(_template_messages(msgs, self.role_map), tokenize=False,
+                                                  tools=[{"type": "function", "function": s} for s in specs] or None)
+        except Exception:  # noqa: BLE001  (templates raise what they like on what they refuse)
+            return None
+        needed = [s["name"] for s in specs if isinstance(s.get("name"), str)] + [c["name"] for m in msgs for c in m.get("tool_calls") or []]
+        needed += [m["content"] for m in msgs if m["role"] == "tool"] + [m["reasoning"] for m in msgs if m.get("reasoning")]
+        if not all(n in native for n in needed):
+            return None  # the template dropped a spec, call, result or trace (e.g. reasoning of earlier turns)
+        from common.chat_template import split_turns
+
+        turns = split_turns(native, self.wraps)
+        if not turns or turns[-1]["role"] != "assistant":
+            return None
+        try:
+            return turns if self.plain(turns) == native else None
+        except Exception:  # noqa: BLE001
+            return None

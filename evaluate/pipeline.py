@@ -29,6 +29,7 @@ PROBE_DIR = Path(__file__).resolve().parent / "probe"
 PROBE_MAX_NEW_TOKENS = 64  # the forgetting probe's answers: long enough to tell a changed answer
 TEACHER_FORCED_MAX_BATCH = 8  # full-vocabulary logits per position: a small batch bounds that memory
 PERPLEXITY_WINDOW = 256  # tokens per forward pass over the general text
+REFERENCE_MARGIN = 16  # tokens an answer may run past its reference's length when the reference exceeds the cap
 SAME_ANSWER_CHRF = 0.999  # a probe answer with chrF below this against the base's counts as changed
 
 
@@ -141,6 +142,15 @@ def _setup_model(cfg: Config, model_dir: str, adapter: Path | None):
     return model, tokenizer, eot_id
 
 
+def budgets(tokenizer, references: list[str], cap: int) -> list[int]:
+    """New tokens each answer may take: eval.max_new_tokens, or - when some references are longer (a reasoning
+    trace before the answer) - one larger budget for those, their longest + REFERENCE_MARGIN, so no answer is cut
+    shorter than the reference it is scored against."""
+    need = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) + REFERENCE_MARGIN for r in references]
+    longest = max(need, default=0)
+    return [cap if n <= cap else longest for n in need]
+
+
 def eval_points(records: list[dict]) -> list[tuple[dict, int]]:
     """(record, index of the assistant turn to answer): each val row's last turn, and before it every assistant
     turn that makes a tool call (curate/tools.py's text form), so a call mid-conversation is scored too."""
@@ -159,8 +169,13 @@ def _evaluate_variant(cfg: Config, model, tokenizer, eot_id: int, records, point
     def prompt(messages):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    gens = generate(model, tokenizer, [prompt(r["messages"][:i]) for r, i in points], cfg.eval.max_new_tokens,
-                    cfg.eval.batch_size, eot_id)
+    prompts = [prompt(r["messages"][:i]) for r, i in points]
+    limits = budgets(tokenizer, [r["messages"][i]["content"] for r, i in points], cfg.eval.max_new_tokens)
+    gens: list[dict] = [{}] * len(points)
+    for limit in sorted(set(limits)):  # at most two calls: eval.max_new_tokens, and one for longer references
+        todo = [k for k, n in enumerate(limits) if n == limit]
+        for k, g in zip(todo, generate(model, tokenizer, [prompts[k] for k in todo], limit, cfg.eval.batch_size, eot_id)):
+            gens[k] = g
     per = [score(g["text"], r["messages"][i]["content"]) for g, (r, i) in zip(gens, points)]
     probe = [prompt([{"role": "user", "content": p}]) for p in probe_prompts]
     return {
@@ -174,16 +189,24 @@ def _evaluate_variant(cfg: Config, model, tokenizer, eot_id: int, records, point
     }
 
 
+def row_metric(per_sample: dict, main: str) -> str:
+    """The metric one answer is judged by: the main metric where its reference has it (a JSON object for
+    field_accuracy), else its own kind's (a tool call's tool_call_match, ROUGE-L for text)."""
+    return main if main in per_sample else "tool_call_match" if "tool_call_match" in per_sample else "rougeL"
+
+
 def _samples(points, refs, results: dict, main: str) -> list[dict]:
     """One row per scored answer: reference and each variant's answer and score, the flip; broke/fixed first."""
     samples = []
     for i, (r, turn) in enumerate(points):
-        row = {"id": r.get("id"), "turn": turn, "prompt": r["messages"][turn - 1]["content"], "reference": refs[i]}
+        by = row_metric(results[next(iter(results))]["per_sample"][i], main)
+        row = {"id": r.get("id"), "turn": turn, "prompt": r["messages"][turn - 1]["content"], "reference": refs[i],
+               "scored_by": by}
         for name in results:
             row[name] = results[name]["generations"][i]["text"]
-            row[f"{name}_{main}"] = round(results[name]["per_sample"][i][main], 4)
+            row[f"{name}_score"] = round(results[name]["per_sample"][i][by], 4)
         if "tuned" in results:
-            b, t = row[f"base_{main}"], row[f"tuned_{main}"]
+            b, t = row["base_score"], row["tuned_score"]
             row["flip"] = "fixed" if t > b else "broke" if t < b else "same"
         samples.append(row)
     samples.sort(key=lambda s: ({"broke": 0, "fixed": 1}.get(s.get("flip"), 2)))

@@ -46,7 +46,8 @@ def write_report(out: Path, metrics: dict, samples: list[dict], probe: list[dict
     main = metrics["main_metric"]
     sample_rows = "".join(
         "<tr>" + f"<td>{esc(str(s.get('flip', '')))}</td><td>{esc(s['prompt'][:300])}</td><td>{esc(s['reference'])}</td>"
-        + "".join(f"<td>{esc(s[v])}</td><td>{s[f'{v}_{main}']}</td>" for v in variants) + "</tr>"
+        + "".join(f"<td>{esc(s[v])}</td><td>{s[f'{v}_score']}</td>" for v in variants)
+        + f"<td>{esc(s['scored_by'])}</td></tr>"
         for s in samples)
     probe_rows = "".join(
         f"<tr><td>{esc(p['prompt'])}</td>" + "".join(f"<td>{esc(p[v])}</td>" for v in variants)
@@ -61,7 +62,7 @@ def write_report(out: Path, metrics: dict, samples: list[dict], probe: list[dict
 (written by <code>make gguf</code>).</p>
 <h2>Samples (flips first; click a header to sort)</h2>
 <table onclick="if(event.target.tagName=='TH')sortTable(this,event.target.cellIndex)"><thead><tr><th>flip</th><th>prompt</th><th>reference</th>
-{''.join(f'<th>{v}</th><th>{v} {main}</th>' for v in variants)}</tr></thead><tbody>{sample_rows}</tbody></table>
+{''.join(f'<th>{v}</th><th>{v} score</th>' for v in variants)}<th>scored by</th></tr></thead><tbody>{sample_rows}</tbody></table>
 <h2>Forgetting probe</h2>
 <p>{esc(str(fp)) if fp else 'base only'}</p>
 <table><tr><th>prompt</th>{''.join(f'<th>{v}</th>' for v in variants)}{'<th>similarity (chrF)</th>' if fp else ''}</tr>{probe_rows}</table>"""

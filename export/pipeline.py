@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from common.chat_template import derive
 from common.config import Config
 from common.doctor import require_healthy
 from common.errors import UserError
@@ -28,7 +29,7 @@ from common.metrics import aggregate, score
 from common.model import check_adapter_base, load_causal_lm, load_tokenizer, resolve_model, trained_adapter
 from common.preflight import free_bytes, missing_tool, require, unwritable
 from common.runs import atomic_write_json, atomic_write_text, read_jsonl, stage_dir
-from export.modelfile import build_renderer, derive, go_template, modelfile_text, verify
+from export.modelfile import build_renderer, go_template, modelfile_text, verify
 from export.report import write_report
 from export.roundtrip import compare, gguf_answers, hf_answers
 

@@ -64,12 +64,11 @@ def summary_lines(run_dir: Path) -> list[str]:
                      f"tokens/s; final loss {train['final_train_loss']}, val loss {train['final_val_loss']}")
     if evaluation and "tuned" in evaluation:
         b, t = evaluation["base"], evaluation["tuned"]
-        keys = [k for k in ("exact_match", "field_accuracy", "valid_json", "rougeL", "stopped_at_end_of_turn") if k in t]
+        keys = [k for k in ("exact_match", "field_accuracy", "valid_json", "tool_call_match", "rougeL", "stopped_at_end_of_turn") if k in t]
         lines.append(f"  eval:   base -> tuned on {evaluation['val_rows']} val rows: "
                      + ", ".join(f"{k} {value(k, b[k])} -> {value(k, t[k])}" for k in keys))
-        main = evaluation["main_metric"]
         fixed = [x for x in read_jsonl(run_dir / "eval" / "samples.jsonl") if x.get("flip") == "fixed"]
-        example = max(fixed, key=lambda x: x[f"tuned_{main}"] - x[f"base_{main}"], default=None)
+        example = max(fixed, key=lambda x: x["tuned_score"] - x["base_score"], default=None)
         if example:  # the val row the tuning fixed most, so the difference can be seen, not only counted
             lines.append(f"          e.g. {clip(example['prompt'], keep_end=True)}")  # a prompt's end: the message
             lines.append(f"            base:  {clip(example['base'])}")

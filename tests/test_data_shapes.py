@@ -231,3 +231,92 @@ def test_the_render_audit_finds_turns_a_template_leaves_out(tmp_path, model_dir)
     report, out = curate(tmp_path, f"model.name={tok_dir}")
     assert fates(out) == {("x.jsonl", 1): "kept", ("x.jsonl", 2): "template_drops_reply"}
     assert report["render_audit_dropped_turns"] == {"system": 1}
+
+
+# A chat template with tools and reasoning, written by us in the shape of Qwen's (Hermes-style <tool_call> blocks,
+# tool results inside a user turn, the specs in the system turn, reasoning_content as <think>): what a user of a
+# tool-capable model brings. Every output is a quoted string, so the layout adds no characters.
+TOOLS_TEMPLATE = r"""
+{%- if tools -%}
+{{- '<|im_start|>system\n' -}}
+{%- if messages[0].role == 'system' -%}{{- messages[0].content + '\n\n' -}}{%- endif -%}
+{{- '# Tools\n\nYou may call one or more functions to assist with the user query.\n\n<tools>' -}}
+{%- for tool in tools -%}{{- '\n' + (tool | tojson) -}}{%- endfor -%}
+{{- '\n</tools>\n\nReturn each call as <tool_call>{"name": ..., "arguments": ...}</tool_call>.<|im_end|>\n' -}}
+{%- elif messages[0].role == 'system' -%}
+{{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' -}}
+{%- endif -%}
+{%- for message in messages -%}
+{%- if message.role == 'system' and loop.first -%}
+{%- elif message.role == 'user' or message.role == 'system' -%}
+{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' -}}
+{%- elif message.role == 'assistant' -%}
+{{- '<|im_start|>assistant\n' -}}
+{%- if message.reasoning_content -%}{{- '<think>\n' + message.reasoning_content + '\n</think>\n\n' -}}{%- endif -%}
+{{- message.content -}}
+{%- for tc in message.tool_calls or [] -%}
+{%- set f = tc.function if tc.function is defined else tc -%}
+{%- if message.content or not loop.first -%}{{- '\n' -}}{%- endif -%}
+{{- '<tool_call>\n{"name": "' + f.name + '", "arguments": ' + (f.arguments | tojson) + '}\n</tool_call>' -}}
+{%- endfor -%}
+{{- '<|im_end|>\n' -}}
+{%- elif message.role == 'tool' -%}
+{%- if loop.first or messages[loop.index0 - 1].role != 'tool' -%}{{- '<|im_start|>user' -}}{%- endif -%}
+{{- '\n<tool_response>\n' + message.content + '\n</tool_response>' -}}
+{%- if loop.last or messages[loop.index0 + 1].role != 'tool' -%}{{- '<|im_end|>\n' -}}{%- endif -%}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}
+"""
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+TOOL_ROW = {"messages": [{"role": "user", "content": "What is the weather like in Paris today?"},
+                         {"role": "assistant", "content": "", "tool_calls": [
+                             {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+                         {"role": "tool", "content": '{"temp_c": 18, "sky": "clear"}'},
+                         {"role": "assistant", "content": "It is 18 °C and clear in Paris."}], "tools": [WEATHER]}
+THINK_ROW = {"messages": [{"role": "user", "content": "Is 91 a prime number or not?"},
+                          {"role": "assistant", "content": "No: 91 is 7 times 13.", "reasoning_content": "91 = 7 * 13."}]}
+
+
+def test_a_template_with_tools_and_reasoning_renders_them_its_own_way(tmp_path, model_dir):
+    """data.tools: auto: a template that renders tools= and reasoning_content writes those rows itself; the row is
+    kept as plain turns whose render is exactly the template's own render of the structured row, so train, eval,
+    review and export see the model's native form. data.tools: fallback gives curate's text form instead."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok.chat_template = TOOLS_TEMPLATE
+    tok.save_pretrained(tmp_path / "model")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "rows.jsonl").write_text(json.dumps(TOOL_ROW) + "\n" + json.dumps(THINK_ROW) + "\n", encoding="utf-8")
+    report, rows = curate(tmp_path, f"model.name={tmp_path / 'model'}")
+    tool, think = sorted(rows["train"] + rows["val"], key=lambda r: r["source"]["row"])
+    parsed = json.loads(json.dumps(TOOL_ROW["messages"]))  # curate's schema holds the arguments as parsed JSON
+    parsed[1]["tool_calls"][0]["function"]["arguments"] = {"city": "Paris"}
+    assert tool["text"] == tok.apply_chat_template(parsed, tools=TOOL_ROW["tools"], tokenize=False)
+    assert think["text"] == tok.apply_chat_template(THINK_ROW["messages"], tokenize=False)
+    assert [m["role"] for m in tool["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert tool["messages"][0]["content"].startswith("# Tools\n\nYou may call one or more functions")  # the template's words
+    assert tool["messages"][2]["content"] == '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    assert tool["messages"][3]["content"] == '<tool_response>\n{"temp_c": 18, "sky": "clear"}\n</tool_response>'
+    assert think["messages"][-1]["content"] == "<think>\n91 = 7 * 13.\n</think>\n\nNo: 91 is 7 times 13."
+    t, r = report["tools"], report["reasoning"]
+    assert t["template_renders_tools"] and t["kept_in_template_form"] == 1 and "model's chat template" in t["rendered_as"]
+    assert r["template_renders_reasoning"] and r["kept_in_template_form"] == 1
+    # loss on the call and the answer, none on the tool result
+    ex = tokenize([tool], tok, 512, tok.convert_tokens_to_ids("<|im_end|>")).examples[0]
+    trained = tok.decode([i for i, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100])
+    assert '"name": "get_weather"' in trained and "It is 18 °C" in trained and "temp_c" not in trained
+
+    report, rows = curate(tmp_path, f"model.name={tmp_path / 'model'}", "data.tools=fallback")
+    tool = min(rows["train"] + rows["val"], key=lambda r: r["source"]["row"])
+    assert "<tools>\n{" in tool["messages"][0]["content"] and "You may call one or more of these tools" in tool["messages"][0]["content"]
+    assert report["tools"]["kept_in_template_form"] == 0 and "data.tools: fallback" in report["tools"]["rendered_as"]
+
+
+def test_the_embedded_template_has_no_tools_so_the_fallback_form_is_used_and_said(shapes_run):
+    _, report, _ = shapes_run
+    assert not report["tools"]["template_renders_tools"] and report["tools"]["kept_in_template_form"] == 0
+    assert "the chat template does not render tools" in report["tools"]["rendered_as"]
+    assert not report["reasoning"]["template_renders_reasoning"] and "no reasoning field" in report["reasoning"]["rendered_as"]

@@ -53,7 +53,7 @@ def test_tool_call_metrics():
 def test_reasoning_is_read_past_and_mid_conversation_calls_are_scored():
     """A kept reasoning trace (<think>...</think> before the answer) does not hide the JSON from the JSON metrics;
     an assistant turn that calls a tool before the last turn is an eval point of its own."""
-    from evaluate.pipeline import eval_points
+    from evaluate.pipeline import REFERENCE_MARGIN, budgets, eval_points, row_metric
 
     ref = '<think>\nA double charge: billing.\n</think>\n\n{"category": "billing", "priority": "high"}'
     s = score('{"category": "billing", "priority": "low"}', ref)
@@ -66,6 +66,19 @@ def test_reasoning_is_read_past_and_mid_conversation_calls_are_scored():
     plain_row = {"id": "b", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
                                         {"role": "assistant", "content": "x"}]}
     assert [(r["id"], i) for r, i in eval_points([tool_row, plain_row])] == [("a", 1), ("a", 3), ("b", 2)]
+    # a reference longer than eval.max_new_tokens gets room for itself and a margin; the others keep the cap
+    from transformers import AutoTokenizer
+
+    from conftest import MODEL_DIR
+    tok = AutoTokenizer.from_pretrained(str(MODEL_DIR))
+    long_ref = "<think>\n" + "step " * 40 + "\n</think>\n\n{}"
+    n = len(tok(long_ref, add_special_tokens=False)["input_ids"])
+    assert budgets(tok, ["short", long_ref, "also short"], 32) == [32, n + REFERENCE_MARGIN, 32]
+    assert budgets(tok, ["short"], 32) == [32]
+    # each answer is judged by what its reference is: the main metric where it has it, else its own kind's
+    assert row_metric(score('{"a": 1}', '{"a": 1}'), "field_accuracy") == "field_accuracy"
+    assert row_metric(score(call, call), "field_accuracy") == "tool_call_match"
+    assert row_metric(score("done", "done"), "field_accuracy") == "rougeL"
 
 
 @pytest.fixture(scope="module")

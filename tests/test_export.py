@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from common.chat_template import derive
 from common.doctor import check
 from common.errors import UserError
 from common.jinja import render_jinja
 from common.runs import read_jsonl
 from conftest import CHAIN_ROUNDTRIP_PROMPTS, CHAIN_VAL_ROWS
-from export.modelfile import build_renderer, derive, go_render, go_template, modelfile_text, verification_cases, verify
+from export.modelfile import build_renderer, go_render, go_template, modelfile_text, verification_cases, verify
 from export.pipeline import disk_plan, ollama, run_measured
 
 ROOT = Path(__file__).resolve().parent.parent
