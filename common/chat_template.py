@@ -23,6 +23,17 @@ _S = ["\u27eaS%d\u27eb" % i for i in range(6)]  # sentinels no template writes i
 
 
 @dataclass
+class Fold:
+    """A template without a system turn of its own (Gemma, Mistral, Llama 2): the content of a system message that
+    opens the conversation is written inside a user turn, between `before` and `after`, ahead of its content."""
+
+    into: str  # "first" or "last": the user message it goes into
+    before: str
+    after: str
+    empty: bool  # an empty system message is folded too (before + after written) rather than left out
+
+
+@dataclass
 class Wraps:
     """What a wrap-each-message chat template writes around message contents."""
 
@@ -31,6 +42,7 @@ class Wraps:
     prefix: dict[str, str]  # role -> text before its content (later messages)
     suffix: dict[str, str]  # role -> text after its content
     generation: str  # appended after a last message that is not the assistant's (add_generation_prompt)
+    fold: Fold | None = None  # set for a template that folds the system message into a user turn
 
 
 def _around(text: str, sentinel: str, what: str) -> tuple[str, str]:
@@ -49,6 +61,45 @@ def _strip_prefix(text: str, prefix: str, what: str) -> str:
 
 
 def derive(render: Render) -> Wraps:
+    """The wraps of a template: one that writes each message in a wrap of its role, or one without a system turn
+    that folds an opening system message into a user turn (`Fold`)."""
+    s0 = _S[0]
+    if s0 not in render([{"role": "system", "content": s0}], False):
+        return _derive_folded(render)
+    return _derive_wrapped(render)
+
+
+def _derive_folded(render: Render) -> Wraps:
+    s0, s1, s2, s3 = _S[:4]
+    u, a = {"role": "user", "content": s1}, {"role": "assistant", "content": s2}
+    user = render([u], False)
+    first_before, suffix_user = _around(user, s1, "a user message")
+    ua = render([u, a], False)
+    prefix_asst, suffix_asst = _around(_strip_prefix(ua, user, "user then assistant"), s2, "an assistant message")
+    uau = render([u, a, {"role": "user", "content": s3}], False)
+    prefix_user, after = _around(_strip_prefix(uau, ua, "assistant then user"), s3, "a second user message")
+    if after != suffix_user or not first_before.endswith(prefix_user):
+        raise UserError("the chat template wraps the first and a later user message differently; a Modelfile TEMPLATE "
+                        "cannot be derived from it automatically")
+    generation = _strip_prefix(render([u], True), user, "add_generation_prompt")
+    su = render([{"role": "system", "content": s0}, u], False)
+    if s0 not in su:
+        raise UserError("the chat template drops the system message (it has no system turn and does not fold it into a "
+                        "user turn): the model would never see export.system_prompt; write the TEMPLATE by hand")
+    middle = su[len(first_before):len(su) - len(s1 + suffix_user)]
+    if not (su.startswith(first_before) and su.endswith(s1 + suffix_user) and middle.count(s0) == 1):
+        raise UserError(f"the chat template writes the system message in a way a Modelfile TEMPLATE cannot follow: {su!r}")
+    before, after = middle.split(s0)
+    two_users = render([{"role": "system", "content": s0}, u, a, {"role": "user", "content": s3}], False)
+    into = "first" if two_users.index(s0) < two_users.index(s1) else "last"
+    empty = render([{"role": "system", "content": ""}, u], False) != user
+    return Wraps(first_system="", opening=first_before[: len(first_before) - len(prefix_user)],
+                 prefix={"system": prefix_user, "user": prefix_user, "assistant": prefix_asst},
+                 suffix={"system": suffix_user, "user": suffix_user, "assistant": suffix_asst},
+                 generation=generation, fold=Fold(into=into, before=before, after=after, empty=empty))
+
+
+def _derive_wrapped(render: Render) -> Wraps:
     s0, s1, s2, s3 = _S[:4]
     sys_only = render([{"role": "system", "content": s0}], False)
     first_system, suffix_sys = _around(sys_only, s0, "a system message")
@@ -81,7 +132,10 @@ def derive(render: Render) -> Wraps:
 
 def split_turns(text: str, w: Wraps) -> list[dict] | None:
     """`text` as the plain {"role", "content"} turns whose render it is, by the wraps; None when it is not a
-    sequence of wrapped turns (the caller verifies the result by rendering it again)."""
+    sequence of wrapped turns, or the template folds the system message (the caller verifies the result by
+    rendering it again)."""
+    if w.fold is not None:
+        return None
     turns, pos = [], 0
     while pos < len(text):
         for role in ("system", "user", "assistant"):

@@ -65,6 +65,8 @@ class Report:
     end_of_turn: str | None = None
     end_of_turn_id: int | None = None
     sample_render: str = ""
+    shape: str = ""  # how the template writes messages (common/chat_template.derive), for export's TEMPLATE
+    loss_text: str = ""  # the part of the sample render that carries loss in training (common/chat.py)
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -84,6 +86,11 @@ class Report:
             lines.append(f"  end-of-turn (eot) id: {_ids(f.stop_ids)}")
         lines.append("  sample render (special tokens in ⟦ ⟧, newlines as ↵):")
         lines.extend("    " + ln for ln in self.sample_render.splitlines())
+        if self.loss_text:
+            lines.append("  carries loss in training (the reply after the generation prompt, up to and including the end of turn):")
+            lines.extend("    " + ln for ln in self.loss_text.splitlines())
+        if self.shape:
+            lines.append(f"  template shape: {self.shape}")
         if self.problems:
             lines.append(f"  {len(self.problems)} problem(s):")
             lines.extend(f"  - {p}" for p in self.problems)
@@ -225,7 +232,35 @@ def diagnose(facts: Facts) -> Report:
     _check_stop_ids(facts, eot_id, p)
     _check_pad(facts, eot, eot_id, p)
     _check_generation_prompt(facts, p)
+    report.shape, report.loss_text = _shape(facts), _loss_text(facts, eot)
     return report
+
+
+def _shape(facts: Facts) -> str:
+    from common.chat_template import derive
+
+    try:
+        w = derive(facts.render)
+    except Exception as e:  # noqa: BLE001  (training does not need the shape; only export's TEMPLATE does)
+        return f"not derivable for an Ollama TEMPLATE ({str(e)[:160]}); training is unaffected"
+    if w.fold is not None:
+        return (f"no system turn: an opening system message is folded into the {w.fold.into} user turn "
+                f"(Ollama TEMPLATE derivable)")
+    return "each message in a wrap of its role (Ollama TEMPLATE derivable)"
+
+
+def _loss_text(facts: Facts, eot: str | None) -> str:
+    try:
+        prompt = facts.render(SAMPLE_CONVERSATION[:-1], True)
+        full = facts.render(SAMPLE_CONVERSATION, False)
+    except Exception:  # noqa: BLE001  (reported by _check_generation_prompt)
+        return ""
+    if not full.startswith(prompt):
+        return ""
+    reply = full[len(prompt):]
+    if eot and eot in reply:
+        reply = reply[: reply.index(eot) + len(eot)]
+    return visible(reply, facts.special_tokens)
 
 
 def _check_stop_ids(facts: Facts, eot_id: int | None, p: list[Problem]) -> None:

@@ -43,6 +43,8 @@ def _by_role(table: dict[str, str]) -> str:
 def go_template(w: Wraps) -> str:
     """The Ollama TEMPLATE: every line starts with `{{-`, so the layout adds no characters; all text is in
     quoted literals."""
+    if w.fold is not None:
+        return _go_template_folded(w)
     first_other = {role: w.opening + w.prefix[role] for role in ("user", "assistant")}
     lines = ["{{- range $i, $m := .Messages }}",
              "{{- if eq $i 0 }}",
@@ -59,6 +61,32 @@ def go_template(w: Wraps) -> str:
         lines.append('{{- if and (eq (len (slice $.Messages $i)) 1) (ne .Role "assistant") }}'
                      f"{{{{ {_go_str(w.generation)} }}}}{{{{- end }}}}")
     lines.append("{{- end }}")
+    return "\n".join(line for line in lines if line)
+
+
+def _go_template_folded(w: Wraps) -> str:
+    """The TEMPLATE of a template that folds an opening system message into the first or last user message: the
+    system content is taken out of the loop, and written inside that user turn, ahead of its content."""
+    f = w.fold
+    lines = ['{{- $sys := "" }}{{- $hasSys := false }}{{- $target := -1 }}{{- $start := 0 }}',
+             '{{- range $i, $m := .Messages }}{{- if and (eq $i 0) (eq .Role "system") }}'
+             '{{- $sys = .Content }}{{- $hasSys = true }}{{- $start = 1 }}{{- end }}{{- end }}',
+             '{{- range $i, $m := .Messages }}{{- if eq .Role "user" }}'
+             + ('{{- if eq $target -1 }}{{- $target = $i }}{{- end }}' if f.into == "first" else '{{- $target = $i }}')
+             + '{{- end }}{{- end }}',
+             "{{- range $i, $m := .Messages }}",
+             "{{- if not (and (eq $i 0) $hasSys) }}",
+             f"{{{{- if eq $i $start }}}}{{{{ {_go_str(w.opening)} }}}}{{{{- end }}}}" if w.opening else "",
+             _by_role(w.prefix),
+             "{{- if and (eq $i $target) " + ("$hasSys" if f.empty else '(ne $sys "")') + " }}"
+             + (f"{{{{ {_go_str(f.before)} }}}}" if f.before else "") + "{{- $sys }}"
+             + (f"{{{{ {_go_str(f.after)} }}}}" if f.after else "") + "{{- end }}",
+             "{{- .Content }}",
+             _by_role(w.suffix)]
+    if w.generation:
+        lines.append('{{- if and (eq (len (slice $.Messages $i)) 1) (ne .Role "assistant") }}'
+                     f"{{{{ {_go_str(w.generation)} }}}}{{{{- end }}}}")
+    lines += ["{{- end }}", "{{- end }}"]
     return "\n".join(line for line in lines if line)
 
 

@@ -39,6 +39,22 @@ def test_embedded_model_is_healthy(model_dir):
     assert report.end_of_turn == "<|im_end|>" and report.end_of_turn_id == 2
     text = report.format()
     assert "⟦<|im_start|>⟧assistant↵" in text and "⟦<|im_end|>⟧" in text  # special tokens made visible
+    # what carries loss, and the template's shape, said in words
+    assert report.loss_text == '{"category": "billing"}⟦<|im_end|>⟧'
+    assert report.shape.startswith("each message in a wrap of its role") and "carries loss in training" in text
+
+
+def test_a_template_that_folds_the_system_message_is_named_so(model_copy):
+    """Gemma-style: no system turn; the doctor says where the system message goes and which span carries loss."""
+    (model_copy / "chat_template.jinja").write_text(
+        "{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] + '\n\n' %}{% set msgs = messages[1:] %}"
+        "{% else %}{% set sys = '' %}{% set msgs = messages %}{% endif %}{% for m in msgs %}"
+        "{{ '<|im_start|>' + m['role'] + '\n' + (sys if loop.first else '') + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    report = check(model_copy)
+    assert report.ok, report.format()
+    assert report.shape.startswith("no system turn: an opening system message is folded into the first user turn")
+    assert report.loss_text == '{"category": "billing"}⟦<|im_end|>⟧'
 
 
 def test_pad_equal_to_eos_is_caught_with_the_reason(model_copy):

@@ -44,6 +44,26 @@ SYSTEM_IN_FIRST_USER = ("{% for m in messages %}{% if m['role'] == 'system' %}{%
                         "{{ '[INST] ' + m['content'] + ' [/INST]' }}{% else %}{{ m['content'] + '</s>' }}{% endif %}{% endfor %}")
 
 
+# Templates without a system turn of their own, written by us in each family's documented shape: the opening system
+# message is folded into a user turn (Gemma: the first, even when empty; Llama 2: the first, in <<SYS>>, only when
+# non-empty; Mistral: the last user message). A system message anywhere else is refused, as the families do.
+_OPEN = ("{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}{% set msgs = messages[1:] %}"
+         "{% else %}{% set sys = '' %}{% set msgs = messages %}{% endif %}")
+_NO_LATER_SYSTEM = "{% if m['role'] == 'system' %}{{ raise_exception('System role only at the start') }}{% endif %}"
+GEMMA_LIKE = ("{{ bos_token }}" + _OPEN + "{% if messages[0]['role'] == 'system' %}{% set sys = sys + '\n\n' %}{% endif %}"
+              "{% for m in msgs %}" + _NO_LATER_SYSTEM + "{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+              "{{ '<start_of_turn>' + role + '\n' + (sys if loop.first else '') + m['content'] + '<end_of_turn>\n' }}{% endfor %}"
+              "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}")
+LLAMA2_LIKE = (_OPEN + "{% for m in msgs %}" + _NO_LATER_SYSTEM + "{% if m['role'] == 'user' %}"
+               "{% if loop.first and sys %}{% set content = '<<SYS>>\n' + sys + '\n<</SYS>>\n\n' + m['content'] %}"
+               "{% else %}{% set content = m['content'] %}{% endif %}{{ bos_token + '[INST] ' + content + ' [/INST]' }}"
+               "{% else %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}{% endfor %}")
+MISTRAL_LIKE = (_OPEN + "{% set ns = namespace(last=-1) %}{% for m in msgs %}{% if m['role'] == 'user' %}"
+                "{% set ns.last = loop.index0 %}{% endif %}{% endfor %}{{ bos_token }}{% for m in msgs %}" + _NO_LATER_SYSTEM
+                + "{% if m['role'] == 'user' %}{% if loop.index0 == ns.last and sys %}{{ '[INST]' + sys + '\n\n' + m['content'] + '[/INST]' }}"
+                "{% else %}{{ '[INST]' + m['content'] + '[/INST]' }}{% endif %}{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}")
+
+
 @pytest.fixture(scope="module")
 def go_renderer() -> Path:
     return build_renderer()
@@ -97,8 +117,26 @@ def test_later_system_turns_are_verified_or_counted_as_refused(go_renderer, mode
     assert result["refused_by_template"] == 2 and result["identical"] == len(verification_cases()) - 2
 
 
-def test_a_template_that_is_not_per_message_is_refused_clearly():
-    with pytest.raises(UserError, match="cannot|not a wrap-each-message"):
+@pytest.mark.parametrize("template,into,empty", [(GEMMA_LIKE, "first", True), (LLAMA2_LIKE, "first", False),
+                                                 (MISTRAL_LIKE, "last", False)], ids=["gemma", "llama2", "mistral"])
+def test_templates_that_fold_the_system_message_into_a_user_turn_are_derived_and_verified(go_renderer, template, into, empty):
+    """No system turn of their own: the Go TEMPLATE writes the system content where the family does, byte for byte
+    on every verification case the template accepts (later system turns are refused by the family itself)."""
+    render = jinja(template, bos_token="<s>", eos_token="</s>")
+    wraps = derive(render)
+    assert (wraps.fold.into, wraps.fold.empty) == (into, empty)
+    go = go_template(wraps)
+    result = verify(go_renderer, go, render)
+    assert result["identical"] == result["conversations"] >= 20 and result["refused_by_template"] == 2
+    two_turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q1"},
+                 {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]
+    (out,) = go_render(go_renderer, go, [two_turns])
+    assert out == render(two_turns, True) and out.count("Be brief.") == 1
+    assert (out.index("Be brief.") < out.index("Q1")) == (into == "first")
+
+
+def test_a_template_that_drops_the_system_message_is_refused_clearly():
+    with pytest.raises(UserError, match="drops the system message"):
         derive(jinja(SYSTEM_IN_FIRST_USER))
 
 
