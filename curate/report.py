@@ -20,6 +20,13 @@ def _counts(values) -> dict:
     return dict(sorted(Counter(values).items(), key=lambda kv: (-kv[1], str(kv[0]))))
 
 
+def _kept_shapes(kept) -> dict:
+    """Per file: kept rows with tool calls, with a reasoning trace, and preference pairs (only those present)."""
+    counts = {"tool_calls": sum(r.tool_calls is not None for r in kept), "reasoning": sum(r.reasoning_turns > 0 for r in kept),
+              "preference_pairs": sum(r.rejected_reply is not None for r in kept)}
+    return {k: v for k, v in counts.items() if v}
+
+
 def _tool_form(cfg, renders: dict) -> str:
     if cfg.data.tools == "refuse":
         return "refused (data.tools: refuse)"
@@ -71,7 +78,8 @@ def build_report(cfg, rows, kept, train, val, clusters, stats, split_info, revie
         # every input file, an empty one too (0 rows in), as the reader counted it
         "sources": {f: {"in": n, "kept": kept_per_file[f],
                         "formats": _counts(r.format or "unparsed" for r in rows if r.file == f),
-                        "rejected": _counts(r.reason for r in rejected if r.file == f)}
+                        "rejected": _counts(r.reason for r in rejected if r.file == f),
+                        "kept_shapes": _kept_shapes([r for r in kept if r.file == f])}
                     for f, n in sorted(stats.rows_per_file.items())},
         **_shapes(cfg, rows, kept, rejected, stats.counters.get("template_renders", {})),
         "languages": _counts(r.conv.lang for r in rows if r.conv is not None and r.conv.lang),
@@ -183,8 +191,9 @@ def write_html(out_dir: Path, report: dict) -> None:
 <p>median {t['median']:.0f}, p95 {t['p95']:.0f}, max {t['max']} tokens; {t['would_be_truncated']} kept rows
 ({t['would_be_truncated_share']:.1%}) are longer than train.max_seq_length {t['max_seq_length']}.</p>
 <h2>Languages and sources</h2>{img(images['mix.png'], 'languages and sources')}
-{table(['file', 'rows in', 'kept', 'formats', 'rejected by reason'],
-       [(f, v['in'], v['kept'], _inline(v['formats']), _inline(v['rejected'])) for f, v in report['sources'].items()])}
+{table(['file', 'rows in', 'kept', 'formats', 'rejected by reason', 'kept: tool calls / reasoning / preference'],
+       [(f, v['in'], v['kept'], _inline(v['formats']), _inline(v['rejected']), _inline(v['kept_shapes']))
+        for f, v in report['sources'].items()])}
 <p>Render audit: {('turns the chat template leaves out of the render, by role: ' + esc(_inline(report['render_audit_dropped_turns']))) if report['render_audit_dropped_turns'] else 'every turn of every kept row appears in its render'}.</p>
 <p>Tool calling: {report['tools']['rows_in']} rows read, {report['tools']['rows_kept']} kept with
 {report['tools']['calls_kept']} calls ({report['tools']['kept_in_template_form']} rows in the template's own form);

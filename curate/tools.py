@@ -30,6 +30,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from common.chat_template import derive, split_turns
+
 TOOL_CALL_ROLES = {"function_call", "tool_call"}
 TOOL_RESULT_ROLES = {"observation", "tool", "function", "tool_response", "ipython"}
 TOOL_PART_TYPES = {"tool_call", "tool_use", "function_call"}
@@ -137,8 +139,6 @@ class TemplateForms:
     Probed once per model: `tools` / `reasoning` say whether the template renders them at all."""
 
     def __init__(self, tokenizer, role_map: dict[str, str]):
-        from common.chat_template import derive
-
         self.tok, self.role_map = tokenizer, role_map
         self.plain = lambda msgs, gen=False: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
         try:
@@ -168,8 +168,6 @@ class TemplateForms:
         needed += [m["content"] for m in msgs if m["role"] == "tool"] + [m["reasoning"] for m in msgs if m.get("reasoning")]
         if not all(n in native for n in needed):
             return None  # the template dropped a spec, call, result or trace (e.g. reasoning of earlier turns)
-        from common.chat_template import split_turns
-
         turns = split_turns(native, self.wraps)
         if not turns or turns[-1]["role"] != "assistant":
             return None

@@ -133,6 +133,8 @@ def test_every_shape_is_read_or_rejected_with_what_it_is(shapes_run):
     assert report["reasoning"]["rows_in"] == report["reasoning"]["rows_kept"] == 3  # field, typed part, <think>
     src = {Path(f).name: v for f, v in report["sources"].items()}
     assert src["kto.jsonl"]["rejected"] == {"undesirable_label": 2} and src["pref_openai.jsonl"]["formats"] == {"preference": 1}
+    assert src["reasoning.jsonl"]["kept_shapes"] == {"reasoning": 3} and src["pref_openai.jsonl"]["kept_shapes"] == {"preference_pairs": 1}
+    assert src["tools.jsonl"]["kept_shapes"] == {"tool_calls": 3} and src["zh.json"]["kept_shapes"] == {}
 
 
 def test_preference_pairs_train_on_the_chosen_reply_and_keep_the_pair(shapes_run):
