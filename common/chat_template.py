@@ -7,6 +7,7 @@ splits a template's own tool-call and reasoning render back into plain turns wit
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,6 +19,8 @@ Render = Callable[[list[dict], bool], str]  # (messages, add_generation_prompt) 
 # What a chat template raises for a conversation it refuses (its raise_exception): transformers' render raises
 # jinja2's TemplateError, common.jinja.render_jinja a ValueError.
 TEMPLATE_REFUSALS = (TemplateError, ValueError)
+# A reasoning trace in its text form (curate writes it, eval reads past it): `<think>...</think>` opening a reply.
+THINK_BLOCK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.S)
 ROLES = ("system", "user", "assistant")
 _S = ["\u27eaS%d\u27eb" % i for i in range(6)]  # sentinels no template writes itself
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from common.chat_template import derive
 from common.errors import UserError, exits_cleanly
 from common.jinja import render_jinja
 
@@ -239,8 +240,6 @@ def diagnose(facts: Facts) -> Report:
 
 
 def _shape(facts: Facts) -> str:
-    from common.chat_template import derive
-
     try:
         w = derive(facts.render)
     except Exception as e:  # noqa: BLE001  (training does not need the shape; only export's TEMPLATE does)
@@ -305,8 +304,7 @@ def _check_generation_prompt(facts: Facts, p: list[Problem]) -> None:
         elif facts.encode is not None:
             ids, full_ids = facts.encode(prompt), facts.encode(full)
             if full_ids[:len(ids)] != ids:  # the text is a prefix, its tokens are not: a merge across the prompt's end
-                k = next(i for i, (a, b) in enumerate(zip(ids, full_ids)) if a != b) if any(
-                    a != b for a, b in zip(ids, full_ids)) else len(full_ids)
+                k = next((i for i, (a, b) in enumerate(zip(ids, full_ids)) if a != b), len(full_ids))
                 p.append(Problem(
                     f"the generation prompt's tokens are not a prefix of the trained conversation's tokens (they part at "
                     f"token {k} of {len(ids)}: the tokenizer merges the prompt's last characters "

@@ -15,6 +15,8 @@ import json
 import re
 from functools import lru_cache
 
+from common.chat_template import THINK_BLOCK
+
 
 @lru_cache(maxsize=1)
 def _rouge():
@@ -46,9 +48,6 @@ def _tool_calls(text: str) -> list | None:
             return None
         calls.append(call)
     return sorted(calls, key=lambda c: json.dumps(c, sort_keys=True))
-
-
-THINK_BLOCK = re.compile(r"^\s*<think>.*?</think>\s*", re.S)  # curate's reasoning form (curate/formats.py)
 
 
 def answer_part(text: str) -> str:

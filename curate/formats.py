@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from common.chat_template import THINK_BLOCK
 from curate.tools import (TOOL_CALL_ROLES, TOOL_PART_TYPES, TOOL_RESULT_ROLES, ToolFormatError, has_tools, parse_call,
                           parse_specs, render_fallback)
 
@@ -529,9 +530,6 @@ def _reply(value: Any, field: str) -> list[dict]:
     return [{"role": "assistant", "content": _text(value, field)}]
 
 
-THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.S)
-
-
 def split_reasoning(msgs: list[dict]) -> list[dict]:
     """Reasoning in one field: a `reasoning` field (from reasoning_content or reasoning parts) and a
     `<think>...</think>` opening the content join into `reasoning`, taken out of the content; dropped with the
@@ -539,7 +537,7 @@ def split_reasoning(msgs: list[dict]) -> list[dict]:
     out = []
     for m in msgs:
         reasoning, content = m.get("reasoning", ""), m["content"]
-        found = THINK.match(content) if isinstance(content, str) else None
+        found = THINK_BLOCK.match(content) if isinstance(content, str) else None
         if found:
             reasoning, content = (reasoning + "\n" + found.group(1).strip()).strip(), content[found.end():]
         out.append({k: v for k, v in m.items() if k != "reasoning"} | {"content": content}

@@ -19,7 +19,7 @@ from common.chat_template import derive  # noqa: E402
 from common.doctor import check  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from export.modelfile import build_renderer, go_template, verify  # noqa: E402
-from zoo import CONVERSATION, FAMILIES, build, gguf_prompt_tokens_match, loss_spans  # noqa: E402
+from zoo import CONVERSATION, FAMILIES, build, gguf_prompt_tokens_match, last_line, loss_spans  # noqa: E402
 
 
 def train_steps(model: Path, root: Path) -> str:
@@ -33,8 +33,7 @@ def train_steps(model: Path, root: Path) -> str:
     for stage in ("curate", "train"):
         proc = subprocess.run([sys.executable, "-m", stage, *sets], cwd=ROOT, capture_output=True, text=True, timeout=900)
         if proc.returncode != 0:
-            last = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-            return f"{stage} failed: {last[-1][:120] if last else proc.returncode}"
+            return f"{stage} failed: {last_line(proc)[:120]}"
     summary = json.loads((root / "runs/zoo/train/summary.json").read_text())
     return f"{summary['steps']} steps, val loss {summary['final_val_loss']}"
 

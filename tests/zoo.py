@@ -124,21 +124,26 @@ def loss_spans(model_dir: Path, messages: list[dict]) -> list[str]:
     return spans + ([tok.decode(run)] if run else [])
 
 
+def last_line(proc) -> str:
+    """The last non-empty line a failed process printed (its error), or its exit code."""
+    lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+    return lines[-1] if lines else str(proc.returncode)
+
+
 def gguf_prompt_tokens_match(model_dir: Path, out: Path) -> tuple[bool, str]:
     """convert-hf-to-gguf (f16), then llama.cpp's tokens of the training render against transformers'; (ok, why)."""
     import subprocess
-    import sys
 
     from transformers import AutoTokenizer
 
+    from export.pipeline import CONVERTER
     from export.roundtrip import llama
 
     gguf = out / "model-f16.gguf"
-    proc = subprocess.run([str(Path(sys.executable).parent / "convert-hf-to-gguf"), str(model_dir), "--outfile", str(gguf),
-                           "--outtype", "f16"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([str(CONVERTER), str(model_dir), "--outfile", str(gguf), "--outtype", "f16"],
+                          capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
-        last = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()]
-        return False, f"convert-hf-to-gguf: {last[-1] if last else proc.returncode}"
+        return False, f"convert-hf-to-gguf: {last_line(proc)}"
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     text = tok.apply_chat_template(CONVERSATION, tokenize=False)
     ours = tok(text, add_special_tokens=False)["input_ids"]
