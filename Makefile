@@ -9,7 +9,9 @@
 #   make train     LoRA on runs/<name>/curate/train.jsonl -> runs/<name>/train/ (resumes; FRESH=1 starts over)
 #   make eval      base vs tuned on runs/<name>/curate/val.jsonl -> runs/<name>/eval/ (report.html)
 #   make review    Streamlit spot-check app on 127.0.0.1:<review.port> -> runs/<name>/review/decisions.jsonl (PORT= overrides)
-#   make gguf      merged model -> GGUF (f16, q8_0, export.quantizations) -> verified Modelfile in runs/<name>/export/
+#   make gguf      export.mode both (default): merged model -> GGUF (f16, q8_0, export.quantizations) -> verified Modelfile,
+#                  and the LoRA as a GGUF adapter on a shared base GGUF (runs/_bases/) -> Modelfile.adapter; both round-tripped
+#   make adapters  every run's adapter GGUF by base model: size, training data, eval metric, `ollama create` commands
 #   make all       setup, preflight, curate, train, eval, gguf, summary: the whole chain on the sample data
 #   make preflight check what every stage needs (tools, run folder, disk, memory) before anything long starts
 #   make test      the test suite (sets up first; installs Debian chromium for the browser test)
@@ -34,7 +36,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: all setup preflight summary model doctor test sample-data clean-venv curate review train eval gguf
+.PHONY: all setup preflight summary model doctor test sample-data clean-venv curate review train eval gguf adapters
 
 # Serial make runs these in order; preflight stops the chain in seconds if a later stage could not finish.
 all: setup preflight curate train eval gguf summary
@@ -87,3 +89,6 @@ eval: setup
 
 gguf: setup
 	$(PY) -m export --config $(CONFIG) $(SET)
+
+adapters: setup
+	$(PY) -m export.catalog --config $(CONFIG) $(SET)

@@ -124,6 +124,7 @@ class ReviewSection:
 
 @dataclass
 class ExportSection:
+    mode: Literal["merged", "adapter", "both"] = "both"  # merged GGUFs, the LoRA as a GGUF adapter on a shared base GGUF, or both
     quantizations: list[str] = field(default_factory=lambda: ["q4_k_m"])  # llama.cpp quantizer types, besides f16 and q8_0
     merge_dtype: Literal["float16", "bfloat16"] = "float16"  # the merged checkpoint (and the 16-bit GGUF)
     modelfile_gguf: str = ""  # which GGUF the Modelfile loads: f16, q8_0 or a quantization; empty: the first quantization

@@ -197,12 +197,25 @@ def verify(binary: Path, template: str, render: Render) -> dict:
             "with_tool_calls_or_reasoning": tool_forms, "engine": "Go text/template (export/gotemplate)"}
 
 
-def modelfile_text(gguf_name: str, template: str, stops: list[str], num_ctx: int, system: str) -> str:
+def modelfile_text(source: str, template: str, stops: list[str], num_ctx: int, system: str, adapter: str = "") -> str:
+    """FROM `source` (a path relative to the Modelfile, e.g. ./run-q4_k_m.gguf), ADAPTER `adapter` if given."""
     if '"""' in template or (system and '"""' in system):
         raise UserError('the TEMPLATE or export.system_prompt contains """, which a Modelfile cannot quote')
-    lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
+    lines = [f"FROM {source}"] + ([f"ADAPTER {adapter}"] if adapter else []) + [f'TEMPLATE """{template}"""']
     lines += [f"PARAMETER stop {_go_str(s)}" for s in stops]
     lines.append(f"PARAMETER num_ctx {num_ctx}")
     if system:
         lines.append(f'SYSTEM """{system}"""')
     return "\n".join(lines) + "\n"
+
+
+def template_of(modelfile: str) -> str:
+    """The TEMPLATE of a Modelfile as written (what `ollama create` reads), for verifying the file itself."""
+    start = modelfile.index('TEMPLATE """') + len('TEMPLATE """')
+    return modelfile[start:modelfile.index('"""', start)]
+
+
+def paths_of(modelfile: str) -> dict[str, str]:
+    """{"FROM": ..., "ADAPTER": ...}: the files a Modelfile points at, as written."""
+    return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in modelfile.splitlines()
+            if line.startswith(("FROM ", "ADAPTER "))}

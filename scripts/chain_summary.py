@@ -78,10 +78,16 @@ def summary_lines(run_dir: Path) -> list[str]:
         lines.append(f"  eval:   base only (no adapter); report {run_dir / 'eval' / 'report.html'}")
     if export:
         served = export["modelfile_gguf"]
-        others = [t for t, f in export["files"].items() if Path(f).name != served]
-        lines.append(f"  export: GGUF {served} (+ {', '.join(others)}), "
-                     f"round trip {'passed' if export['roundtrip_passed'] else 'FAILED'}; report {run_dir / 'export' / 'report.html'}")
-        lines.append(f"          Modelfile {export['modelfile']}")
+        others = [t for t in export["files"] if t != served]
+        files = f"GGUF {served} (+ {', '.join(others)})" if export["files"] else "adapter only"
+        lines.append(f"  export: {files}, round trip {'passed' if export['roundtrip_passed'] else 'FAILED'}; "
+                     f"report {run_dir / 'export' / 'report.html'}")
+        for m in export.get("modelfiles", {}).values():
+            lines.append(f"          {Path(m['path']).name} {m['path']}")
+        if export.get("adapter"):
+            a = export["adapter"]
+            lines.append(f"          adapter {Path(a['gguf']).name} ({a['bytes'] / 2**20:.1f} MiB) on the shared base "
+                         f"{a['bases'][served.removesuffix('+lora')]}")
         lines.append(f"          serve it: {export['ollama']['commands']}")
     return lines
 
