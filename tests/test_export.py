@@ -4,9 +4,7 @@ llama-cpp-python for the round trip. The only stand-in is a fake `ollama` script
 from __future__ import annotations
 
 import json
-import os
 import re
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +16,9 @@ from common.doctor import check
 from common.errors import UserError
 from common.jinja import render_jinja
 from common.runs import read_jsonl
-from conftest import CHAIN_ROUNDTRIP_PROMPTS, CHAIN_VAL_ROWS
-from export.modelfile import build_renderer, go_render, go_template, modelfile_text, verification_cases, verify
+from conftest import CHAIN_ROUNDTRIP_PROMPTS, CHAIN_VAL_ROWS, fake_ollama
+from export.modelfile import (build_renderer, go_render, go_template, modelfile_text, paths_of, template_of,
+                              verification_cases, verify)
 from export.pipeline import disk_plan, ollama, run_measured
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,11 +140,15 @@ def test_a_template_that_drops_the_system_message_is_refused_clearly():
 
 
 def test_modelfile_text():
-    text = modelfile_text("m-q4_k_m.gguf", "{{ .Content }}", ["<|im_end|>"], 512, "Be brief.")
-    assert text.splitlines()[0] == "FROM ./m-q4_k_m.gguf"
+    text = modelfile_text("./m-q4_k_m.gguf", "{{ .Content }}", ["<|im_end|>"], 512, "Be brief.")
+    assert text.splitlines()[0] == "FROM ./m-q4_k_m.gguf" and "ADAPTER" not in text
     assert 'PARAMETER stop "<|im_end|>"' in text and "PARAMETER num_ctx 512" in text and 'SYSTEM """Be brief."""' in text
+    assert template_of(text) == "{{ .Content }}"
     with pytest.raises(UserError):
-        modelfile_text("m.gguf", 'say """', [], 512, "")
+        modelfile_text("./m.gguf", 'say """', [], 512, "")
+    text = modelfile_text("../../_bases/abc/base-q4_k_m.gguf", "{{ .Content }}", [], 512, "", adapter="./m-lora-f16.gguf")
+    assert text.splitlines()[:2] == ["FROM ../../_bases/abc/base-q4_k_m.gguf", "ADAPTER ./m-lora-f16.gguf"]
+    assert paths_of(text) == {"FROM": "../../_bases/abc/base-q4_k_m.gguf", "ADAPTER": "./m-lora-f16.gguf"}
 
 
 # ------------------------------------------------------------------------------------ refusals
@@ -202,23 +205,19 @@ def test_unknown_quantization_is_refused_before_any_work(chain):
 
 
 def test_fake_ollama_is_called_with_create_and_a_smoke_prompt(tmp_path, monkeypatch):
-    """MOCK: no Ollama binary exists here; this script stands in for it and records its arguments."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    log = tmp_path / "calls.jsonl"
-    fake = bin_dir / "ollama"
-    fake.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
-                    f"open({str(log)!r}, 'a').write(json.dumps({{'argv': sys.argv[1:], 'cwd': os.getcwd()}}) + '\\n')\n"
-                    "print('{\"category\": \"billing\"}')\n")
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    result = ollama(tmp_path, "mymodel", "My invoice is wrong.")
+    log = fake_ollama(tmp_path, monkeypatch)
+    (tmp_path / "m.gguf").write_bytes(b"")
+    (tmp_path / "Modelfile").write_text("FROM ./m.gguf\n")
+    result = ollama(tmp_path, {"mymodel": "Modelfile"}, "My invoice is wrong.")
     calls = read_jsonl(log)
     assert calls[0] == {"argv": ["create", "mymodel", "-f", "Modelfile"], "cwd": str(tmp_path)}
     assert calls[1]["argv"] == ["run", "mymodel", "My invoice is wrong."]
-    assert result["ran"] and result["smoke_answer"] == '{"category": "billing"}'
+    assert result["ran"] and result["smoke_answers"] == {"mymodel": '{"category": "billing"}'}
+    (tmp_path / "Modelfile.adapter").write_text("FROM ./m.gguf\nADAPTER ./missing-lora.gguf\n")
+    with pytest.raises(UserError, match="ollama create mymodel-lora -f Modelfile.adapter.*no such file ADAPTER"):
+        ollama(tmp_path, {"mymodel-lora": "Modelfile.adapter"}, "hi")
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    assert not ollama(tmp_path, "mymodel", "hi")["ran"]
+    assert not ollama(tmp_path, {"mymodel": "Modelfile"}, "hi")["ran"]
 
 
 # ------------------------------------------------------------------------------------ make all
@@ -247,8 +246,12 @@ def test_make_all_ends_with_a_verified_gguf_and_modelfile(chain):
     for t, r in rt["gguf"].items():
         assert r["same_prompt_tokens"] == 1.0, t  # the embedded template + llama.cpp tokenizer = the training tokens
         assert r["stopped_at_end_of_turn"] >= 0.9, t
+    assert rt["gguf"]["f16+lora"]["exact_match_with_hf"] >= 0.9 and rt["gguf"]["f16+lora"]["stopped_at_end_of_turn"] == 1.0
+    assert set(rt["gguf"]) == {"f16", "q8_0", "q4_k_m", "f16+lora", "q4_k_m+lora"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["template_verification"]["identical"] >= 20 and not summary["ollama"]["ran"]
+    assert summary["modelfiles"]["adapter"]["template_verification"]["identical"] >= 20
+    assert "ollama create t-lora -f Modelfile.adapter" in summary["ollama"]["commands"]
     assert all(summary["stages"][t]["peak_rss_mib"] > 0 for t in ("f16", "q8_0", "q4_k_m"))
     assert "GGUF round trip" in (out / "report.html").read_text()
     # export writes only into export/: the eval report links to it, and nothing in eval/ is newer than export's start

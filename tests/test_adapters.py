@@ -1,0 +1,202 @@
+"""Adapters as exports (issue 17): the run's LoRA as a GGUF adapter on a shared base GGUF, applied by llama.cpp,
+checked against the trained model; refusals for what llama.cpp cannot apply; two adapters on one base.
+
+Real throughout: the chain's trained adapter, llama.cpp's converter classes, llama-cpp-python applying the adapter,
+a second real training run. The only stand-in is the `ollama` binary (tests/test_export.py's fake)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.config import load_config
+from common.errors import UserError
+from common.runs import read_jsonl
+from conftest import MODEL_DIR, ROOT, fake_ollama
+from export import lora_gguf
+from export.catalog import catalog
+from export.modelfile import paths_of, template_of
+from export.pipeline import roundtrip_failures
+from export.roundtrip import compare, gguf_answers, hf_answers
+
+PROMPTS = 4  # val prompts per check: enough to tell a right base from a wrong one, cheap on 2 cores
+
+
+def export_dir(chain) -> Path:
+    return chain[0] / "t" / "export"
+
+
+def test_the_adapter_gguf_holds_one_pair_per_adapted_weight_with_type_and_alpha(chain):
+    out = export_dir(chain)
+    meta = lora_gguf.inspect(out / "t-lora-f16.gguf")
+    base_config = json.loads((MODEL_DIR / "config.json").read_text())
+    trained = json.loads((chain[0] / "t/train/adapter/adapter_config.json").read_text())
+    assert (meta["type"], meta["adapter_type"], meta["alpha"]) == ("adapter", "lora", float(trained["lora_alpha"]))
+    assert meta["tensors"] == 2 * len(trained["target_modules"]) * base_config["num_hidden_layers"]
+    assert meta["unpaired"] == [] and meta["other_tensors"] == []
+    summary = json.loads((out / "summary.json").read_text())
+    base_f16 = Path(summary["adapter"]["bases"]["f16"])
+    assert meta["architecture"] == lora_gguf.gguf_value(base_f16, "general.architecture") == "llama"
+    assert meta["base_id"] == base_f16.parent.name == summary["adapter"]["base_id"]
+    assert base_f16.parent.parent == chain[0] / "_bases"
+    # the point of an adapter: a few MB instead of a whole model
+    assert (out / "t-lora-f16.gguf").stat().st_size * 20 < (out / "t-f16.gguf").stat().st_size
+
+
+def test_modelfile_adapter_points_at_the_shared_base_and_serves_the_same_template(chain, tmp_path, monkeypatch):
+    out = export_dir(chain)
+    merged, adapter = (out / "Modelfile").read_text(), (out / "Modelfile.adapter").read_text()
+    paths = paths_of(adapter)
+    assert paths["FROM"].startswith("../../_bases/") and paths["FROM"].endswith("/base-q4_k_m.gguf")
+    assert (out / paths["FROM"]).is_file() and paths["ADAPTER"] == "./t-lora-f16.gguf" and (out / paths["ADAPTER"]).is_file()
+    assert template_of(adapter) == template_of(merged)  # and each file's TEMPLATE was verified with Go by the export
+    assert merged.split('"""', 2)[2] == adapter.split('"""', 2)[2]  # the same stops, num_ctx and SYSTEM
+    from export.pipeline import ollama
+
+    log = fake_ollama(tmp_path, monkeypatch)
+    result = ollama(out, {"t": "Modelfile", "t-lora": "Modelfile.adapter"}, "My invoice is wrong.")
+    assert result["ran"] and [c["argv"][:2] for c in read_jsonl(log)] == [["create", "t"], ["run", "t"],
+                                                                           ["create", "t-lora"], ["run", "t-lora"]]
+
+
+@pytest.fixture(scope="module")
+def trained_answers(chain):
+    """The chain's val prompts and the merged model's greedy answers to them (transformers): the reference."""
+    root = chain[0]
+    records = read_jsonl(root / "t/curate/val.jsonl")[:PROMPTS]
+    conversations = [r["messages"][:-1] for r in records]
+    refs = [r["messages"][-1]["content"] for r in records]
+    eot = json.loads((root / "t/export/summary.json").read_text())["doctor"]["merged"]["end_of_turn_id"]
+    return conversations, refs, hf_answers(root / "t/export/merged", conversations, 80, eot, 8)
+
+
+@pytest.mark.parametrize("case", ["right base", "adapter at scale 0", "adapter on the merged model"])
+def test_only_the_right_base_with_the_adapter_applied_passes_the_round_trip(chain, trained_answers, case):
+    out = export_dir(chain)
+    summary = json.loads((out / "summary.json").read_text())
+    base = {"adapter on the merged model": out / "t-f16.gguf"}.get(case, Path(summary["adapter"]["bases"]["f16"]))
+    conversations, refs, hf = trained_answers
+    answers = gguf_answers(base, conversations, 80, 512 + 80, lora=out / "t-lora-f16.gguf",
+                           lora_scale=0.0 if case == "adapter at scale 0" else 1.0)
+    roundtrip = {"prompts": PROMPTS, "gguf": {"f16+lora": compare(hf, answers, refs)},
+                 "files": {"f16+lora": [str(base), str(out / "t-lora-f16.gguf")]}}
+    failures = roundtrip_failures(load_config(None, ["export.min_f16_exact=0.9"]), roundtrip, "f16")
+    if case == "right base":
+        assert failures == []
+    else:
+        assert any("token for token like the trained model" in f and "wrong or changed base" in f for f in failures), failures
+
+
+def test_an_adapter_on_a_base_of_other_shapes_is_refused_before_llama_cpp_loads_it(chain, tmp_path):
+    """llama-cpp-python does not raise when llama.cpp refuses an adapter (generation then crashes), so the
+    shapes are checked first, from the files."""
+    import gguf
+
+    other = tmp_path / "other-base.gguf"
+    writer = gguf.GGUFWriter(str(other), "llama")
+    import numpy as np
+
+    writer.add_tensor("blk.0.attn_q.weight", np.zeros((8, 4), dtype=np.float32))  # ggml [4, 8]: not SmolLM2's 576 x 576
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    lora = export_dir(chain) / "t-lora-f16.gguf"
+    problems = lora_gguf.misfits(other, lora)
+    assert "blk.0.attn_q.weight is [4, 8] in the base other-base.gguf, the adapter's A/B are [576, 16]/[16, 576]" in problems[0]
+    with pytest.raises(UserError, match="not trained on .*other-base.gguf \\(a wrong base model\\)"):
+        gguf_answers(other, [[{"role": "user", "content": "hi"}]], 4, 64, lora=lora)
+
+
+# ------------------------------------------------------------------------------------ refusals
+REFUSALS = {
+    "use_dora": ({"use_dora": True}, "use_dora is true; llama.cpp applies plain LoRA"),
+    "modules_to_save": ({"modules_to_save": ["lm_head"]}, "modules_to_save ['lm_head'] are full trained copies"),
+    "embeddings": ({"target_modules": ["q_proj", "embed_tokens"]}, "LoRA on the embeddings or LM head (['embed_tokens'])"),
+    "bias": ({"bias": "lora_only"}, "trained biases"),
+    "alpha_pattern": ({"alpha_pattern": {"q_proj": 32}}, "alpha_pattern gives modules their own alpha"),
+    "rslora with ranks": ({"use_rslora": True, "rank_pattern": {"q_proj": 8}}, "rsLoRA with a rank_pattern"),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSALS))
+def test_what_llama_cpp_cannot_apply_is_refused_with_the_reason(chain, tmp_path, name):
+    edit, message = REFUSALS[name]
+    adapter = tmp_path / "adapter"
+    shutil.copytree(chain[0] / "t/train/adapter", adapter)
+    config = {**json.loads((adapter / "adapter_config.json").read_text()), **edit}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    [problem] = lora_gguf.problems(adapter, MODEL_DIR)
+    assert message in problem and problem.endswith("export it merged instead (export.mode: merged)"), problem
+
+
+def test_an_architecture_the_converter_does_not_know_is_refused(tmp_path):
+    base = tmp_path / "weird"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps({"architectures": ["WeirdForCausalLM"]}))
+    [problem] = lora_gguf.architecture_problems(base)
+    assert "architecture WeirdForCausalLM is not one llama.cpp's converter knows" in problem
+
+
+def test_rslora_alpha_is_written_so_llama_cpp_scales_like_peft():
+    assert lora_gguf.gguf_alpha({"lora_alpha": 16, "r": 16}) == 16.0
+    assert lora_gguf.gguf_alpha({"lora_alpha": 16, "r": 16, "use_rslora": True}) == 64.0  # 64 / 16 = 16 / sqrt(16)
+
+
+def test_make_gguf_with_a_dora_adapter_stops_before_any_work(chain, tmp_path):
+    run = tmp_path / "t"
+    shutil.copytree(chain[0] / "t/train", run / "train", ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(chain[0] / "t/curate", run / "curate")
+    config = run / "train/adapter/adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "use_dora": True}))
+    proc = subprocess.run([sys.executable, "-m", "export", f"run.root={tmp_path}", "run.name=t"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "use_dora is true" in proc.stderr and "export.mode: merged" in proc.stderr
+    assert not (run / "export" / "merged").exists() and not (tmp_path / "_bases").exists()
+
+
+# ------------------------------------------------------------------------------------ two adapters, one base
+LABEL = "Routed to: ORCHID desk."
+
+
+def relabelled_data(chain, path: Path) -> None:
+    """The chain's own triage prompts, each answered with one routing label instead of JSON."""
+    rows = [r for r in read_jsonl(chain[0] / "t/curate/train.jsonl")
+            if [m["role"] for m in r["messages"]] == ["system", "user", "assistant"] and r["messages"][-1]["content"].startswith("{")]
+    with path.open("w") as f:
+        for r in rows[:64]:
+            f.write(json.dumps({"messages": r["messages"][:-1] + [{"role": "assistant", "content": LABEL}]}) + "\n")
+
+
+def test_two_runs_on_one_base_gguf_give_their_own_answers(chain, tmp_path):
+    root = chain[0]
+    relabelled_data(chain, tmp_path / "routing.jsonl")
+    common = [f"run.root={root}", "run.name=routing", f"data.inputs=[{tmp_path / 'routing.jsonl'}]"]
+    for cmd in (["-m", "curate", *common],
+                ["-m", "train", *common, "train.max_steps=10", "train.batch_size=4", "train.max_seq_length=256",
+                 "train.warmup_ratio=0", "train.learning_rate=2e-3", "train.eval_steps=10", "train.save_steps=10"],
+                ["-m", "export", *common, "export.mode=adapter", "export.roundtrip_prompts=3"]):
+        proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((root / "routing/export/summary.json").read_text())
+    assert summary["adapter"]["bases_reused"] == ["f16", "q4_k_m"] and summary["roundtrip_passed"]  # the chain wrote them
+    assert not (root / "routing/export/merged").exists() and "Modelfile.adapter" in summary["modelfile"]
+    # one base GGUF, two adapters, the same prompt: each answers as it was trained
+    base = Path(summary["adapter"]["bases"]["f16"])
+    prompt = [read_jsonl(root / "routing/curate/val.jsonl")[0]["messages"][:-1]]
+    triage = gguf_answers(base, prompt, 60, 512, lora=root / "t/export/t-lora-f16.gguf")[0]["text"]
+    routing = gguf_answers(base, prompt, 60, 512, lora=root / "routing/export/routing-lora-f16.gguf")[0]["text"]
+    assert routing == LABEL and triage.startswith('{"category"'), (routing, triage)
+    [entry] = catalog(root).values()
+    assert [a["run"] for a in entry["adapters"]] == ["routing", "t"]
+    proc = subprocess.run([sys.executable, "-m", "export.catalog", f"run.root={root}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "ollama create routing-lora -f Modelfile.adapter" in proc.stdout
+    listed = {line.split(":")[0].strip(): line for line in proc.stdout.splitlines() if line.startswith("  ") and ".gguf" in line}
+    assert "eval field_accuracy" in listed["t"] and "(not evaluated)" in listed["routing"], proc.stdout
+    assert f"rows of {tmp_path / 'routing.jsonl'}, 10 steps" in listed["routing"], proc.stdout
