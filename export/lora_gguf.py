@@ -217,13 +217,14 @@ def misfits(base_gguf: Path, lora: Path) -> list[str]:
     for t in adapter.tensors:
         stem, _, kind = t.name.rpartition(".")
         parts.setdefault(stem, {})[kind] = [int(n) for n in t.shape]
-    out = []
+    wrong_shape, missing = [], []
     for stem, p in parts.items():  # ggml order: W is [in, out], lora_a [in, r], lora_b [r, out]
         w, a, b = shapes.get(stem), p.get("lora_a"), p.get("lora_b")
         if w is None:
-            out.append(f"{lora.name}: the base {base_gguf.name} has no tensor {stem}")
+            missing.append(f"{lora.name}: the base {base_gguf.name} has no tensor {stem}")
         elif not a or not b or w[0] != a[0] or w[1] != b[1] or a[1] != b[0]:
-            out.append(f"{lora.name}: {stem} is {w} in the base {base_gguf.name}, the adapter's A/B are {a}/{b}")
+            wrong_shape.append(f"{lora.name}: {stem} is {w} in the base {base_gguf.name}, the adapter's A/B are {a}/{b}")
+    out = wrong_shape + missing
     return out[:3] + ([f"... and {len(out) - 3} more"] if len(out) > 3 else [])
 
 

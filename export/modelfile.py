@@ -12,6 +12,7 @@ export stops with the difference.
 from __future__ import annotations
 
 import difflib
+import fcntl
 import json
 import os
 import shutil
@@ -155,8 +156,11 @@ def build_renderer() -> Path:
         raise UserError("`go` not found: the Modelfile TEMPLATE is verified with Go's own text/template; "
                         "install Go (Debian/Ubuntu: apt-get install golang-go) and rerun")
     out = GO_DIR / "bin" / "gotemplate"
-    proc = subprocess.run([go, "build", "-o", str(out), "."], cwd=GO_DIR, capture_output=True, text=True,
-                          env={**os.environ, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}, timeout=300)
+    out.parent.mkdir(exist_ok=True)
+    with open(out.parent / ".lock", "w") as lock:  # two processes (exports, test workers) build it at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.run([go, "build", "-o", str(out), "."], cwd=GO_DIR, capture_output=True, text=True,
+                              env={**os.environ, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}, timeout=300)
     if proc.returncode != 0:
         raise UserError(f"building {GO_DIR} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
     return out

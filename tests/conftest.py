@@ -34,6 +34,14 @@ CHAIN_SET = ["run.name=t", "train.max_steps=20", "train.batch_size=4", "train.ma
              f"export.roundtrip_prompts={CHAIN_ROUNDTRIP_PROMPTS}"]
 
 
+def pytest_collection_modifyitems(items):
+    """`make test` runs on two xdist workers, each with its own session fixtures: every test that needs the
+    chain (`make all`, minutes) is grouped onto one worker so the chain runs once."""
+    for item in items:
+        if "chain" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("chain"))
+
+
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
     if not (MODEL_DIR / ".complete").is_file():

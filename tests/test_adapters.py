@@ -7,6 +7,7 @@ a second real training run. The only stand-in is the `ollama` binary (tests/test
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,8 @@ from export.modelfile import paths_of, template_of
 from export.pipeline import roundtrip_failures
 from export.roundtrip import compare, gguf_answers, hf_answers
 
-PROMPTS = 4  # val prompts per check: enough to tell a right base from a wrong one, cheap on 2 cores
+PROMPTS = 2  # val prompts per wrong-base check: a wrong base answers differently on every one; the right base is
+             # checked on the chain's own round trip (10 prompts)
 
 
 def export_dir(chain) -> Path:
@@ -72,24 +74,22 @@ def trained_answers(chain):
     conversations = [r["messages"][:-1] for r in records]
     refs = [r["messages"][-1]["content"] for r in records]
     eot = json.loads((root / "t/export/summary.json").read_text())["doctor"]["merged"]["end_of_turn_id"]
-    return conversations, refs, hf_answers(root / "t/export/merged", conversations, 80, eot, 8)
+    return conversations, refs, hf_answers(root / "t/export/merged", conversations, 48, eot, 8)
 
 
-@pytest.mark.parametrize("case", ["right base", "adapter at scale 0", "adapter on the merged model"])
-def test_only_the_right_base_with_the_adapter_applied_passes_the_round_trip(chain, trained_answers, case):
+@pytest.mark.parametrize("case", ["adapter at scale 0", "adapter on the merged model"])
+def test_an_adapter_not_applied_or_applied_to_other_weights_fails_the_round_trip(chain, trained_answers, case):
     out = export_dir(chain)
     summary = json.loads((out / "summary.json").read_text())
     base = {"adapter on the merged model": out / "t-f16.gguf"}.get(case, Path(summary["adapter"]["bases"]["f16"]))
     conversations, refs, hf = trained_answers
-    answers = gguf_answers(base, conversations, 80, 512 + 80, lora=out / "t-lora-f16.gguf",
+    answers = gguf_answers(base, conversations, 48, 512, lora=out / "t-lora-f16.gguf",
                            lora_scale=0.0 if case == "adapter at scale 0" else 1.0)
     roundtrip = {"prompts": PROMPTS, "gguf": {"f16+lora": compare(hf, answers, refs)},
                  "files": {"f16+lora": [str(base), str(out / "t-lora-f16.gguf")]}}
     failures = roundtrip_failures(load_config(None, ["export.min_f16_exact=0.9"]), roundtrip, "f16")
-    if case == "right base":
-        assert failures == []
-    else:
-        assert any("token for token like the trained model" in f and "wrong or changed base" in f for f in failures), failures
+    assert any(re.search(r"answers \d+% of 2 prompts token for token like the trained model", f) and "wrong or changed base" in f
+               for f in failures), failures
 
 
 def test_an_adapter_on_a_base_of_other_shapes_is_refused_before_llama_cpp_loads_it(chain, tmp_path):
