@@ -14,8 +14,8 @@
 #   make adapters  every run's adapter GGUF by base model: size, training data, eval metric, `ollama create` commands
 #   make all       setup, preflight, curate, train, eval, gguf, summary: the whole chain on the sample data
 #   make preflight check what every stage needs (tools, run folder, disk, memory) before anything long starts
-#   make test      the test suite on 2 worker processes (sets up first; installs Debian chromium for the browser
-#                  test); PYTEST_ARGS="-n 0" runs it in one process
+#   make test      the test suite (sets up first; installs Debian chromium for the browser test); the `make all`
+#                  chain the eval/export tests share runs in the background while the other tests run
 #   make sample-data   regenerate data/sample/ and data/sample_defects.json (seeded, committed)
 
 PYTHON ?= python3.11
@@ -65,7 +65,7 @@ summary: setup
 
 test: setup
 	bash scripts/prereqs.sh --tests
-	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 sample-data: $(VENV_STAMP)
 	$(PY) scripts/make_sample_data.py

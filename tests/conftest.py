@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,12 +35,25 @@ CHAIN_SET = ["run.name=t", "train.max_steps=20", "train.batch_size=4", "train.ma
              f"export.roundtrip_prompts={CHAIN_ROUNDTRIP_PROMPTS}"]
 
 
-def pytest_collection_modifyitems(items):
-    """`make test` runs on two xdist workers, each with its own session fixtures: every test that needs the
-    chain (`make all`, minutes) is grouped onto one worker so the chain runs once."""
-    for item in items:
-        if "chain" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("chain"))
+_CHAIN: dict = {}  # the background `make all` the chain fixture waits for
+
+
+def pytest_collection_modifyitems(config, items):
+    """When any collected test needs the chain (`make all`, minutes of CPU), start it now in the background and
+    run every other test first: the two share the machine's two cores instead of waiting for each other."""
+    chained = [item for item in items if "chain" in getattr(item, "fixturenames", ())]
+    if not chained or config.option.collectonly:
+        return
+    items[:] = [item for item in items if item not in chained] + chained
+    root = Path(tempfile.mkdtemp(prefix="chain-", dir=config._tmp_path_factory.getbasetemp()))
+    out, err = (open(root.parent / f"{root.name}.{k}.log", "w+") for k in ("stdout", "stderr"))
+    _CHAIN.update(root=root, out=out, err=err, args=["make", "all", "SET=" + " ".join([f"run.root={root}", *CHAIN_SET])])
+    _CHAIN["proc"] = subprocess.Popen(_CHAIN["args"], cwd=ROOT, stdout=out, stderr=err, text=True)
+
+
+def pytest_sessionfinish(session):
+    if _CHAIN.get("proc") and _CHAIN["proc"].poll() is None:  # interrupted, or no chain test ran
+        _CHAIN["proc"].terminate()
 
 
 @pytest.fixture(scope="session")
@@ -87,13 +101,16 @@ def roundtrip_gguf(model_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def chain(model_dir, tmp_path_factory):
-    """`make all` on the sample data (setup is already done), into a temporary run root. Returns (root, process)."""
-    root = tmp_path_factory.mktemp("chain")
-    proc = subprocess.run(["make", "all", "SET=" + " ".join([f"run.root={root}", *CHAIN_SET])], cwd=ROOT,
-                          capture_output=True, text=True, timeout=1800)
+def chain(model_dir):
+    """`make all` on the sample data (setup is already done) into a temporary run root, started in the
+    background at collection (pytest_collection_modifyitems). Returns (root, completed process)."""
+    c = _CHAIN
+    returncode = c["proc"].wait(timeout=1800)
+    c["out"].seek(0)
+    c["err"].seek(0)
+    proc = subprocess.CompletedProcess(c["args"], returncode, c["out"].read(), c["err"].read())
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return root, proc
+    return c["root"], proc
 
 
 def fake_ollama(tmp_path: Path, monkeypatch) -> Path:
