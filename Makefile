@@ -14,8 +14,7 @@
 #   make adapters  every run's adapter GGUF by base model: size, training data, eval metric, `ollama create` commands
 #   make all       setup, preflight, curate, train, eval, gguf, summary: the whole chain on the sample data
 #   make preflight check what every stage needs (tools, run folder, disk, memory) before anything long starts
-#   make test      the test suite (sets up first; installs Debian chromium for the browser test); the `make all`
-#                  chain the eval/export tests share runs in the background while the other tests run
+#   make test      the test suite (sets up first; installs Debian chromium for the browser test)
 #   make sample-data   regenerate data/sample/ and data/sample_defects.json (seeded, committed)
 
 PYTHON ?= python3.11

@@ -7,7 +7,6 @@ import os
 import stat
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,32 +27,11 @@ CORPUS = ROOT / "tests" / "data" / "tokenizer_corpus.jsonl"
 # 20 steps of 4 rows (80 of the 522 train rows; the shipped default trains 131 steps) at the shipped learning rate.
 # Fewer probe and round-trip prompts than the defaults (22, 20) keep the suite within its budget; what is checked
 # on each prompt is the same.
-CHAIN_VAL_ROWS, CHAIN_PROBE_PROMPTS, CHAIN_ROUNDTRIP_PROMPTS = 16, 8, 10
+CHAIN_VAL_ROWS, CHAIN_PROBE_PROMPTS, CHAIN_ROUNDTRIP_PROMPTS = 16, 4, 10
 CHAIN_SET = ["run.name=t", "train.max_steps=20", "train.batch_size=4", "train.max_seq_length=256",
              "train.warmup_ratio=0", "train.save_steps=10", "train.eval_steps=20",
              f"eval.max_samples={CHAIN_VAL_ROWS}", "eval.max_new_tokens=40", f"eval.probe_prompts={CHAIN_PROBE_PROMPTS}",
              f"export.roundtrip_prompts={CHAIN_ROUNDTRIP_PROMPTS}"]
-
-
-_CHAIN: dict = {}  # the background `make all` the chain fixture waits for
-
-
-def pytest_collection_modifyitems(config, items):
-    """When any collected test needs the chain (`make all`, minutes of CPU), start it now in the background and
-    run every other test first: the two share the machine's two cores instead of waiting for each other."""
-    chained = [item for item in items if "chain" in getattr(item, "fixturenames", ())]
-    if not chained or config.option.collectonly:
-        return
-    items[:] = [item for item in items if item not in chained] + chained
-    root = Path(tempfile.mkdtemp(prefix="chain-", dir=config._tmp_path_factory.getbasetemp()))
-    out, err = (open(root.parent / f"{root.name}.{k}.log", "w+") for k in ("stdout", "stderr"))
-    _CHAIN.update(root=root, out=out, err=err, args=["make", "all", "SET=" + " ".join([f"run.root={root}", *CHAIN_SET])])
-    _CHAIN["proc"] = subprocess.Popen(_CHAIN["args"], cwd=ROOT, stdout=out, stderr=err, text=True)
-
-
-def pytest_sessionfinish(session):
-    if _CHAIN.get("proc") and _CHAIN["proc"].poll() is None:  # interrupted, or no chain test ran
-        _CHAIN["proc"].terminate()
 
 
 @pytest.fixture(scope="session")
@@ -101,16 +79,13 @@ def roundtrip_gguf(model_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def chain(model_dir):
-    """`make all` on the sample data (setup is already done) into a temporary run root, started in the
-    background at collection (pytest_collection_modifyitems). Returns (root, completed process)."""
-    c = _CHAIN
-    returncode = c["proc"].wait(timeout=1800)
-    c["out"].seek(0)
-    c["err"].seek(0)
-    proc = subprocess.CompletedProcess(c["args"], returncode, c["out"].read(), c["err"].read())
+def chain(model_dir, tmp_path_factory):
+    """`make all` on the sample data (setup is already done), into a temporary run root. Returns (root, process)."""
+    root = tmp_path_factory.mktemp("chain")
+    proc = subprocess.run(["make", "all", "SET=" + " ".join([f"run.root={root}", *CHAIN_SET])], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return c["root"], proc
+    return root, proc
 
 
 def fake_ollama(tmp_path: Path, monkeypatch) -> Path:
