@@ -191,7 +191,7 @@ def _summary(cfg, out, name, files, served, modelfiles, lora, disk, stages, doct
     summary = {
         "name": name, "mode": cfg.export.mode, "merged": str(out / "merged") if files else None,
         "files": {t: str(p) for t, p in files.items()},
-        "modelfile": modelfiles[main]["path"], "modelfile_gguf": f"{served}{'' if files else LORA}",
+        "modelfile": modelfiles[main]["path"], "modelfile_gguf": (files[served] if files else lora["bases"][served]).name,
         "modelfiles": modelfiles, "stop": serving["stop"], "num_ctx": serving["num_ctx"],
         "template_verification": modelfiles[main]["template_verification"], "disk": disk, "stages": stages,
         "doctor": {k: {"ok": r.ok, "end_of_turn": r.end_of_turn, "end_of_turn_id": r.end_of_turn_id,
@@ -202,6 +202,7 @@ def _summary(cfg, out, name, files, served, modelfiles, lora, disk, stages, doct
     if lora:
         summary["adapter"] = {"gguf": str(lora["gguf"]), "bytes": lora["stage"]["bytes"], "base_id": lora["base_id"],
                               "base_dir": str(lora["base_dir"]), "bases": {t: str(p) for t, p in lora["bases"].items()},
+                              "base_served": str(lora["bases"][served]),
                               "bases_reused": sorted(t for t, st in lora["base_stages"].items() if st["reused"]),
                               "metadata": lora["metadata"]}
     return summary

@@ -78,7 +78,7 @@ def summary_lines(run_dir: Path) -> list[str]:
         lines.append(f"  eval:   base only (no adapter); report {run_dir / 'eval' / 'report.html'}")
     if export:
         served = export["modelfile_gguf"]
-        others = [t for t in export["files"] if t != served]
+        others = [t for t, f in export["files"].items() if Path(f).name != served]
         files = f"GGUF {served} (+ {', '.join(others)})" if export["files"] else "adapter only"
         lines.append(f"  export: {files}, round trip {'passed' if export['roundtrip_passed'] else 'FAILED'}; "
                      f"report {run_dir / 'export' / 'report.html'}")
@@ -87,7 +87,7 @@ def summary_lines(run_dir: Path) -> list[str]:
         if export.get("adapter"):
             a = export["adapter"]
             lines.append(f"          adapter {Path(a['gguf']).name} ({a['bytes'] / 2**20:.1f} MiB) on the shared base "
-                         f"{a['bases'][served.removesuffix('+lora')]}")
+                         f"{a['base_served']}")
         lines.append(f"          serve it: {export['ollama']['commands']}")
     return lines
 
