@@ -52,22 +52,20 @@ def write(cfg: Config, out: Path, name: str, adapter: Path, model_dir: str, sixt
 
 
 def check_adapter_gguf(lora: Path, adapter: Path, base_gguf: Path) -> dict:
-    """What llama.cpp checks before applying it, read back from the file: adapter type, alpha, architecture of
-    the base, every A with its B, one pair per adapted weight."""
+    """What llama.cpp checks before applying it, read back from the file: adapter type, alpha, every A with its
+    B, one pair per adapted weight, and each pair's shapes against the base GGUF's weight (lora_gguf.misfits)."""
     meta = lora_gguf.inspect(lora)
     lc = lora_gguf.adapter_config(adapter)
     expected_pairs = len(lora_gguf.lora_pairs(adapter))
-    base_arch = lora_gguf.gguf_value(base_gguf, "general.architecture")
     problems = []
     if (meta["type"], meta["adapter_type"]) != ("adapter", "lora"):
         problems.append(f"general.type/adapter.type are {meta['type']}/{meta['adapter_type']}, not adapter/lora")
     if meta["alpha"] is None or abs(meta["alpha"] - lora_gguf.gguf_alpha(lc)) > 1e-6:
         problems.append(f"adapter.lora.alpha is {meta['alpha']}, the adapter's is {lora_gguf.gguf_alpha(lc)}")
-    if meta["architecture"] != base_arch:
-        problems.append(f"architecture {meta['architecture']} but the base GGUF's is {base_arch}")
     if meta["unpaired"] or meta["other_tensors"] or meta["pairs"] != expected_pairs:
         problems.append(f"{meta['pairs']} A/B pairs for {expected_pairs} adapted weights (unpaired {meta['unpaired'][:3]}, "
                         f"other tensors {meta['other_tensors'][:3]})")
+    problems += lora_gguf.misfits(base_gguf, lora)
     if problems:
         raise UserError(*(f"{lora}: {p}" for p in problems))
     return meta

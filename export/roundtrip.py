@@ -47,7 +47,7 @@ def llama(path: Path, **kwargs):
         except ValueError as e:
             failed = str(e)
         log.seek(0)
-        why = [ln for ln in log.read().decode("utf-8", "replace").splitlines() if "failed to" in ln]
+        why = [ln for ln in log.read().decode("utf-8", "replace").splitlines() if "failed to" in ln and "lora" in ln.lower()]
     if failed or why:  # llama.cpp refuses an adapter in its log while llama-cpp-python goes on without raising
         if not failed:
             llm.close()
