@@ -19,7 +19,7 @@ from common.config import load_config
 from common.errors import UserError
 from common.runs import read_jsonl
 from conftest import MODEL_DIR, ROOT, fake_ollama
-from export import lora_gguf
+from export import bases, lora_gguf
 from export.catalog import catalog
 from export.modelfile import paths_of, template_of
 from export.pipeline import roundtrip_failures
@@ -74,7 +74,7 @@ def trained_answers(chain):
     conversations = [r["messages"][:-1] for r in records]
     refs = [r["messages"][-1]["content"] for r in records]
     eot = json.loads((root / "t/export/summary.json").read_text())["doctor"]["merged"]["end_of_turn_id"]
-    return conversations, refs, hf_answers(root / "t/export/merged", conversations, 48, eot, 8)
+    return conversations, refs, hf_answers(root / "t/export/merged", conversations, 24, eot, 8)
 
 
 @pytest.mark.parametrize("case", ["adapter at scale 0", "adapter on the merged model"])
@@ -83,7 +83,7 @@ def test_an_adapter_not_applied_or_applied_to_other_weights_fails_the_round_trip
     summary = json.loads((out / "summary.json").read_text())
     base = {"adapter on the merged model": out / "t-f16.gguf"}.get(case, Path(summary["adapter"]["bases"]["f16"]))
     conversations, refs, hf = trained_answers
-    answers = gguf_answers(base, conversations, 48, 512, lora=out / "t-lora-f16.gguf",
+    answers = gguf_answers(base, conversations, 24, 512, lora=out / "t-lora-f16.gguf",
                            lora_scale=0.0 if case == "adapter at scale 0" else 1.0)
     roundtrip = {"prompts": PROMPTS, "gguf": {"f16+lora": compare(hf, answers, refs)},
                  "files": {"f16+lora": [str(base), str(out / "t-lora-f16.gguf")]}}
@@ -174,29 +174,58 @@ def relabelled_data(chain, path: Path) -> None:
 
 
 def test_two_runs_on_one_base_gguf_give_their_own_answers(chain, tmp_path):
+    """A second real run (curate + 10 training steps) on the chain's prompts relabelled, its adapter written by the
+    export's own writer; both adapters on the chain's one base GGUF answer the same prompt as each was trained."""
     root = chain[0]
     relabelled_data(chain, tmp_path / "routing.jsonl")
-    common = [f"run.root={root}", "run.name=routing", f"data.inputs=[{tmp_path / 'routing.jsonl'}]"]
+    common = [f"run.root={tmp_path}", "run.name=routing", f"data.inputs=[{tmp_path / 'routing.jsonl'}]"]
     for cmd in (["-m", "curate", *common],
                 ["-m", "train", *common, "train.max_steps=10", "train.batch_size=4", "train.max_seq_length=256",
                  "train.warmup_ratio=0", "train.learning_rate=2e-3", "train.eval_steps=10", "train.save_steps=10"],
-                ["-m", "export", *common, "export.mode=adapter", "export.roundtrip_prompts=2"]):
+                ["-m", "export.lora_gguf", str(tmp_path / "routing/train/adapter"), str(MODEL_DIR), str(tmp_path / "routing-lora-f16.gguf")]):
         proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads((root / "routing/export/summary.json").read_text())
-    assert summary["adapter"]["bases_reused"] == ["f16", "q4_k_m"] and summary["roundtrip_passed"]  # the chain wrote them
-    assert not (root / "routing/export/merged").exists() and "Modelfile.adapter" in summary["modelfile"]
-    # one base GGUF, two adapters, the same prompt: each answers as it was trained
-    base = Path(summary["adapter"]["bases"]["f16"])
-    prompt = [read_jsonl(root / "routing/curate/val.jsonl")[0]["messages"][:-1]]
+    base = Path(json.loads((root / "t/export/summary.json").read_text())["adapter"]["bases"]["f16"])
+    prompt = [read_jsonl(tmp_path / "routing/curate/val.jsonl")[0]["messages"][:-1]]
     triage = gguf_answers(base, prompt, 60, 512, lora=root / "t/export/t-lora-f16.gguf")[0]["text"]
-    routing = gguf_answers(base, prompt, 60, 512, lora=root / "routing/export/routing-lora-f16.gguf")[0]["text"]
+    routing = gguf_answers(base, prompt, 60, 512, lora=tmp_path / "routing-lora-f16.gguf")[0]["text"]
     assert routing == LABEL and triage.startswith('{"category"'), (routing, triage)
+
+
+def test_make_adapters_lists_each_runs_adapter_on_its_base(chain):
+    root = chain[0]
     [entry] = catalog(root).values()
-    assert [a["run"] for a in entry["adapters"]] == ["routing", "t"]
+    assert [a["run"] for a in entry["adapters"]] == ["t"] and entry["base"]["files"]["f16"]["written_by_run"] == "t"
     proc = subprocess.run([sys.executable, "-m", "export.catalog", f"run.root={root}"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
-    assert proc.returncode == 0 and "ollama create routing-lora -f Modelfile.adapter" in proc.stdout
-    listed = {line.split(":")[0].strip(): line for line in proc.stdout.splitlines() if line.startswith("  ") and ".gguf" in line}
-    assert "eval field_accuracy" in listed["t"] and "(not evaluated)" in listed["routing"], proc.stdout
-    assert f"rows of {tmp_path / 'routing.jsonl'}, 10 steps" in listed["routing"], proc.stdout
+    assert proc.returncode == 0 and "ollama create t-lora -f Modelfile.adapter" in proc.stdout, proc.stdout
+    [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith("  t: t-lora-f16.gguf")]
+    assert "eval field_accuracy" in line and "steps" in line and "'f16+lora': 1.0" in line, line
+    assert json.loads((root / "_bases" / entry["base"]["id"] / "adapters.json").read_text())[0]["run"] == "t"
+
+
+def test_base_ggufs_are_written_once_per_base_content_and_reused(tmp_path):
+    """bases.ensure with a writer that counts its calls (the export passes the converter there)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"weights v1")
+    calls = []
+
+    def make(t, partial, done):
+        calls.append(t)
+        partial.write_bytes(b"gguf " + t.encode())
+        return {"seconds": 0.1, "peak_rss_mib": 1.0}
+
+    root = tmp_path / "runs"
+    folder = root / bases.BASES / bases.base_id(model, root)
+    files, stages = bases.ensure(folder, "m", str(model), ["f16", "q4_k_m"], "first", make)
+    assert calls == ["f16", "q4_k_m"] and not any(st["reused"] for st in stages.values())
+    files, stages = bases.ensure(folder, "m", str(model), ["f16", "q4_k_m"], "second", make)
+    assert calls == ["f16", "q4_k_m"] and all(st["reused"] for st in stages.values())
+    assert json.loads((folder / "base.json").read_text())["files"]["f16"]["written_by_run"] == "first"
+    files["q4_k_m"].write_bytes(b"truncated")  # a file that is not what was recorded is written again
+    bases.ensure(folder, "m", str(model), ["f16", "q4_k_m"], "third", make)
+    assert calls == ["f16", "q4_k_m", "q4_k_m"]
+    (model / "model.safetensors").write_bytes(b"weights v2")  # other weights: another base, whatever its name
+    assert bases.base_id(model, root) != folder.name
