@@ -14,7 +14,7 @@ from pathlib import Path
 
 from common.config import Config
 from common.errors import UserError
-from common.runs import atomic_write_json, read_jsonl
+from common.runs import atomic_write_json
 from export import bases, lora_gguf
 from export.measure import run_measured
 
@@ -81,7 +81,6 @@ def record(cfg: Config, out: Path, name: str, result: dict, roundtrip: dict, com
     """adapter.json: one entry of `make adapters` (what it is, what it was trained on, how it scored)."""
     run_dir = cfg.run_dir
     lc = lora_gguf.adapter_config(run_dir / "train" / "adapter")
-    train_rows = run_dir / "curate" / "train.jsonl"
     metrics = _json(run_dir / "eval" / "metrics.json")
     main = metrics.get("main_metric")
     train = _json(run_dir / "train" / "summary.json")
@@ -89,7 +88,7 @@ def record(cfg: Config, out: Path, name: str, result: dict, roundtrip: dict, com
         "run": cfg.run.name, "ollama_name": f"{name}-lora", "base_id": result["base_id"], "base_model": cfg.model.name,
         "adapter_gguf": str(result["gguf"]), "bytes": result["gguf"].stat().st_size,
         "lora": {"r": lc["r"], "alpha": lc["lora_alpha"], "target_modules": sorted(lc["target_modules"])},
-        "trained_on": {"inputs": cfg.data.inputs, "train_rows": len(read_jsonl(train_rows)) if train_rows.is_file() else None,
+        "trained_on": {"inputs": cfg.data.inputs, "train_rows": train.get("rows"),
                        "steps": train.get("steps"), "tokens": train.get("tokens_seen")},
         "eval": {"main_metric": main, "base": metrics.get("base", {}).get(main), "tuned": metrics.get("tuned", {}).get(main)}
         if main else None,
