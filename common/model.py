@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 from common.config import Config, dump_config, load_config
@@ -50,6 +51,29 @@ def load_tokenizer(name: str):
         raise UserError(f"model.name `{name}` has no chat template; every stage renders rows with it. Use an "
                         "instruct/chat model")
     return tok
+
+
+# Tokenizer files transformers 5 reads but does not write back (save_pretrained writes tokenizer.json only):
+# llama.cpp's converter builds a SentencePiece family's vocabulary (Gemma, Phi-3, Llama 2, Mistral v0.x) from them.
+SENTENCEPIECE_FILES = ("tokenizer.model", "added_tokens.json")
+
+
+def save_tokenizer(tok, source: str | None, out: Path) -> None:
+    """save_pretrained, plus what llama.cpp's converter needs and transformers 5 no longer writes: the source's
+    SentencePiece files, and `added_tokens_decoder` in tokenizer_config.json (without it the converter types a
+    SentencePiece family's control tokens, e.g. Gemma's <start_of_turn>, as text, and llama.cpp splits them)."""
+    tok.save_pretrained(str(out))
+    src = Path(resolve_model(source)) if source else None
+    for name in SENTENCEPIECE_FILES:
+        if src and (src / name).is_file() and not (out / name).is_file():
+            shutil.copy2(src / name, out / name)
+    config_path = out / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["added_tokens_decoder"] = {
+        str(i): {"content": t.content, "special": t.special, "normalized": t.normalized, "lstrip": t.lstrip,
+                 "rstrip": t.rstrip, "single_word": t.single_word}
+        for i, t in sorted(tok.added_tokens_decoder.items())}
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def load_causal_lm(model_dir: str | Path, dtype: str = "float32", adapter: Path | None = None):

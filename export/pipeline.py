@@ -27,7 +27,7 @@ from common.config import Config
 from common.doctor import require_healthy
 from common.errors import UserError
 from common.metrics import aggregate, score
-from common.model import check_adapter_base, load_causal_lm, load_tokenizer, resolve_model, trained_adapter
+from common.model import check_adapter_base, load_causal_lm, load_tokenizer, resolve_model, save_tokenizer, trained_adapter
 from common.preflight import free_bytes, missing_tool, require, unwritable
 from common.runs import atomic_write_json, atomic_write_text, read_jsonl, stage_dir
 from export import adapter as adapter_export
@@ -131,7 +131,7 @@ def merge(model_dir: str, adapter: Path, out: Path, dtype: str) -> dict:
     merged = load_causal_lm(model_dir, "float32", adapter).merge_and_unload()
     merged = merged.to(getattr(torch, dtype))
     merged.save_pretrained(str(tmp), safe_serialization=True)
-    load_tokenizer(model_dir).save_pretrained(str(tmp))
+    save_tokenizer(load_tokenizer(model_dir), model_dir, tmp)  # with tokenizer.model: the converter needs it
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return {"seconds": round(time.time() - t0, 1), "dtype": dtype,

@@ -27,7 +27,13 @@ class Family:
     pad: str = "<|endoftext|>"  # a special token of the embedded vocab, never the end of turn
     eos: str | None = None  # the tokenizer's eos when it is not the end-of-turn token
     system: str = "wrap"  # how the family writes a system message: wrap | fold-first | fold-last
+    rstrip: bool = False  # control tokens eat the whitespace after them (Phi-3 ships them so)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # None: the embedded model's byte-level BPE plus the control tokens. A SentencePiece tokenizer trained here
+    # on the sample data, as the family ships one (tokenizer.model; llama.cpp's converter reads it):
+    # "gemma" (no dummy prefix, GemmaTokenizer) or "llama" (Llama 2 / Phi-3 style: a dummy prefix space).
+    sentencepiece: str | None = None
+    unk: str = "<unk>"
 
 
 CHATML = Family(
@@ -45,7 +51,8 @@ PHI3 = Family(
     "phi3", "Phi3",
     "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}",
-    "<|end|>", ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"))
+    "<|end|>", ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"), bos="<s>", rstrip=True,
+    sentencepiece="llama")
 _OPEN = ("{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}{% set msgs = messages[1:] %}"
          "{% else %}{% set sys = '' %}{% set msgs = messages %}{% endif %}")
 _NO_LATER_SYSTEM = "{% if m['role'] == 'system' %}{{ raise_exception('System role only at the start') }}{% endif %}"
@@ -55,8 +62,8 @@ GEMMA = Family(
     "{% for m in msgs %}" + _NO_LATER_SYSTEM + "{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
     "{{ '<start_of_turn>' + role + '\\n' + (sys if loop.first else '') + m['content'] + '<end_of_turn>\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}",
-    "<end_of_turn>", ("<bos>", "<start_of_turn>", "<end_of_turn>", "<eos>"), bos="<bos>", eos="<end_of_turn>",
-    system="fold-first")
+    "<end_of_turn>", ("<start_of_turn>", "<end_of_turn>"), bos="<bos>", pad="<pad>", eos="<end_of_turn>",
+    system="fold-first", sentencepiece="gemma")
 MISTRAL = Family(
     "mistral", "Mistral",
     _OPEN + "{% set ns = namespace(last=-1) %}{% for m in msgs %}{% if m['role'] == 'user' %}{% set ns.last = loop.index0 %}"
@@ -76,8 +83,10 @@ def build(family: Family, out: Path, seed: int = 0) -> Path:
     from tokenizers import AddedToken
     from transformers import AutoTokenizer, GenerationConfig
 
-    tok = AutoTokenizer.from_pretrained(str(EMBEDDED))
-    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in family.control_tokens])
+    from common.model import save_tokenizer
+
+    tok = _sentencepiece(family, out) if family.sentencepiece else AutoTokenizer.from_pretrained(str(EMBEDDED))
+    tok.add_tokens([AddedToken(t, special=True, normalized=False, rstrip=family.rstrip) for t in family.control_tokens])
     tok.eos_token = family.eos or family.end_of_turn
     tok.pad_token = family.pad
     tok.bos_token = family.bos
@@ -93,11 +102,58 @@ def build(family: Family, out: Path, seed: int = 0) -> Path:
     model = getattr(transformers, f"{family.arch}ForCausalLM")(config)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    tok.save_pretrained(out)
+    save_tokenizer(tok, None, out)  # as a hub checkpoint ships it: added_tokens_decoder in tokenizer_config.json
     GenerationConfig(eos_token_id=sorted({eot, ids["eos"]}), pad_token_id=ids["pad"],
                      bos_token_id=tok.bos_token_id).save_pretrained(out)
     (out / "zoo.json").write_text(json.dumps({"family": family.name, "arch": family.arch, "eot": family.end_of_turn}) + "\n")
     return out
+
+
+def _sample_texts() -> list[str]:
+    """Every string in the sample data's JSON lines files: the corpus a zoo SentencePiece model is trained on."""
+    texts: list[str] = []
+
+    def walk(x):
+        if isinstance(x, str):
+            texts.append(x)
+        elif isinstance(x, dict | list):
+            for v in x.values() if isinstance(x, dict) else x:
+                walk(v)
+
+    for path in sorted((ROOT / "data" / "sample").glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                walk(json.loads(line))
+            except ValueError:  # the sample data's planted broken lines
+                continue
+    return texts
+
+
+def _sentencepiece(family: Family, out: Path):
+    """A 2000-piece SentencePiece BPE (byte fallback, digits split) trained on the sample data in well under a
+    second, with the family's unk/bos/eos pieces and its control tokens as user-defined pieces; written to
+    out/tokenizer.model and loaded by transformers' own converter for the family's tokenizer class."""
+    import sentencepiece as spm
+    from transformers import GemmaTokenizer, LlamaTokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    eos = family.eos if family.eos and family.eos not in family.control_tokens else ("<eos>" if family.sentencepiece == "gemma" else "</s>")
+    specials = {"unk": family.unk, "bos": family.bos, "eos": eos}
+    extra = [t for t in (family.pad, *family.control_tokens) if t not in specials.values()]
+    if family.sentencepiece == "gemma":  # Gemma's vocabulary holds runs of newlines as pieces of their own
+        extra += ["\n" * k for k in range(1, 5)]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_sample_texts()), model_prefix=str(out / "tokenizer"), vocab_size=2000, model_type="bpe",
+        byte_fallback=True, split_digits=True, add_dummy_prefix=family.sentencepiece == "llama",
+        remove_extra_whitespaces=False, normalization_rule_name="identity", allow_whitespace_only_pieces=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, unk_piece=specials["unk"], bos_piece=specials["bos"],
+        eos_piece=specials["eos"], user_defined_symbols=extra, minloglevel=2)
+    (out / "tokenizer.vocab").unlink()
+    cls = GemmaTokenizer if family.sentencepiece == "gemma" else LlamaTokenizer
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": cls.__name__, "unk_token": specials["unk"], "bos_token": family.bos,
+        "eos_token": specials["eos"], "pad_token": family.pad, "add_bos_token": False, "legacy": family.sentencepiece == "llama"}))
+    return cls.from_pretrained(str(out))
 
 
 CONVERSATION = [{"role": "system", "content": "You triage support messages."},

@@ -18,7 +18,7 @@ from pathlib import Path
 from common.chat import Collator, pack, tokenize
 from common.config import Config, dump_config
 from common.errors import UserError
-from common.model import load_unsloth, resolve_model, write_adapter_identity
+from common.model import load_unsloth, resolve_model, save_tokenizer, write_adapter_identity
 from common.preflight import require, unwritable
 from common.runs import atomic_write_json, package_versions, read_jsonl, stage_dir
 
@@ -234,7 +234,7 @@ def _save_adapter(cfg: Config, out: Path, model, tokenizer, model_dir: str) -> P
     tmp = out / "adapter.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
+    save_tokenizer(tokenizer, model_dir, tmp)
     write_adapter_identity(tmp, cfg, model_dir)
     shutil.rmtree(adapter, ignore_errors=True)
     tmp.rename(adapter)
