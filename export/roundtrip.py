@@ -33,6 +33,11 @@ def _native_stderr_to(log):
         os.close(saved)
 
 
+def cpu_threads() -> int:
+    """llama.cpp's threads: OMP_NUM_THREADS where it is set (the same cap torch obeys), else every core."""
+    return int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1
+
+
 @contextmanager
 def llama(path: Path, **kwargs):
     """A llama-cpp-python model (with kwargs lora_path/lora_scale: a GGUF adapter applied), closed on exit (its
@@ -42,7 +47,8 @@ def llama(path: Path, **kwargs):
     with tempfile.TemporaryFile() as log:
         try:
             with _native_stderr_to(log):
-                llm = Llama(model_path=str(path), verbose=False, n_threads=kwargs.pop("n_threads", 2), seed=0, **kwargs)
+                llm = Llama(model_path=str(path), verbose=False, n_threads=kwargs.pop("n_threads", cpu_threads()), seed=0,
+                            **kwargs)
             failed = None
         except ValueError as e:
             failed = str(e)

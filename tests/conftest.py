@@ -78,14 +78,53 @@ def roundtrip_gguf(model_dir, tmp_path_factory) -> Path:
     return out
 
 
+_CHAIN: dict = {}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """When tests need the chain, `make all` starts now in the background and those tests run last: the chain and
+    the rest of the suite each get one of the two cores (OMP_NUM_THREADS=1 in both; two torch processes with a
+    thread per core each would fight over both cores)."""
+    items.sort(key=lambda item: "chain" in item.fixturenames)
+    if not any("chain" in item.fixturenames for item in items) or not (MODEL_DIR / ".complete").is_file():
+        return
+    import torch
+
+    root = config._tmp_path_factory.mktemp("chain")  # the tmp_path_factory fixture, before fixtures exist
+    out, err = open(root / "make_all.out", "w+"), open(root / "make_all.err", "w+")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    _CHAIN.update(root=root, out=out, err=err, proc=subprocess.Popen(
+        ["make", "all", "SET=" + " ".join([f"run.root={root}", *CHAIN_SET])], cwd=ROOT, env=env,
+        stdout=out, stderr=err, text=True, start_new_session=True))
+    _CHAIN.update(threads=(os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()))
+    os.environ["OMP_NUM_THREADS"] = "1"  # child processes of the tests below
+    torch.set_num_threads(1)
+
+
+def pytest_runtest_setup(item):
+    """Once the background chain has finished, the tests get both cores back."""
+    if _CHAIN and "threads" in _CHAIN and _CHAIN["proc"].poll() is not None:
+        import torch
+
+        env, threads = _CHAIN.pop("threads")
+        os.environ.pop("OMP_NUM_THREADS") if env is None else os.environ.update(OMP_NUM_THREADS=env)
+        torch.set_num_threads(threads)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _CHAIN and _CHAIN["proc"].poll() is None:  # the session ended before a chain test waited on it
+        os.killpg(_CHAIN["proc"].pid, 9)  # make and the stage it runs
+
+
 @pytest.fixture(scope="session")
-def chain(model_dir, tmp_path_factory):
-    """`make all` on the sample data (setup is already done), into a temporary run root. Returns (root, process)."""
-    root = tmp_path_factory.mktemp("chain")
-    proc = subprocess.run(["make", "all", "SET=" + " ".join([f"run.root={root}", *CHAIN_SET])], cwd=ROOT,
-                          capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return root, proc
+def chain(model_dir):
+    """`make all` on the sample data (setup is already done) into a temporary run root, started in the background
+    at collection. Returns (root, process) once it has finished."""
+    proc = _CHAIN["proc"]
+    proc.wait(timeout=1800)
+    out, err = (f.seek(0) or f.read() for f in (_CHAIN["out"], _CHAIN["err"]))
+    assert proc.returncode == 0, out[-4000:] + err[-4000:]
+    return _CHAIN["root"], subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def fake_ollama(tmp_path: Path, monkeypatch) -> Path:
