@@ -60,8 +60,9 @@ SENTENCEPIECE_FILES = ("tokenizer.model", "added_tokens.json")
 
 def save_tokenizer(tok, source: str | None, out: Path) -> None:
     """save_pretrained, plus what llama.cpp's converter needs and transformers 5 no longer writes: the source's
-    SentencePiece files, and `added_tokens_decoder` in tokenizer_config.json (without it the converter types a
-    SentencePiece family's control tokens, e.g. Gemma's <start_of_turn>, as text, and llama.cpp splits them)."""
+    SentencePiece files, `added_tokens_decoder` in tokenizer_config.json (without it the converter types a
+    SentencePiece family's control tokens, e.g. Gemma's <start_of_turn>, as text, and llama.cpp splits them),
+    and add_bos_token/add_eos_token false (without them llama.cpp puts a BOS before a Phi-3 prompt)."""
     tok.save_pretrained(str(out))
     src = Path(resolve_model(source)) if source else None
     for name in SENTENCEPIECE_FILES:
@@ -73,6 +74,9 @@ def save_tokenizer(tok, source: str | None, out: Path) -> None:
         str(i): {"content": t.content, "special": t.special, "normalized": t.normalized, "lstrip": t.lstrip,
                  "rstrip": t.rstrip, "single_word": t.single_word}
         for i, t in sorted(tok.added_tokens_decoder.items())}
+    # Training tokenizes the rendered template without adding special tokens (common/chat.py): the template
+    # writes a BOS where the family has one. A converter that finds no add_bos_token lets llama.cpp add its own.
+    config.update(add_bos_token=False, add_eos_token=False)
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -148,3 +152,16 @@ def check_adapter_base(adapter: Path, model_dir: str, verb: str) -> None:
         raise UserError(f"{adapter} was trained on `{base['name']}` ({base['dir']}, fingerprint {base['fingerprint']}), "
                         f"but the base at {model_dir} is now a different model (fingerprint {now}); {verb} it with the "
                         "base it was trained on, or retrain")
+
+
+def converter_view(model_dir: str, out: Path) -> Path:
+    """model_dir as llama.cpp's converter should read it: its weights and configs linked into `out`, its tokenizer
+    written there by save_tokenizer (the base GGUF an adapter is served on gets the tokenizer the merged one gets)."""
+    src = Path(resolve_model(model_dir)).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and not f.name.startswith(("tokenizer", "special_tokens_map", "added_tokens", "chat_template",
+                                                  "vocab.", "merges.")):
+            (out / f.name).symlink_to(f)
+    save_tokenizer(load_tokenizer(str(src)), str(src), out)
+    return out

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from common.config import Config
 from common.errors import UserError
+from common.model import converter_view
 from common.runs import atomic_write_json
 from export import bases, lora_gguf
 from export.measure import run_measured
@@ -26,14 +28,16 @@ def base_types(sixteen: str, served: str) -> list[str]:
 
 def write(cfg: Config, out: Path, name: str, adapter: Path, model_dir: str, sixteen: str, served: str, gguf_file) -> dict:
     """Base GGUFs (reused when present), the adapter GGUF (checked as llama.cpp will check it), and their stages.
-    gguf_file(type, hf_dir, sixteen_file, partial, what) writes one GGUF and returns its stage dict."""
+    gguf_file(type, hf_dir, sixteen_file, partial, what, model_name) writes one GGUF and returns its stage dict."""
     root = Path(cfg.run.root)
     base_id = bases.base_id(model_dir, root)
     folder = root / bases.BASES / base_id
 
     def make(t, partial, done):
         print(f"export: writing base {folder.name}/{partial.name.removesuffix('.partial')} (once per base model)")
-        return gguf_file(t, Path(model_dir), done.get(sixteen), partial, f"base model {cfg.model.name}")
+        with tempfile.TemporaryDirectory(dir=folder) as view:  # the tokenizer as the merged export writes it
+            return gguf_file(t, converter_view(model_dir, Path(view)), done.get(sixteen), partial, f"base model {cfg.model.name}",
+                             cfg.model.name)
 
     files, stages = bases.ensure(folder, cfg.model.name, model_dir, base_types(sixteen, served), cfg.run.name, make)
     for t, st in stages.items():

