@@ -163,6 +163,8 @@ def facts_from_gguf(path: str | Path) -> Facts:
     control = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (3, 4)}  # CONTROL, USER_DEFINED
     template = get("tokenizer.chat_template")
     eot = get("tokenizer.ggml.eot_token_id")
+    # the template's bos_token / eos_token, as llama.cpp's chat-template code passes them
+    names = {f"{k}_token": tokens[i] for k in ("bos", "eos") if isinstance(i := get(f"tokenizer.ggml.{k}_token_id"), int) and i < len(tokens)}
     return Facts(
         source=str(path),
         chat_template=template,
@@ -170,7 +172,7 @@ def facts_from_gguf(path: str | Path) -> Facts:
         eos_id=get("tokenizer.ggml.eos_token_id"),
         pad_id=get("tokenizer.ggml.padding_token_id"),
         stop_ids=_as_list(eot),
-        render=(lambda m, g: render_jinja(template, m, g)) if template else None,
+        render=(lambda m, g: render_jinja(template, m, g, **names)) if template else None,
         kind="gguf",
     )
 

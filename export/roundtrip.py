@@ -108,7 +108,8 @@ def gguf_answers(path: Path, conversations: list[list[dict]], max_new_tokens: in
             raise UserError(*wrong, f"{lora.name} was not trained on {path} (a wrong base model); use the base GGUF the export "
                             "wrote for it (Modelfile.adapter's FROM)")
     with llama(path, n_ctx=n_ctx, **adapter) as llm:
-        bos, eos = llm.detokenize([llm.token_bos()]).decode(errors="replace"), llm.detokenize([llm.token_eos()]).decode(errors="replace")
+        # their text, as the template writes them (without special=True a control token detokenizes to nothing)
+        bos, eos = (llm.detokenize([i], special=True).decode(errors="replace") for i in (llm.token_bos(), llm.token_eos()))
         add_bos = llm._model.add_bos_token()
         for conv in tqdm(conversations, desc=f"round trip: {path.name}{' + ' + lora.name if lora else ''}", unit="prompt", leave=False):
             prompt = render_jinja(facts.chat_template, conv, True, bos_token=bos, eos_token=eos)

