@@ -164,7 +164,8 @@ def facts_from_gguf(path: str | Path) -> Facts:
     template = get("tokenizer.chat_template")
     eot = get("tokenizer.ggml.eot_token_id")
     # the template's bos_token / eos_token, as llama.cpp's chat-template code passes them
-    names = {f"{k}_token": tokens[i] for k in ("bos", "eos") if isinstance(i := get(f"tokenizer.ggml.{k}_token_id"), int) and i < len(tokens)}
+    ids = {k: get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos")}
+    names = {f"{k}_token": tokens[i] for k, i in ids.items() if isinstance(i, int) and i < len(tokens)}
     return Facts(
         source=str(path),
         chat_template=template,
