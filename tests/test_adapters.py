@@ -166,8 +166,14 @@ LABEL = "Routed to: ORCHID desk."
 
 def relabelled_data(path: Path) -> None:
     """The sample data's triage prompts, each answered with one routing label instead of JSON."""
-    rows = [r for r in read_jsonl(ROOT / "data/sample/support_openai.jsonl")
-            if [m["role"] for m in r["messages"]] == ["system", "user", "assistant"] and r["messages"][-1]["content"].startswith("{")]
+    rows = []
+    for line in (ROOT / "data/sample/support_openai.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:  # the sample data's planted broken lines
+            continue
+        if [m.get("role") for m in r.get("messages") or []] == ["system", "user", "assistant"] and str(r["messages"][-1]["content"]).startswith("{"):
+            rows.append(r)
     with path.open("w") as f:
         for r in rows[:64]:
             f.write(json.dumps({"messages": r["messages"][:-1] + [{"role": "assistant", "content": LABEL}]}) + "\n")

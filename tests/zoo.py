@@ -74,7 +74,14 @@ MISTRAL = Family(
     "</s>", ("<s>", "</s>", "[INST]", "[/INST]"), bos="<s>", eos="</s>", system="fold-last",
     notes=("the system message goes into the last user turn, so a multi-turn row with a system message renders its "
            "earlier prompts differently when cut: training refuses such rows (common/chat.py)",))
-FAMILIES = [CHATML, LLAMA3, PHI3, GEMMA, MISTRAL]
+DEEPSEEK = Family(
+    "deepseek (V3 / R1)", "Llama",
+    _OPEN + "{{ bos_token + sys }}{% for m in msgs %}" + _NO_LATER_SYSTEM + "{% if m['role'] == 'user' %}"
+    "{{ '<｜User｜>' + m['content'] }}{% else %}{{ '<｜Assistant｜>' + m['content'] + '<｜end▁of▁sentence｜>' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}",
+    "<｜end▁of▁sentence｜>", ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"),
+    bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>")
+FAMILIES = [CHATML, LLAMA3, PHI3, GEMMA, MISTRAL, DEEPSEEK]
 
 
 def build(family: Family, out: Path, seed: int = 0, pretrain_steps: int = 0) -> Path:
