@@ -179,10 +179,11 @@ def relabelled_data(path: Path) -> None:
             f.write(json.dumps({"messages": r["messages"][:-1] + [{"role": "assistant", "content": LABEL}]}) + "\n")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def routing(tmp_path_factory) -> Path:
     """A second real run (curate + 10 training steps) on relabelled triage prompts, its adapter written by the
-    export's own writer. Needs no chain, so it runs while the chain does (conftest)."""
+    export's own writer. Needs no chain, so it runs while the chain does (conftest). Session-scoped: the chain
+    test that uses it again runs after other modules' tests, and a module fixture would be built twice."""
     root = tmp_path_factory.mktemp("routing")
     relabelled_data(root / "routing.jsonl")
     common = [f"run.root={root}", "run.name=routing", f"data.inputs=[{root / 'routing.jsonl'}]"]
