@@ -125,6 +125,8 @@ def _pretrain(model, tok, steps: int, batch: int = 4, lr: float = 3e-3) -> None:
     """Full-weight AdamW steps on the sample OpenAI-format conversations rendered with the family's template."""
     import torch
 
+    if steps <= 0:
+        return
     rows = []
     for line in (ROOT / "data/sample/support_openai.jsonl").read_text(encoding="utf-8").splitlines():
         try:
