@@ -24,6 +24,7 @@ from export.catalog import catalog
 from export.modelfile import paths_of, template_of
 from export.pipeline import roundtrip_failures
 from export.roundtrip import compare, gguf_answers, hf_answers
+from zoo import sample_rows
 
 PROMPTS = 2  # val prompts per wrong-base check: a wrong base answers differently on every one; the right base is
              # checked on the chain's own round trip (10 prompts)
@@ -166,14 +167,9 @@ LABEL = "Routed to: ORCHID desk."
 
 def relabelled_data(path: Path) -> None:
     """The sample data's triage prompts, each answered with one routing label instead of JSON."""
-    rows = []
-    for line in (ROOT / "data/sample/support_openai.jsonl").read_text(encoding="utf-8").splitlines():
-        try:
-            r = json.loads(line)
-        except ValueError:  # the sample data's planted broken lines
-            continue
-        if [m.get("role") for m in r.get("messages") or []] == ["system", "user", "assistant"] and str(r["messages"][-1]["content"]).startswith("{"):
-            rows.append(r)
+    rows = [r for r in sample_rows("support_openai.jsonl") if isinstance(r, dict)
+            and [m.get("role") for m in r.get("messages") or []] == ["system", "user", "assistant"]
+            and str(r["messages"][-1]["content"]).startswith("{")]
     with path.open("w") as f:
         for r in rows[:64]:
             f.write(json.dumps({"messages": r["messages"][:-1] + [{"role": "assistant", "content": LABEL}]}) + "\n")

@@ -128,10 +128,10 @@ def _pretrain(model, tok, steps: int, batch: int = 4, lr: float = 3e-3) -> None:
     if steps <= 0:
         return
     rows = []
-    for line in (ROOT / "data/sample/support_openai.jsonl").read_text(encoding="utf-8").splitlines():
+    for row in sample_rows("support_openai.jsonl"):
         try:
-            rows.append(tok.apply_chat_template(json.loads(line)["messages"], tokenize=False))
-        except Exception:  # the sample data's planted defects: broken lines, roles the template refuses
+            rows.append(tok.apply_chat_template(row["messages"], tokenize=False))
+        except Exception:  # the sample data's planted defects: missing messages, roles the template refuses
             continue
     seqs = [tok(text, add_special_tokens=False)["input_ids"][:192] for text in rows]
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -148,6 +148,18 @@ def _pretrain(model, tok, steps: int, batch: int = 4, lr: float = 3e-3) -> None:
     model.eval()
 
 
+def sample_rows(name: str) -> list:
+    """The parsed lines of data/sample/<name>, without the sample data's planted broken lines (split on "\n"
+    only, as common.runs.read_jsonl does: JSON strings may hold U+2028 unescaped)."""
+    rows = []
+    for line in (ROOT / "data" / "sample" / name).read_text(encoding="utf-8").split("\n"):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
 def _sample_texts() -> list[str]:
     """Every string in the sample data's JSON lines files: the corpus a zoo SentencePiece model is trained on."""
     texts: list[str] = []
@@ -160,11 +172,8 @@ def _sample_texts() -> list[str]:
                 walk(v)
 
     for path in sorted((ROOT / "data" / "sample").glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                walk(json.loads(line))
-            except ValueError:  # the sample data's planted broken lines
-                continue
+        for row in sample_rows(path.name):
+            walk(row)
     return texts
 
 
