@@ -14,7 +14,8 @@
 #   make adapters  every run's adapter GGUF by base model: size, training data, eval metric, `ollama create` commands
 #   make all       setup, preflight, curate, train, eval, gguf, summary: the whole chain on the sample data
 #   make preflight check what every stage needs (tools, run folder, disk, memory) before anything long starts
-#   make test      the test suite (sets up first; installs Debian chromium for the browser test)
+#   make test      the test suite (sets up first; installs Debian chromium for the browser test and fetches
+#                  llama.cpp's Llama 3 / Qwen2 test vocabularies for the template zoo: scripts/fetch_vocab.py)
 #   make sample-data   regenerate data/sample/ and data/sample_defects.json (seeded, committed)
 
 PYTHON ?= python3.11
@@ -64,6 +65,7 @@ summary: setup
 
 test: setup
 	bash scripts/prereqs.sh --tests
+	$(PY) scripts/fetch_vocab.py
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 sample-data: $(VENV_STAMP)

@@ -54,7 +54,9 @@ def chain_cells(family, model: Path, root: Path) -> list[str]:
             cells.append(f"OK, val loss {s['final_val_loss']}")
         else:
             m = json.loads((run / "eval/metrics.json").read_text())["tuned"]
-            cells.append(f"OK, valid JSON {m['valid_json']:.0%}, stopped {m['stopped_at_end_of_turn']:.0%}")
+            shown = [f"{label} {m[key]:.0%}" for key, label in (("valid_json", "valid JSON"), ("tool_call_valid", "tool calls parse"),
+                                                               ("stopped_at_end_of_turn", "stopped")) if key in m]
+            cells.append("OK, " + ", ".join(shown))
     if "export" not in result:
         return cells + ["(not reached)"]
     if not (run / "export/roundtrip.json").is_file():
@@ -76,9 +78,7 @@ def row(family, root: Path, go: Path) -> list[str]:
         template = f"{v['identical']}/{v['conversations']} identical" + (f" (system folded into the {w.fold.into} user turn)" if w.fold else "")
     except UserError as e:
         template = f"refused: {str(e)[:80]}"
-    tokenizer = {"gemma": "SentencePiece (Gemma layout)", "llama": "SentencePiece (Llama 2 / Phi-3)"}.get(
-        family.sentencepiece, "byte-level BPE (SmolLM2's)")
-    return [family.name, family.arch, tokenizer, doctor, labels(model), template, *chain_cells(family, model, root)]
+    return [family.name, family.arch, family.tokenizer_kind, doctor, labels(model), template, *chain_cells(family, model, root)]
 
 
 def main() -> int:

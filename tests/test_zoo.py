@@ -1,11 +1,12 @@
-"""The template zoo (issue 16): six chat-template families on tiny models built here (tests/zoo.py) — ChatML,
-Llama 3, Phi-3, Gemma (no system turn: folded into the first user turn), Mistral (folded into the last) and
-DeepSeek — through the doctor, assistant-only labels, the Ollama TEMPLATE verified by Go, llama.cpp's prompt
-tokens, and (Phi-3) the whole chain. scripts/zoo_table.py runs the whole chain for every family and prints
-README's table."""
+"""The template zoo (issue 16): six chat-template families on tiny models built here (tests/zoo.py) — Qwen 2.5
+(ChatML with tools, Qwen2's own vocabulary), Llama 3 (its own vocabulary), Phi-3, Gemma (no system turn: folded
+into the first user turn), Mistral (folded into the last) and DeepSeek — through the doctor, assistant-only labels,
+the Ollama TEMPLATE verified by Go, tool rows in the template's own form, llama.cpp's prompt tokens, and (Phi-3)
+the whole chain. scripts/zoo_table.py runs the whole chain for every family and prints README's table."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -15,7 +16,7 @@ from common.chat_template import derive
 from common.doctor import check
 from common.errors import UserError
 from export.modelfile import build_renderer, go_template, verify
-from zoo import CHATML, CONVERSATION, DEEPSEEK, FAMILIES, GEMMA, LLAMA3, MISTRAL, PHI3, build, gguf_prompt_tokens_match, loss_spans, run_chain
+from zoo import CONVERSATION, QWEN25, DEEPSEEK, FAMILIES, GEMMA, LLAMA3, MISTRAL, PHI3, build, gguf_prompt_tokens_match, loss_spans, run_chain
 
 REPLIES = ["Billing, high.", "Shipping, medium."]
 
@@ -37,10 +38,7 @@ def test_doctor_names_each_familys_end_of_turn_and_catches_a_planted_pad(zoo, fa
     assert report.end_of_turn == family.end_of_turn
     assert report.loss_text.endswith(f"⟦{family.end_of_turn}⟧")
     assert ("folded into the " + family.system.split("-")[1]) in report.shape if family.system != "wrap" else "wrap" in report.shape
-    if family is LLAMA3:  # the zoo borrows SmolLM2's BPE, which splits "\n\n" + word differently from "\n\n" alone
-        assert [p.what for p in report.problems if "tokens are not a prefix" in p.what], report.format()
-    else:
-        assert report.ok, report.format()
+    assert report.ok, report.format()
     if family not in (GEMMA, PHI3):  # the planted fault, on two families (each model copy costs seconds)
         return
     planted = shutil.copytree(zoo[family.name], tmp_path / "planted")
@@ -52,20 +50,57 @@ def test_doctor_names_each_familys_end_of_turn_and_catches_a_planted_pad(zoo, fa
     assert any("pad is the end-of-turn token" in p.what for p in check(planted).problems)
 
 
-@pytest.mark.parametrize("family", [CHATML, PHI3, GEMMA, MISTRAL, DEEPSEEK], ids=["Qwen2", "Phi3", "Gemma", "Mistral", "DeepSeek"])
+@pytest.mark.parametrize("family", FAMILIES, ids=[f.name.split()[0] for f in FAMILIES])
 def test_loss_covers_exactly_each_reply_and_its_end_of_turn(zoo, family):
     rows = CONVERSATION if family is not MISTRAL else CONVERSATION[1:]
     assert loss_spans(zoo[family.name], rows) == [r + family.end_of_turn for r in REPLIES]
 
 
-def test_what_training_refuses_it_says(zoo):
+def test_what_training_refuses_it_says(zoo, tmp_path):
     """Mistral folds the system message into the LAST user turn, so a multi-turn row's earlier prompts render
-    differently when cut; the Llama 3 template on a tokenizer that merges its prompt's "\\n\\n" with the reply.
-    Both are refused by training with the reason (and the doctor names the second)."""
-    for family in (MISTRAL, LLAMA3):
+    differently when cut. Llama 3's template on a tokenizer that is not Llama 3's (SmolLM2's BPE merges the
+    prompt's "\\n\\n" with the reply's first word; Llama 3's own splits newlines apart, above): the doctor names
+    it, and training refuses the rows rather than train a prompt the server never sends. Both with the reason."""
+    mismatched = build(dataclasses.replace(LLAMA3, vocab=None, pad="<|endoftext|>"), tmp_path / "llama3-on-smollm2")
+    assert [p.what for p in check(mismatched).problems if "tokens are not a prefix" in p.what]
+    for model in (zoo[MISTRAL.name], mismatched):
         with pytest.raises(UserError, match="renders this conversation differently when it is cut"):
-            loss_spans(zoo[family.name], CONVERSATION)
+            loss_spans(model, CONVERSATION)
     assert loss_spans(zoo[MISTRAL.name], CONVERSATION[:3]) == [REPLIES[0] + "</s>"]  # one turn: fine
+
+
+def test_tool_rows_take_the_templates_own_form(zoo, go_renderer):
+    """Qwen 2.5's template writes tools itself (specs in the system turn, <tool_call> JSON after the assistant's
+    content, results grouped in a user turn): curate keeps a tool row as that template renders it, split back
+    into plain turns that render to the same text (curate/tools.TemplateForms); Go's text/template renders those
+    turns identically, and <tool_call> stays one added token. Llama 3's template here has no tools: its tool rows
+    take curate's documented text form."""
+    from transformers import AutoTokenizer
+
+    from curate.filters import ROLE_MAP
+    from curate.tools import TemplateForms
+    from export.modelfile import go_render
+
+    spec = {"name": "create_ticket", "description": "Open a ticket.",
+            "parameters": {"type": "object", "properties": {"category": {"type": "string"}}}}
+    row = [{"role": "system", "content": "You are a support agent."}, {"role": "user", "content": "I was charged twice."},
+           {"role": "assistant", "content": "", "tool_calls": [{"name": "create_ticket", "arguments": {"category": "billing"}}]},
+           {"role": "tool", "content": '{"ticket": "T-10422"}'}, {"role": "tool", "content": '{"email": "sent"}'},
+           {"role": "assistant", "content": "I have opened ticket T-10422 for you."}]
+    tok = AutoTokenizer.from_pretrained(str(zoo[QWEN25.name]))
+    forms = TemplateForms(tok, ROLE_MAP)
+    assert forms.tools
+    turns = forms.convert(row, [spec])
+    assert [t["role"] for t in turns] == ["system", "user", "assistant", "user", "assistant"]
+    assert turns[0]["content"].startswith("You are a support agent.\n\n# Tools\n\nYou may call one or more functions")
+    assert '\n{"type": "function", "function": {"name": "create_ticket", "description": "Open a ticket."' in turns[0]["content"]
+    assert turns[2]["content"] == '<tool_call>\n{"name": "create_ticket", "arguments": {"category": "billing"}}\n</tool_call>'
+    assert turns[3]["content"] == '<tool_response>\n{"ticket": "T-10422"}\n</tool_response>\n<tool_response>\n{"email": "sent"}\n</tool_response>'
+    render = check(zoo[QWEN25.name]).facts.render
+    assert go_render(go_renderer, go_template(derive(render)), [turns]) == [render(turns, False)]
+    ids = tok(render(turns, False), add_special_tokens=False)["input_ids"]
+    assert ids.count(tok.convert_tokens_to_ids("<tool_call>")) == 3  # the tools block's two and the call
+    assert not TemplateForms(AutoTokenizer.from_pretrained(str(zoo[LLAMA3.name])), ROLE_MAP).tools
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=[f.name.split()[0] for f in FAMILIES])
@@ -77,8 +112,8 @@ def test_ollama_template_is_derived_and_verified_in_go(zoo, family, go_renderer)
     assert result["identical"] == result["conversations"] >= 20
 
 
-# Phi-3 goes through the whole chain below; ChatML on Qwen2 does not convert (README: the zoo's borrowed tokenizer)
-CONVERTED = [LLAMA3, GEMMA, MISTRAL]
+# Phi-3 goes through the whole chain below
+CONVERTED = [QWEN25, LLAMA3, GEMMA, MISTRAL]
 
 
 @pytest.mark.parametrize("family", CONVERTED, ids=[f.name.split()[0] for f in CONVERTED])

@@ -1,19 +1,31 @@
 """The template zoo: one tiny, randomly initialised model per chat-template family, built here in seconds.
 
 Each family's chat template is written by us in the family's documented shape (not copied files); the tokenizer
-is the embedded model's byte-level BPE plus the family's control tokens, with eos / pad / bos set the way the
-family sets them; the weights are a 2-layer model of the family's architecture. Nothing is downloaded. Used by
-tests/test_zoo.py and scripts/zoo_table.py.
+is the family's kind: Llama 3's and Qwen2's real vocabularies (llama.cpp's test vocabulary GGUFs, which the
+llama-cpp-python sdist vendors: scripts/fetch_vocab.py), a SentencePiece model trained here for Gemma and Phi-3,
+otherwise the embedded model's byte-level BPE plus the family's control tokens; eos / pad / bos set the way the
+family sets them; the weights are a 2-layer model of the family's architecture. Nothing is downloaded at test
+time. Used by tests/test_zoo.py and scripts/zoo_table.py.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED = ROOT / "models" / "smollm2-135m-instruct"
+VOCAB_DIR = ROOT / "models" / "_source" / "vocab"  # scripts/fetch_vocab.py
+# The families' documented pre-tokenizer split patterns (the Split regex of their tokenizer.json; llama.cpp's
+# llama-vocab.cpp has the same per pre-tokenizer type): Llama 3 groups up to 3 digits, Qwen2 splits every digit.
+_SPLIT = {"llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+          "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"}
+# Slots the later releases named (the vocabulary GGUFs are Llama 3.0's and Qwen 1.5/2's): Llama 3.1's pad,
+# end-of-message and python tag; Qwen 2.5's <tool_call> pair, added tokens that are not special.
+_RENAMED = {"llama-bpe": {128004: "<|finetune_right_pad_id|>", 128008: "<|eom_id|>", 128010: "<|python_tag|>"},
+            "qwen2": {151657: "<tool_call>", 151658: "</tool_call>"}}
 
 
 @dataclass(frozen=True)
@@ -35,19 +47,50 @@ class Family:
     sentencepiece: str | None = None
     unk: str = "<unk>"
     lora_targets: tuple[str, ...] | None = None  # when the family's linear layers are not q_proj, k_proj, ...
+    vocab: str | None = None  # a real vocabulary from VOCAB_DIR: "llama-bpe" (Llama 3) or "qwen2"
+    chain_data: tuple[str, ...] = ("support_openai.jsonl",)  # data/sample files run_chain trains on
+
+    @property
+    def tokenizer_kind(self) -> str:
+        return ({"gemma": "SentencePiece (Gemma layout)", "llama": "SentencePiece (Llama 2 / Phi-3)"}.get(self.sentencepiece)
+                or {"llama-bpe": "Llama 3's own (128k BPE)", "qwen2": "Qwen2's own (152k BPE)"}.get(self.vocab)
+                or "byte-level BPE (SmolLM2's)")
 
 
-CHATML = Family(
-    "chatml (Qwen 2.5 / SmolLM)", "Qwen2",
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
-    "<|im_end|>", ("<|im_start|>", "<|im_end|>"))
+_QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+# Qwen 2.5's shape: a default system prompt when the conversation has none; with `tools`, their specs (one JSON per
+# line in <tools>) after the system prompt; an assistant's calls as <tool_call> JSON after its content; consecutive
+# tool results in one user turn, each in <tool_response>.
+QWEN25 = Family(
+    "qwen2.5 (ChatML, tools)", "Qwen2",
+    "{%- set sys = messages[0]['content'] if messages and messages[0]['role'] == 'system' else '" + _QWEN_SYSTEM + "' %}"
+    "{%- if tools %}{{- '<|im_start|>system\\n' + sys + '\\n\\n# Tools\\n\\nYou may call one or more functions to assist "
+    "with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}"
+    "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\\n<tool_call>\\n{\"name\": <function-name>, \"arguments\": <args-json-object>}"
+    "\\n</tool_call><|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\n' + sys + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- for m in messages %}"
+    "{%- if m['role'] == 'user' or (m['role'] == 'system' and not loop.first) or (m['role'] == 'assistant' and not m.tool_calls) %}"
+    "{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{%- elif m['role'] == 'assistant' %}{{- '<|im_start|>assistant' }}{%- if m['content'] %}{{- '\\n' + m['content'] }}{%- endif %}"
+    "{%- for call in m.tool_calls %}{%- set call = call.function if call.function is defined else call %}"
+    "{{- '\\n<tool_call>\\n{\"name\": \"' + call.name + '\", \"arguments\": ' + (call.arguments | tojson) + '}\\n</tool_call>' }}"
+    "{%- endfor %}{{- '<|im_end|>\\n' }}"
+    "{%- elif m['role'] == 'tool' %}{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' + m['content'] + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}",
+    "<|im_end|>", ("<|im_start|>", "<|im_end|>"), vocab="qwen2",
+    chain_data=("support_openai.jsonl", "support_tools_openai.jsonl", "support_tools_glaive.jsonl"))
 LLAMA3 = Family(
     "llama3", "Llama",
     "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content']"
     " + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}",
     "<|eot_id|>", ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|end_of_text|>"),
-    bos="<|begin_of_text|>", eos="<|eot_id|>")
+    bos="<|begin_of_text|>", eos="<|eot_id|>", pad="<|finetune_right_pad_id|>", vocab="llama-bpe")
 PHI3 = Family(
     "phi3", "Phi3",
     "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endfor %}"
@@ -81,7 +124,7 @@ DEEPSEEK = Family(
     "{% endfor %}{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}",
     "<｜end▁of▁sentence｜>", ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"),
     bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>")
-FAMILIES = [CHATML, LLAMA3, PHI3, GEMMA, MISTRAL, DEEPSEEK]
+FAMILIES = [QWEN25, LLAMA3, PHI3, GEMMA, MISTRAL, DEEPSEEK]
 
 
 def build(family: Family, out: Path, seed: int = 0, pretrain_steps: int = 0) -> Path:
@@ -96,7 +139,8 @@ def build(family: Family, out: Path, seed: int = 0, pretrain_steps: int = 0) -> 
 
     from common.model import save_tokenizer
 
-    tok = _sentencepiece(family, out) if family.sentencepiece else AutoTokenizer.from_pretrained(str(EMBEDDED))
+    tok = (_sentencepiece(family, out) if family.sentencepiece else _real_vocab(family) if family.vocab
+           else AutoTokenizer.from_pretrained(str(EMBEDDED)))
     tok.add_tokens([AddedToken(t, special=True, normalized=False, rstrip=family.rstrip) for t in family.control_tokens])
     tok.eos_token = family.eos or family.end_of_turn
     tok.pad_token = family.pad
@@ -208,6 +252,53 @@ def _sentencepiece(family: Family, out: Path):
     return cls.from_pretrained(str(out))
 
 
+def _real_vocab(family: Family):
+    """The family's real tokenizer from llama.cpp's vocabulary GGUF: its tokens, merges and control tokens as they
+    are, with the family's documented pre-tokenizer (so llama.cpp's converter recognises it by its hash, as it
+    does a user's Llama 3 or Qwen2) and Llama 3's BOS on encode. Built once (~20 s: reading 128k strings from the
+    GGUF) into VOCAB_DIR/<vocab>.tokenizer.json."""
+    from transformers import PreTrainedTokenizerFast
+
+    cache = VOCAB_DIR / f"{family.vocab}.tokenizer.json"
+    if not cache.is_file():
+        source = VOCAB_DIR / f"ggml-vocab-{family.vocab}.gguf"
+        if not source.is_file():
+            raise FileNotFoundError(f"{source} is missing: run `python scripts/fetch_vocab.py` (`make test` does)")
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        _tokenizer_from_gguf(source, family.vocab).save(str(tmp))
+        tmp.replace(cache)
+    return PreTrainedTokenizerFast(tokenizer_file=str(cache))
+
+
+def _tokenizer_from_gguf(path: Path, vocab: str):
+    from gguf import GGUFReader
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    reader = GGUFReader(path)
+    field = reader.fields["tokenizer.ggml.tokens"]
+    tokens = [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+    field = reader.fields["tokenizer.ggml.merges"]
+    merges = [tuple(bytes(field.parts[i]).decode("utf-8").split(" ", 1)) for i in field.data]
+    field = reader.fields["tokenizer.ggml.token_type"]
+    control = [int(field.parts[i][0]) == 3 for i in field.data]  # llama.cpp's token type 3: a control token
+    for i, name in _RENAMED[vocab].items():
+        tokens[i] = name
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
+                               ignore_merges=vocab == "llama-bpe"))  # tiktoken's rule: a word in the vocab is one token
+    if vocab == "qwen2":
+        tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_SPLIT[vocab]), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, c in zip(tokens, control) if c])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for i, t in _RENAMED[vocab].items() if not control[i]])
+    if vocab == "llama-bpe":
+        bos = "<|begin_of_text|>"
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, tokens.index(bos))])
+    return tok
+
+
 CONVERSATION = [{"role": "system", "content": "You triage support messages."},
                 {"role": "user", "content": "My invoice is wrong."}, {"role": "assistant", "content": "Billing, high."},
                 {"role": "user", "content": "And my parcel is late."}, {"role": "assistant", "content": "Shipping, medium."}]
@@ -241,13 +332,15 @@ def last_line(proc) -> str:
 
 def gguf_prompt_tokens_match(model_dir: Path, out: Path) -> tuple[bool, str]:
     """convert-hf-to-gguf (f16, named as the export names it), the doctor on the GGUF, then llama.cpp's tokens of
-    the conversation rendered by the GGUF's own template (as the export's round trip renders it: bos_token and
-    eos_token from the GGUF) against transformers' tokens of the training render; (ok, why)."""
+    two conversations (CONVERSATION, and a tool call with its result in curate's text form) rendered by the GGUF's
+    own template (as the export's round trip renders it: bos_token and eos_token from the GGUF) against
+    transformers' tokens of the training render; (ok, why)."""
     import subprocess
 
     from transformers import AutoTokenizer
 
     from common.doctor import check
+    from export.modelfile import tool_cases
     from export.pipeline import CONVERTER, gguf_name
     from export.roundtrip import llama
 
@@ -260,22 +353,26 @@ def gguf_prompt_tokens_match(model_dir: Path, out: Path) -> tuple[bool, str]:
     if not report.ok:
         return False, "doctor on the GGUF: " + "; ".join(p.what for p in report.problems)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    ours = tok(tok.apply_chat_template(CONVERSATION, tokenize=False), add_special_tokens=False)["input_ids"]
     with llama(gguf, vocab_only=True) as llm:
-        theirs = llm.tokenize(report.facts.render(CONVERSATION, False).encode(), add_bos=llm._model.add_bos_token(), special=True)
-    return ours == theirs, ("same prompt tokens" if ours == theirs else f"llama.cpp {theirs[:12]} vs ours {ours[:12]}")
+        for conv in (CONVERSATION, tool_cases()[1]):
+            ours = tok(tok.apply_chat_template(conv, tokenize=False), add_special_tokens=False)["input_ids"]
+            theirs = llm.tokenize(report.facts.render(conv, False).encode(), add_bos=llm._model.add_bos_token(), special=True)
+            if ours != theirs:
+                at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+                return False, f"at token {at}: llama.cpp {theirs[at:at + 8]} vs ours {ours[at:at + 8]}"
+    return True, "same prompt tokens"
 
 
 def run_chain(family: Family, model: Path, root: Path, stages=("curate", "train", "evaluate", "export"), steps: int = 8,
               prompts: int = 6) -> dict:
     """The chain's stages as a user runs them (`python -m <stage>`, the config's defaults) on the family's tiny
-    model and one sample file: curate, a few LoRA steps, eval, export (merge, convert-hf-to-gguf, quantize, the
+    model and the family's sample files (`chain_data`): curate, a few LoRA steps, eval, export (merge, convert-hf-to-gguf, quantize, the
     Go-verified Modelfile TEMPLATE, the adapter GGUF, the round trip). {stage: "ok" or its error line, "run": dir}."""
     import subprocess
     import sys
 
     sets = [f"run.root={root / 'runs'}", "run.name=zoo", f"model.name={model}",
-            f"data.inputs=[{ROOT / 'data/sample/support_openai.jsonl'}]", f"train.max_steps={steps}",
+            f"data.inputs=[{','.join(str(ROOT / 'data/sample' / f) for f in family.chain_data)}]", f"train.max_steps={steps}",
             "train.batch_size=4", "train.max_seq_length=256", f"train.save_steps={steps}", f"train.eval_steps={steps}",
             "train.warmup_ratio=0", "train.learning_rate=5e-3", "eval.max_samples=4", "eval.max_new_tokens=24",
             "eval.probe_prompts=2", f"export.roundtrip_prompts={prompts}"]
