@@ -301,9 +301,20 @@ def _check_generation_prompt(facts: Facts, p: list[Problem]) -> None:
         prompt = facts.render(SAMPLE_CONVERSATION[:-1], True)
         full = facts.render(SAMPLE_CONVERSATION, False)
         if not full.startswith(prompt):
-            p.append(Problem("rendering with add_generation_prompt=True is not a prefix of the rendered conversation:"
-                             " the served prompt differs from the trained one.",
-                             "fix the template's add_generation_prompt branch"))
+            k = next((i for i, (a, b) in enumerate(zip(prompt, full)) if a != b), min(len(prompt), len(full)))
+            served, trained = prompt[k:k + 24], full[k:k + 24]
+            thinking = "<think>" in served and "<think>" not in full
+            p.append(Problem(
+                "rendering with add_generation_prompt=True is not a prefix of the rendered conversation: the served "
+                f"prompt differs from the trained one (the server's prompt goes on with {served!r} where the trained "
+                f"conversation has {trained!r})" + (
+                    "; a reasoning model's template (DeepSeek-R1 style): it opens every reply with <think> and leaves "
+                    "reasoning out of the assistant turns it renders, so no row trains on the prompt the server sends."
+                    if thinking else "."),
+                "give a local copy of the model a chat template (its chat_template.jinja) whose generation prompt stops "
+                "before <think> and whose assistant turns keep the whole reply, <think>...</think> included "
+                "(data.reasoning: keep): the model learns to open its reasoning itself" if thinking
+                else "fix the template's add_generation_prompt branch"))
         elif facts.encode is not None:
             ids, full_ids = facts.encode(prompt), facts.encode(full)
             if full_ids[:len(ids)] != ids:  # the text is a prefix, its tokens are not: a merge across the prompt's end

@@ -16,7 +16,7 @@ from common.chat_template import derive
 from common.doctor import check
 from common.errors import UserError
 from export.modelfile import build_renderer, go_template, verify
-from zoo import CONVERSATION, QWEN25, DEEPSEEK, FAMILIES, GEMMA, LLAMA3, MISTRAL, PHI3, build, gguf_prompt_tokens_match, loss_spans, run_chain
+from zoo import CONVERSATION, QWEN25, DEEPSEEK, DEEPSEEK_R1, FAMILIES, GEMMA, LLAMA3, MISTRAL, PHI3, build, gguf_prompt_tokens_match, loss_spans, run_chain
 
 REPLIES = ["Billing, high.", "Shipping, medium."]
 
@@ -69,6 +69,22 @@ def test_what_training_refuses_it_says(zoo, tmp_path):
     assert loss_spans(zoo[MISTRAL.name], CONVERSATION[:3]) == [REPLIES[0] + "</s>"]  # one turn: fine
 
 
+def test_a_reasoning_template_that_hides_reasoning_is_refused_with_the_way_out(zoo, tmp_path):
+    """DeepSeek-R1's shape: the generation prompt opens the reply with <think> and assistant turns are written
+    without their reasoning, so the served prompt is never a prefix of a trained conversation. The doctor says so
+    and names the way out; training refuses the rows. The way out is the V3 shape (the DEEPSEEK family: the
+    generation prompt stops before <think>), on which the whole reply, reasoning included, carries loss."""
+    r1 = build(DEEPSEEK_R1, tmp_path / "r1")
+    problems = [p for p in check(r1).problems if "not a prefix" in p.what]
+    assert problems and "DeepSeek-R1 style" in problems[0].what and "'<think>\\n'" in problems[0].what
+    assert "generation prompt stops before <think>" in problems[0].fix
+    reasoning = [{"role": "user", "content": "Is 17 prime?"},
+                 {"role": "assistant", "content": "<think>\n17 has no divisor from 2 to 4.\n</think>\n\nYes."}]
+    with pytest.raises(UserError, match="renders this conversation differently when it is cut"):
+        loss_spans(r1, reasoning)
+    assert loss_spans(zoo[DEEPSEEK.name], reasoning) == [reasoning[1]["content"] + DEEPSEEK.end_of_turn]
+
+
 def test_tool_rows_take_the_templates_own_form(zoo, go_renderer):
     """Qwen 2.5's template writes tools itself (specs in the system turn, <tool_call> JSON after the assistant's
     content, results grouped in a user turn): curate keeps a tool row as that template renders it, split back
@@ -77,6 +93,7 @@ def test_tool_rows_take_the_templates_own_form(zoo, go_renderer):
     take curate's documented text form."""
     from transformers import AutoTokenizer
 
+    from common.jinja import render_jinja
     from curate.filters import ROLE_MAP
     from curate.tools import TemplateForms
     from export.modelfile import go_render
@@ -101,6 +118,11 @@ def test_tool_rows_take_the_templates_own_form(zoo, go_renderer):
     ids = tok(render(turns, False), add_special_tokens=False)["input_ids"]
     assert ids.count(tok.convert_tokens_to_ids("<tool_call>")) == 3  # the tools block's two and the call
     assert not TemplateForms(AutoTokenizer.from_pretrained(str(zoo[LLAMA3.name])), ROLE_MAP).tools
+    # a GGUF's embedded template renders outside transformers (common.jinja) with transformers' tojson: Jinja's own
+    # would write "<" as \u003c in a spec
+    tools = [{"type": "function", "function": dict(spec, description="Open a ticket <fast> & café")}]
+    assert render_jinja(tok.chat_template, row[:2], True, tools=tools) == tok.apply_chat_template(
+        row[:2], tools=tools, tokenize=False, add_generation_prompt=True)
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=[f.name.split()[0] for f in FAMILIES])

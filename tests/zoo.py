@@ -10,6 +10,7 @@ time. Used by tests/test_zoo.py and scripts/zoo_table.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -124,6 +125,14 @@ DEEPSEEK = Family(
     "{% endfor %}{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}",
     "<｜end▁of▁sentence｜>", ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"),
     bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>")
+# DeepSeek-R1's shape, refused (tests/test_zoo.py): the generation prompt opens the reply with <think> and every
+# assistant turn is written without its reasoning (the text before </think> is cut), so the served prompt is never
+# a prefix of a trained conversation.
+DEEPSEEK_R1 = dataclasses.replace(
+    DEEPSEEK, name="deepseek-r1", template=_OPEN + "{{ bos_token + sys }}{% for m in msgs %}" + _NO_LATER_SYSTEM
+    + "{% if m['role'] == 'user' %}{{ '<｜User｜>' + m['content'] }}{% else %}{% set c = m['content'] %}"
+    "{% if '</think>' in c %}{% set c = c.split('</think>')[-1] %}{% endif %}{{ '<｜Assistant｜>' + c + '<｜end▁of▁sentence｜>' }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<｜Assistant｜><think>\\n' }}{% endif %}")
 FAMILIES = [QWEN25, LLAMA3, PHI3, GEMMA, MISTRAL, DEEPSEEK]
 
 
