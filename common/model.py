@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -102,8 +103,11 @@ def load_unsloth(model_dir: str, cfg: Config, adapter: Path | None = None):
     from unsloth import FastLanguageModel
 
     dtype = None if cfg.model.dtype == "auto" else getattr(torch, cfg.model.dtype)
+    placement = {}
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():  # torchrun: each rank its own GPU
+        placement["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     model, tokenizer = FastLanguageModel.from_pretrained(model_dir, max_seq_length=cfg.train.max_seq_length,
-                                                         load_in_4bit=cfg.model.load_in_4bit, dtype=dtype)
+                                                         load_in_4bit=cfg.model.load_in_4bit, dtype=dtype, **placement)
     if adapter is not None:
         from peft import PeftModel
 

@@ -118,6 +118,7 @@ def test_a_short_run_learns_and_writes_its_outputs(trained):
         assert (out / name).stat().st_size > 0, name
     s = json.loads((out / "summary.json").read_text())
     assert s["steps"] == 6 and s["tokens_seen"] > 0 and s["tokens_per_second"] > 0
+    assert (s["processes"], s["global_batch"]) == (1, 2)
     assert s["backend"]["device"] == "cpu" and s["backend"]["load_in_4bit"] is False
     assert 0 < s["peak_memory_gib"] < s["memory_estimate_gib"]["total"] * 1.5
     assert s["examples_with_end_of_turn_loss"] == s["examples"] == 48
@@ -169,6 +170,63 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(trained, tmp_path):
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
 
 
+# ------------------------------------------------------------------------------------- torchrun (DDP)
+def torchrun(root: Path, *extra: str) -> list[str]:
+    """`make train NPROC=2` as the Makefile runs it: two CPU processes on gloo, one row each per step, so the global
+    batch (2) is the one-process run's (`trained`: batch 2)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train",
+            f"run.root={root}", "run.name=t", *TRAIN_ARGS, "train.batch_size=1", *extra]
+
+
+def adapter_difference(a_dir: Path, b_dir: Path) -> float:
+    """The largest relative difference ‖a − b‖ / ‖a‖ over the adapters' tensors. Two processes sum their gradients
+    in another order than one; AdamW's normalised steps carry that rounding (measured: 2e-4 on lora_B, whose
+    values are the whole update since B starts at zero)."""
+    a = load_file(str(a_dir / "adapter/adapter_model.safetensors"))
+    b = load_file(str(b_dir / "adapter/adapter_model.safetensors"))
+    assert set(a) == set(b)
+    return max(float((a[k] - b[k]).norm() / a[k].norm()) for k in a)
+
+
+def test_two_processes_train_as_one_and_resume_after_a_rank_is_killed(trained, tmp_path):
+    """`make train NPROC=2` on the same data, seed and global batch as the one-process run (`trained`), with one
+    of the two ranks killed (-9) after checkpoint 4: torchrun stops the other; resuming with one process is refused
+    naming NPROC (data order and RNG states belong to the two); the rerun resumes from the last checkpoint every
+    rank finished (a half-written one is ignored). Every step's loss equals the one-process run's (to 1e-4: steps
+    1-4 from the killed run, 5-6 resumed), and so does the adapter (to 1e-3 relative: the order of the gradient
+    sums); tokens are counted over both ranks; rank 0 alone prints and writes."""
+    import psutil
+
+    _, reference, _ = trained
+    make_curate_dir(tmp_path)
+    out = tmp_path / "t" / "train"
+    proc = subprocess.Popen(torchrun(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 400
+    while not (out / "checkpoints/checkpoint-4/complete.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before checkpoint 4"
+        time.sleep(0.2)
+    ranks = [c for c in psutil.Process(proc.pid).children(recursive=True) if "train" in " ".join(c.cmdline())]
+    os.kill(ranks[-1].pid, signal.SIGKILL)
+    assert proc.wait(timeout=120) != 0
+    assert sorted(p.name for p in (out / "checkpoints/checkpoint-4").glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    (out / "checkpoints/checkpoint-99").mkdir()  # a half-written checkpoint: no completion marker
+    one = run_train(tmp_path, "train.batch_size=1", check=False)
+    assert one.returncode == 2 and "NPROC: 2 -> 1" in one.stderr + one.stdout, one.stderr[-2000:]
+    resumed = subprocess.run(torchrun(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout and "checkpoint-4" in resumed.stdout
+    assert "ignoring incomplete checkpoint" in resumed.stdout
+    assert resumed.stdout.count("memory preflight (cpu)") == 1 and "x 2 processes" in resumed.stdout
+    ref, got = log_losses(reference), log_losses(out)
+    assert sorted(got) == sorted(ref) == [1, 2, 3, 4, 5, 6] and all(abs(ref[s] - got[s]) < 1e-4 for s in ref), (ref, got)
+    assert sum("loss" in r for r in read_jsonl(out / "train_log.jsonl")) == 6  # one line per step: rank 0's
+    assert adapter_difference(reference, out) < 1e-3
+    tokens = [{r["step"]: r["tokens_seen"] for r in read_jsonl(d / "train_log.jsonl") if "loss" in r} for d in (reference, out)]
+    assert tokens[0][4] == tokens[1][4] > 0  # both ranks' tokens, as one process saw them
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["processes"], s["global_batch"]) == (2, 2) and s["resumed_from"].endswith("checkpoint-4")
+
+
 # ------------------------------------------------------------------------------------- refusals
 def test_resume_with_a_different_config_is_refused_naming_the_keys(trained):
     root, _, _ = trained
@@ -184,6 +242,19 @@ def test_preflight_refuses_an_impossible_config(tmp_path, model_dir):
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "it does not fit" in err[0]
     assert "train.batch_size=2048 with train.grad_accum=2" in err[0] and "train.max_seq_length=4096" in err[0]
+
+
+def test_processes_that_share_the_memory_need_it_each(model_dir):
+    """On a CPU the N processes of `make train NPROC=N` share the machine's memory: the preflight counts it N times."""
+    from common.config import load_config
+    from common.errors import UserError
+    from train import preflight
+
+    cfg = load_config(None)
+    one = preflight.check(str(model_dir), cfg, "cpu", False)
+    many = 2 * (int(0.9 * one.available / one.total) + 1)  # twice what fits: the free memory moves between calls
+    with pytest.raises(UserError, match=f"x {many} processes; available .* does not fit .* fewer processes than NPROC={many}"):
+        preflight.check(str(model_dir), cfg, "cpu", False, processes=many)
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, model_dir):

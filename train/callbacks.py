@@ -15,28 +15,33 @@ from common.runs import atomic_write_json
 
 
 class ProgressAndLog(TrainerCallback):
-    def __init__(self, log_path: Path, resume: bool):
-        self.log_path, self.resume = log_path, resume
+    """Under torchrun every rank counts its own tokens and each step adds up all ranks' (train/distributed.py);
+    only the main process (`main`) shows the bar and writes the log."""
+
+    def __init__(self, log_path: Path, resume: bool, main: bool = True):
+        self.log_path, self.resume, self.main = log_path, resume, main
         self.bar = None
         self.tokens_seen = self.loss_tokens_seen = 0
         self.train_seconds = 0.0
         self.steps: list[tuple[int, float]] = []  # (real tokens, seconds) per step of this process
         self.last_loss = self.last_val_loss = None
         self._t = None
-        self._step_tokens = 0
+        self._step_tokens = self._step_loss_tokens = 0
 
     def on_train_begin(self, args, state, control, **kw):
+        self._t = time.perf_counter()
+        if not self.main:
+            return
         if not self.resume and self.log_path.exists():
             self.log_path.unlink()
         elif self.resume and self.log_path.exists():  # keep the lines up to the resumed step only
             keep = [ln for ln in self.log_path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= state.global_step]
             self.log_path.write_text("".join(ln + "\n" for ln in keep))
         self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step", dynamic_ncols=True)
-        self._t = time.perf_counter()
 
     def on_step_begin(self, args, state, control, **kw):
         self._t = time.perf_counter()
-        self._step_tokens = 0
+        self._step_tokens = self._step_loss_tokens = 0
 
     def count(self, inputs, pad_token_id: int) -> None:
         """Real (non-pad) tokens of a training batch: the attention mask, or for packed rows every
@@ -45,15 +50,20 @@ class ProgressAndLog(TrainerCallback):
             n = int(inputs["attention_mask"].sum())
         else:
             n = int((inputs["input_ids"] != pad_token_id).sum())
-        self.tokens_seen += n
         self._step_tokens += n
-        self.loss_tokens_seen += int((inputs["labels"] != -100).sum())
+        self._step_loss_tokens += int((inputs["labels"] != -100).sum())
 
     def on_step_end(self, args, state, control, **kw):
+        from train.distributed import total
+
+        tokens, loss_tokens = int(total(self._step_tokens)), int(total(self._step_loss_tokens))  # every rank's
         seconds = time.perf_counter() - self._t
+        self.tokens_seen += tokens
+        self.loss_tokens_seen += loss_tokens
         self.train_seconds += seconds
-        self.steps.append((self._step_tokens, seconds))
-        self.bar.update(1)
+        self.steps.append((tokens, seconds))
+        if self.bar is not None:
+            self.bar.update(1)
 
     def steady_tokens_per_second(self) -> float | None:
         """Tokens/s without the first step of the process, which also pays one-off warm-up (allocator, kernels
@@ -69,6 +79,8 @@ class ProgressAndLog(TrainerCallback):
         if "eval_loss" in logs:
             self.last_val_loss = round(float(logs["eval_loss"]), 6)
         rec["tokens_seen"] = self.tokens_seen
+        if not self.main:
+            return
         with open(self.log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
             f.flush()
@@ -89,8 +101,11 @@ class CompletionMarker(TrainerCallback):
         self.fingerprint = fingerprint
 
     def on_save(self, args, state, control, **kw):
+        from train.distributed import barrier, is_main
+
+        barrier()  # under torchrun: every rank has written its part (its RNG state) before the mark
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if ckpt.is_dir():
+        if is_main() and ckpt.is_dir():
             atomic_write_json(ckpt / "complete.json", {"step": state.global_step, "fingerprint": self.fingerprint})
 
 

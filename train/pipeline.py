@@ -1,6 +1,7 @@
 """The train stage, as its phases (`run` reads top to bottom): inputs -> checkpoints to resume -> memory
 preflight -> model (Unsloth load, doctor, LoRA) -> data (assistant-only labels, optional packing) -> TRL
 SFTTrainer (checkpoints) -> adapter (with its resolved config and base identity) -> loss plot and summary.
+Under torchrun (`make train NPROC=N`) every rank runs these phases and rank 0 alone writes (train/distributed.py).
 
 Reads runs/<name>/curate/{train,val}.jsonl; writes runs/<name>/train/.
 """
@@ -21,6 +22,7 @@ from common.errors import UserError
 from common.model import load_unsloth, resolve_model, save_tokenizer, write_adapter_identity
 from common.preflight import require, unwritable
 from common.runs import atomic_write_json, package_versions, read_jsonl, stage_dir
+from train import distributed
 
 # Keys whose change makes an existing checkpoint a different run (the rest: how long, how often to log).
 RESUME_KEYS = ("model", "lora", "train.max_seq_length", "train.batch_size", "train.grad_accum", "train.learning_rate",
@@ -36,6 +38,7 @@ def fingerprint(cfg: Config, data_sha: str) -> dict:
         section, _, leaf = key.partition(".")
         flat[key] = d[section][leaf] if leaf else d[section]
     flat["data.train_sha256"] = data_sha
+    flat["NPROC"] = distributed.world_size()  # the processes (torchrun) share every global batch: data order and RNG
     return flat
 
 
@@ -50,7 +53,7 @@ def find_checkpoint(ckpt_dir: Path, fp: dict) -> Path | None:
     if not done:
         return None
     _, newest = max(done)
-    saved = json.loads((newest / COMPLETE).read_text())["fingerprint"]
+    saved = {"NPROC": 1, **json.loads((newest / COMPLETE).read_text())["fingerprint"]}  # older: one process
     differ = sorted(k for k in set(saved) | set(fp) if saved.get(k) != fp.get(k))
     if differ:
         raise UserError(f"{newest} was trained with a different config ({', '.join(f'{k}: {saved.get(k)!r} -> {fp.get(k)!r}' for k in differ)}); "
@@ -70,7 +73,9 @@ def memory_check(model_dir: str, cfg: Config):
     from train import preflight
 
     gpu = on_gpu()
-    return preflight.check(model_dir, cfg, "cuda" if gpu else "cpu", gradient_checkpointing=gpu)
+    # on a CPU the processes of `make train NPROC=N` share this machine's memory; on GPUs each has its own device
+    return preflight.check(model_dir, cfg, "cuda" if gpu else "cpu", gradient_checkpointing=gpu,
+                           processes=1 if gpu else distributed.local_world_size())
 
 
 def checks(cfg: Config) -> list[str]:
@@ -85,7 +90,14 @@ def checks(cfg: Config) -> list[str]:
 
 
 def run(cfg: Config, fresh: bool = False) -> dict:
-    """The stage: inputs -> checkpoints -> model -> data -> trainer -> train -> outputs. Returns the summary."""
+    """The stage: inputs -> checkpoints -> model -> data -> trainer -> train -> outputs. Returns the summary (on
+    every rank under torchrun; rank 0 prints and writes)."""
+    distributed.init()
+    with distributed.only_main_prints():
+        return _run(cfg, fresh)
+
+
+def _run(cfg: Config, fresh: bool) -> dict:
     t_start = time.time()
     train_records, val_records, model_dir = _setup_inputs(cfg)
     out = cfg.run_dir / "train"
@@ -95,10 +107,13 @@ def run(cfg: Config, fresh: bool = False) -> dict:
     model, tokenizer, end_of_turn_id, backend = _setup_model(cfg, model_dir, est)
     data = _setup_data(cfg, train_records, val_records, tokenizer, end_of_turn_id)
     trainer, progress = _setup_trainer(cfg, out, model, tokenizer, data, fp, resume_from, backend)
-    stage_dir(cfg, "train")  # config.yaml and versions.json once everything before training has worked
+    if distributed.is_main():
+        stage_dir(cfg, "train")  # config.yaml and versions.json once everything before training has worked
     if resume_from:
         print(f"train: resuming from {resume_from}")
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if not distributed.is_main():
+        return {"steps": int(result.global_step), "rank": distributed.rank()}
     adapter = _save_adapter(cfg, out, model, tokenizer, model_dir)
     summary = _write_summary(cfg, out, result, progress, data, est, backend, model_dir, resume_from, t_start)
     print(f"train: {summary['steps']} steps, {summary['tokens_seen']} tokens at {summary['tokens_per_second']} tok/s, "
@@ -125,8 +140,9 @@ def _setup_inputs(cfg: Config) -> tuple[list[dict], list[dict], str]:
 def _setup_checkpoints(cfg: Config, out: Path, fresh: bool) -> tuple[Path | None, dict]:
     """The checkpoint to resume from (None: start) and this run's fingerprint; FRESH=1 deletes old ones."""
     ckpt_dir = out / "checkpoints"
-    if fresh and ckpt_dir.exists():
+    if fresh and ckpt_dir.exists() and distributed.is_main():
         shutil.rmtree(ckpt_dir)
+    distributed.barrier()
     data_sha = hashlib.sha256((cfg.run_dir / "curate" / "train.jsonl").read_bytes()).hexdigest()
     fp = fingerprint(cfg, data_sha)
     return (find_checkpoint(ckpt_dir, fp) if ckpt_dir.exists() else None), fp
@@ -212,8 +228,9 @@ def _setup_trainer(cfg: Config, out: Path, model, tokenizer, data: dict, fp: dic
         gradient_checkpointing=backend["gradient_checkpointing"], bf16=gpu and torch.cuda.is_bf16_supported(),
         max_length=t.max_seq_length, packing=False, remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True}, report_to="none", disable_tqdm=True,
-        save_only_model=False, dataloader_num_workers=0, use_cpu=not gpu)
-    progress = ProgressAndLog(out / "train_log.jsonl", resume=resume_from is not None)
+        save_only_model=False, dataloader_num_workers=0, use_cpu=not gpu,
+        ddp_find_unused_parameters=False if distributed.world_size() > 1 else None)  # LoRA: every trained weight is used
+    progress = ProgressAndLog(out / "train_log.jsonl", resume=resume_from is not None, main=distributed.is_main())
     callbacks = [progress, CompletionMarker(fp)]
     if early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
@@ -222,6 +239,14 @@ def _setup_trainer(cfg: Config, out: Path, model, tokenizer, data: dict, fp: dic
         def training_step(self, model, inputs, *a, **k):
             progress.count(inputs, tokenizer.pad_token_id)
             return super().training_step(model, inputs, *a, **k)
+
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            if checkpoint is None or gpu or distributed.world_size() == 1:
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            # transformers loads the optimizer state onto args.device, which is "cpu:0" in a torchrun process on a
+            # CPU: torch.load cannot restore that location ("don't know how to restore ... cpu:0"), resume would stop
+            for obj, name in ((self.optimizer, "optimizer.pt"), (self.lr_scheduler, "scheduler.pt")):
+                obj.load_state_dict(torch.load(Path(checkpoint) / name, map_location="cpu", weights_only=True))
 
     trainer = Trainer(model=model, args=args, train_dataset=data["train"], eval_dataset=val_ds, processing_class=tokenizer,
                       data_collator=Collator(tokenizer.pad_token_id), callbacks=callbacks)
@@ -268,6 +293,8 @@ def _write_summary(cfg: Config, out: Path, result, progress, data: dict, est, ba
     tok = data["tokenized"]
     summary = {
         "steps": int(result.global_step), "resumed_from": str(resume_from) if resume_from else None,
+        "processes": distributed.world_size(),
+        "global_batch": cfg.train.batch_size * distributed.world_size() * cfg.train.grad_accum,
         "examples": len(tok.examples), "rows": data["rows"], "packing": cfg.train.packing,
         "truncated_rows": tok.truncated, "fully_masked_rows": tok.fully_masked,
         "examples_with_end_of_turn_loss": tok.with_end_of_turn_loss,
@@ -276,7 +303,7 @@ def _write_summary(cfg: Config, out: Path, result, progress, data: dict, est, ba
         "steady_tokens_per_second": progress.steady_tokens_per_second(),
         "train_seconds": round(progress.train_seconds, 1), "wall_seconds": round(time.time() - t_start, 1),
         "final_train_loss": progress.last_loss, "final_val_loss": progress.last_val_loss,
-        "peak_memory_gib": round(peak / 1024**3, 3), "peak_memory_kind": "cuda max_memory_allocated" if gpu else "process max RSS",
+        "peak_memory_gib": round(peak / 1024**3, 3), "peak_memory_kind": ("cuda max_memory_allocated" if gpu else "process max RSS") + (", rank 0" if distributed.world_size() > 1 else ""),
         "memory_estimate_gib": est.to_dict(), "backend": backend, "model_dir": model_dir,
         "versions": package_versions(), "config": dump_config(cfg),
     }

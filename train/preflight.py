@@ -31,6 +31,7 @@ class Estimate:
     available: float
     device: str
     gradient_checkpointing: bool
+    processes: int = 1  # processes sharing `available` (each needs `total`)
 
     def to_dict(self) -> dict:
         return {k: round(v / GiB, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -39,7 +40,8 @@ class Estimate:
         d = self.to_dict()
         return (f"memory preflight ({self.device}): estimate {d['total']:.2f} GiB = weights {d['weights']:.2f} + LoRA "
                 f"{d['lora']:.2f} + activations {d['activations']:.2f} + logits {d['logits']:.2f} + runtime "
-                f"{d['runtime']:.2f}; available {d['available']:.2f} GiB")
+                f"{d['runtime']:.2f}" + (f", x {self.processes} processes" if self.processes > 1 else "")
+                + f"; available {d['available']:.2f} GiB")
 
 
 def model_shape(model_dir: str) -> dict:
@@ -91,12 +93,14 @@ def available_memory(device: str) -> float:
     return float(free)
 
 
-def check(model_dir: str, cfg, device: str, gradient_checkpointing: bool) -> Estimate:
-    """The estimate, or UserError with concrete suggestions when it does not fit."""
+def check(model_dir: str, cfg, device: str, gradient_checkpointing: bool, processes: int = 1) -> Estimate:
+    """The estimate (per process), or UserError with concrete suggestions when it does not fit; `processes` that
+    share the memory (`make train NPROC=N` on a CPU) need it N times."""
     from common.errors import UserError
 
     est = estimate(model_dir, cfg, device, available_memory(device), gradient_checkpointing)
-    if est.total <= 0.9 * est.available:
+    est.processes = processes
+    if est.total * processes <= 0.9 * est.available:
         return est
     tips = []
     if cfg.train.batch_size > 1:
@@ -107,5 +111,7 @@ def check(model_dir: str, cfg, device: str, gradient_checkpointing: bool) -> Est
         tips.append("gradient checkpointing (on by default on a GPU)")
     if device != "cpu" and not cfg.model.load_in_4bit:
         tips.append("model.load_in_4bit=true")
+    if processes > 1:
+        tips.append(f"fewer processes than NPROC={processes} (they share this memory)")
     raise UserError(f"{est.line()}: it does not fit (limit {0.9 * est.available / GiB:.2f} GiB). Try "
                     + "; or ".join(tips) + ".")
