@@ -1,7 +1,7 @@
 """Training throughput: plain TRL + PEFT with their defaults against this project's train path, packed and
 unpacked, interleaved in rounds (A B C A B C ...) so that the machine's drift hits every variant alike.
 
-    python scripts/bench_train.py [--rounds 3] [--steps 6] [--batch-size 4] [--variants plain,packed,unpacked]
+    python scripts/bench_train.py [--rounds 3] [--steps 6] [--batch-size 4] [--variants plain,packed,unpacked,ddp2]
                                   [--out docs/bench_train.json]
 
 Same data (runs/bench-train/curate/train.jsonl, made from the sample data by the curate stage), same
@@ -16,6 +16,8 @@ process (Unsloth patches TRL when imported, and each process reports its own pea
                    than fp32 - a misconfiguration, not a baseline.
   (b) ours:        `python -m train` (Unsloth's backend, assistant-only labels, packing, chunked CE)
   (b') ours, unpacked: the same with train.packing=false, to show what packing adds
+  (c) ddp2:        the unpacked run as `make train NPROC=2` (torchrun, 2 processes, gloo, half the rows each
+                   per step: the same global batch); not in the default variants
 Tokens/s counts real (non-pad) tokens over the time spent inside training steps (evaluation and saving
 excluded), so a variant is not rewarded for padding or for doing fewer tokens per step; the first step of each
 process (one-off warm-up) is left out. Reported per variant: the median over rounds and the spread (min-max),
@@ -114,9 +116,12 @@ def plain(data: Path, steps: int, batch: int, model_dir: str, learning_rate: flo
             "gradient_checkpointing": bool(args.gradient_checkpointing), "packing": bool(args.packing)}
 
 
-def ours(root: Path, steps: int, batch: int, packing: bool) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "train", "--fresh", f"run.root={root}", "run.name=bench-train",
-                           f"train.max_steps={steps}", f"train.batch_size={batch}", f"train.packing={str(packing).lower()}",
+def ours(root: Path, steps: int, batch: int, packing: bool, nproc: int = 1) -> dict:
+    """`python -m train`, or with nproc > 1 the same under torchrun (`make train NPROC=n`), each process taking
+    batch / nproc rows per step: the same global batch."""
+    launch = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [])
+    proc = subprocess.run([*launch, "-m", "train", "--fresh", f"run.root={root}", "run.name=bench-train",
+                           f"train.max_steps={steps}", f"train.batch_size={batch // nproc}", f"train.packing={str(packing).lower()}",
                            f"train.save_steps={steps * 10}", f"train.eval_steps={steps * 10}", "train.logging_steps=1"],
                           cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
@@ -124,7 +129,7 @@ def ours(root: Path, steps: int, batch: int, packing: bool) -> dict:
     s = json.loads((root / "bench-train" / "train" / "summary.json").read_text())
     return {"tokens": s["tokens_seen"], "train_seconds": s["train_seconds"], "tokens_per_second": s["tokens_per_second"],
             "steady_tokens_per_second": s["steady_tokens_per_second"], "peak_rss_gib": s["peak_memory_gib"], "memory_estimate_gib": s["memory_estimate_gib"]["total"],
-            "packing": packing, "gradient_checkpointing": s["backend"]["gradient_checkpointing"]}
+            "packing": packing, "gradient_checkpointing": s["backend"]["gradient_checkpointing"], "processes": s["processes"]}
 
 
 def main() -> int:
@@ -160,7 +165,7 @@ def main() -> int:
                         raise SystemExit(a.stderr[-3000:])
                     res = json.loads(a.stdout.strip().splitlines()[-1])
                 else:
-                    res = ours(root, args.steps, args.batch_size, packing=(v == "packed"))
+                    res = ours(root, args.steps, args.batch_size, packing=(v == "packed"), nproc=2 if v == "ddp2" else 1)
                 runs[v].append(res)
                 print(f"round {r + 1}/{args.rounds} {v}: {res['steady_tokens_per_second']} tokens/s (steady), "
                       f"{res['tokens_per_second']} with the first step", file=sys.stderr, flush=True)
@@ -168,7 +173,8 @@ def main() -> int:
               "tokens_per_second": {v: spread([x["steady_tokens_per_second"] for x in runs[v]]) for v in variants},
               "peak_rss_gib": {v: max(x["peak_rss_gib"] for x in runs[v]) for v in variants},
               "tokens_per_step": {v: round(runs[v][0]["tokens"] / args.steps) for v in variants}}
-    pairs = [(a, b) for a in variants for b in variants if a != b and (a == "plain" or (a, b) == ("unpacked", "packed"))]
+    pairs = [(a, b) for a in variants for b in variants
+             if a != b and (a == "plain" or (a, b) in (("unpacked", "packed"), ("unpacked", "ddp2")))]
     result["ratios_within_rounds"] = {
         f"{b}/{a}": spread([rb["steady_tokens_per_second"] / ra["steady_tokens_per_second"] for ra, rb in zip(runs[a], runs[b])])
         for a, b in pairs}
