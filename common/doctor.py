@@ -13,6 +13,7 @@ GGUF file's metadata, checks that they agree, and prints every problem with its 
 from __future__ import annotations
 
 import json
+import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,16 +148,17 @@ def facts_from_model_dir(path: str | Path) -> Facts:
 
 def facts_from_gguf(path: str | Path) -> Facts:
     """Read the tokenizer metadata of a GGUF file (no weights are loaded)."""
-    from gguf import GGUFReader
+    from common.gguf_meta import read_metadata
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"GGUF file not found: {path}")
-    reader = GGUFReader(str(path))
-
-    def get(key: str):
-        f = reader.fields.get(key)
-        return f.contents() if f is not None else None
+    try:
+        meta = read_metadata(path, {"tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.chat_template",
+                                    *(f"tokenizer.ggml.{k}_token_id" for k in ("eot", "bos", "eos", "padding"))})
+    except (ValueError, struct.error, UnicodeDecodeError) as e:  # not a GGUF, or cut short
+        raise UserError(f"{path}: cannot read it as a GGUF file ({e}); convert the model again") from None
+    get = meta.get
 
     tokens = get("tokenizer.ggml.tokens") or []
     types = get("tokenizer.ggml.token_type") or []

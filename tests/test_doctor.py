@@ -138,6 +138,24 @@ def test_cli_reports_problems_with_exit_1(model_copy):
     assert "1 problem(s):" in proc.stdout and "Fix: set pad_token" in proc.stdout
 
 
+def test_the_header_reader_reads_what_gguf_py_reads(source_gguf, tmp_path):
+    """common/gguf_meta.py (the doctor's and the adapter checks' GGUF reader, 30x faster than gguf-py's on large
+    vocabularies) gives every metadata value and tensor shape exactly as gguf-py's GGUFReader, on the embedded
+    model's original GGUF; a file that is not a GGUF is one clear error."""
+    from gguf import GGUFReader
+
+    from common.gguf_meta import read_metadata, read_tensor_shapes
+
+    reader = GGUFReader(str(source_gguf))
+    expected = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    assert read_metadata(source_gguf) == expected and len(expected) > 20
+    assert read_metadata(source_gguf, {"tokenizer.chat_template"}) == {"tokenizer.chat_template": expected["tokenizer.chat_template"]}
+    assert read_tensor_shapes(source_gguf) == {t.name: [int(n) for n in t.shape] for t in reader.tensors}
+    (tmp_path / "x.gguf").write_text("not a gguf")
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        read_metadata(tmp_path / "x.gguf")
+
+
 def test_gguf_metadata(source_gguf, model_dir, tmp_path):
     assert check(source_gguf).ok  # the original file: eos <|im_end|>, template intact
     vocab = tmp_path / "vocab.gguf"

@@ -210,8 +210,12 @@ def test_two_processes_train_as_one_and_resume_after_a_rank_is_killed(trained, t
     assert proc.wait(timeout=120) != 0
     assert sorted(p.name for p in (out / "checkpoints/checkpoint-4").glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
     (out / "checkpoints/checkpoint-99").mkdir()  # a half-written checkpoint: no completion marker
-    one = run_train(tmp_path, "train.batch_size=1", check=False)
-    assert one.returncode == 2 and "NPROC: 2 -> 1" in one.stderr + one.stdout, one.stderr[-2000:]
+    from common.errors import UserError
+    from train.pipeline import find_checkpoint
+
+    saved = json.loads((out / "checkpoints/checkpoint-4/complete.json").read_text())["fingerprint"]
+    with pytest.raises(UserError, match="NPROC: 2 -> 1"):  # `make train` without NPROC=2 on these checkpoints
+        find_checkpoint(out / "checkpoints", {**saved, "NPROC": 1})
     resumed = subprocess.run(torchrun(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout and "checkpoint-4" in resumed.stdout

@@ -12,21 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED = ROOT / "models" / "smollm2-135m-instruct"
 VOCAB_DIR = ROOT / "models" / "_source" / "vocab"  # scripts/fetch_vocab.py
-# The families' documented pre-tokenizer split patterns (the Split regex of their tokenizer.json; llama.cpp's
-# llama-vocab.cpp has the same per pre-tokenizer type): Llama 3 groups up to 3 digits, Qwen2 splits every digit.
-_SPLIT = {"llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-          "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"}
-# Slots the later releases named (the vocabulary GGUFs are Llama 3.0's and Qwen 1.5/2's): Llama 3.1's pad,
-# end-of-message and python tag; Qwen 2.5's <tool_call> pair, added tokens that are not special.
-_RENAMED = {"llama-bpe": {128004: "<|finetune_right_pad_id|>", 128008: "<|eom_id|>", 128010: "<|python_tag|>"},
-            "qwen2": {151657: "<tool_call>", 151658: "</tool_call>"}}
+
 
 
 @dataclass(frozen=True)
@@ -262,50 +254,14 @@ def _sentencepiece(family: Family, out: Path):
 
 
 def _real_vocab(family: Family):
-    """The family's real tokenizer from llama.cpp's vocabulary GGUF: its tokens, merges and control tokens as they
-    are, with the family's documented pre-tokenizer (so llama.cpp's converter recognises it by its hash, as it
-    does a user's Llama 3 or Qwen2) and Llama 3's BOS on encode. Built once (~20 s: reading 128k strings from the
-    GGUF) into VOCAB_DIR/<vocab>.tokenizer.json."""
+    """The family's real tokenizer (scripts/fetch_vocab.py built it from llama.cpp's vocabulary GGUF: its tokens,
+    merges and control tokens, the family's documented pre-tokenizer, Llama 3's BOS on encode)."""
     from transformers import PreTrainedTokenizerFast
 
-    cache = VOCAB_DIR / f"{family.vocab}.tokenizer.json"
-    if not cache.is_file():
-        source = VOCAB_DIR / f"ggml-vocab-{family.vocab}.gguf"
-        if not source.is_file():
-            raise FileNotFoundError(f"{source} is missing: run `python scripts/fetch_vocab.py` (`make test` does)")
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        _tokenizer_from_gguf(source, family.vocab).save(str(tmp))
-        tmp.replace(cache)
-    return PreTrainedTokenizerFast(tokenizer_file=str(cache))
-
-
-def _tokenizer_from_gguf(path: Path, vocab: str):
-    from gguf import GGUFReader
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
-    reader = GGUFReader(path)
-    field = reader.fields["tokenizer.ggml.tokens"]
-    tokens = [bytes(field.parts[i]).decode("utf-8") for i in field.data]
-    field = reader.fields["tokenizer.ggml.merges"]
-    merges = [tuple(bytes(field.parts[i]).decode("utf-8").split(" ", 1)) for i in field.data]
-    field = reader.fields["tokenizer.ggml.token_type"]
-    control = [int(field.parts[i][0]) == 3 for i in field.data]  # llama.cpp's token type 3: a control token
-    for i, name in _RENAMED[vocab].items():
-        tokens[i] = name
-    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
-                               ignore_merges=vocab == "llama-bpe"))  # tiktoken's rule: a word in the vocab is one token
-    if vocab == "qwen2":
-        tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_SPLIT[vocab]), behavior="isolated"),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, c in zip(tokens, control) if c])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for i, t in _RENAMED[vocab].items() if not control[i]])
-    if vocab == "llama-bpe":
-        bos = "<|begin_of_text|>"
-        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                                           special_tokens=[(bos, tokens.index(bos))])
-    return tok
+    path = VOCAB_DIR / f"{family.vocab}.tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `python scripts/fetch_vocab.py` (`make test` does)")
+    return PreTrainedTokenizerFast(tokenizer_file=str(path))
 
 
 CONVERSATION = [{"role": "system", "content": "You triage support messages."},
