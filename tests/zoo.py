@@ -20,7 +20,6 @@ EMBEDDED = ROOT / "models" / "smollm2-135m-instruct"
 VOCAB_DIR = ROOT / "models" / "_source" / "vocab"  # scripts/fetch_vocab.py
 
 
-
 @dataclass(frozen=True)
 class Family:
     name: str
