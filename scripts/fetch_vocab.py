@@ -14,13 +14,14 @@ for a user's model. Run by `make test`; does nothing when the files are there.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from build_model import sha256  # scripts/, this script's folder
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB_DIR = ROOT / "models" / "_source" / "vocab"
@@ -36,14 +37,6 @@ _SPLIT = {"llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\
 # end-of-message and python tag; Qwen 2.5's <tool_call> pair, added tokens that are not special.
 _RENAMED = {"llama-bpe": {128004: "<|finetune_right_pad_id|>", 128008: "<|eom_id|>", 128010: "<|python_tag|>"},
             "qwen2": {151657: "<tool_call>", 151658: "</tool_call>"}}
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def pinned_version() -> str:
