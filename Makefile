@@ -89,7 +89,7 @@ review: setup
 	  -- --config $(CONFIG) $(SET)
 
 train: setup
-	$(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --nproc_per_node=$(NPROC) --nnodes=$(NNODES) $(TORCHRUN_ARGS),$(PY)) \
+	$(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --nproc_per_node=$(NPROC) --nnodes=$(NNODES) $(if $(filter 1,$(NNODES)),--standalone) $(TORCHRUN_ARGS),$(PY)) \
 	  -m train --config $(CONFIG) $(if $(FRESH),--fresh) $(SET)
 
 eval: setup
