@@ -13,7 +13,6 @@ GGUF file's metadata, checks that they agree, and prints every problem with its 
 from __future__ import annotations
 
 import json
-import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +155,7 @@ def facts_from_gguf(path: str | Path) -> Facts:
     try:
         meta = read_metadata(path, {"tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.chat_template",
                                     *(f"tokenizer.ggml.{k}_token_id" for k in ("eot", "bos", "eos", "padding"))})
-    except (ValueError, struct.error, UnicodeDecodeError) as e:  # not a GGUF, or cut short
+    except ValueError as e:  # not a GGUF, or cut short
         raise UserError(f"{path}: cannot read it as a GGUF file ({e}); convert the model again") from None
     get = meta.get
 

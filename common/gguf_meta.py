@@ -62,15 +62,17 @@ class _Cursor:
 def read_metadata(path: str | Path, keys: set[str] | None = None) -> dict:
     """{key: value} of the GGUF's metadata (`keys`: only those decoded; the others are skipped). Values as
     GGUFReader's `contents()` gives them: numbers, str, lists."""
-    return _read(path, keys, tensors=False)[0]
+    return read_header(path, keys, tensors=False)[0]
 
 
 def read_tensor_shapes(path: str | Path) -> dict[str, list[int]]:
     """{tensor name: dims in ggml order (ne0 first)}, as GGUFReader's `tensors[i].shape`, without its metadata."""
-    return _read(path, set(), tensors=True)[1]
+    return read_header(path, set())[1]
 
 
-def _read(path: str | Path, keys: set[str] | None, tensors: bool) -> tuple[dict, dict]:
+def read_header(path: str | Path, keys: set[str] | None = None, tensors: bool = True) -> tuple[dict, dict]:
+    """(read_metadata's dict, read_tensor_shapes' dict) in one walk of the header; ValueError for a file that is
+    not a GGUF or is cut short."""
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         if buf[:4] != b"GGUF":
             raise ValueError(f"{path} is not a GGUF file (no GGUF magic)")
@@ -94,5 +96,7 @@ def _read(path: str | Path, keys: set[str] | None, tensors: bool) -> tuple[dict,
                 c.unpack("<I")
                 c.unpack("<Q")
             return meta, shapes
+        except struct.error as e:
+            raise ValueError(f"{path} ends inside its header ({e})") from None
         finally:
             c.buf.release()

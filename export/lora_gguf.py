@@ -208,13 +208,15 @@ def misfits(base_gguf: Path, lora: Path) -> list[str]:
     llama-cpp-python does not stop when llama.cpp refuses an adapter, and generating then crashes)."""
     import gguf
 
-    from common.gguf_meta import read_tensor_shapes
+    from common.gguf_meta import read_header
 
-    adapter = gguf.GGUFReader(str(lora))  # small; the base's vocabulary is read by gguf-py in 20-40 s on Llama 3 or Qwen
-    arch = (gguf_value(base_gguf, "general.architecture"), _value(adapter, "general.architecture"))
+    # the base in one walk of its header (gguf-py's reader takes 20-40 s on a Llama 3 or Qwen vocabulary); the
+    # adapter is small
+    base_meta, shapes = read_header(base_gguf, {"general.architecture"})
+    adapter = gguf.GGUFReader(str(lora))
+    arch = (base_meta.get("general.architecture"), _value(adapter, "general.architecture"))
     if arch[0] != arch[1]:
         return [f"{lora.name} is for architecture {arch[1]}, the base {base_gguf.name} is {arch[0]}"]
-    shapes = read_tensor_shapes(base_gguf)
     parts: dict[str, dict] = {}
     for t in adapter.tensors:
         stem, _, kind = t.name.rpartition(".")
