@@ -14,6 +14,8 @@ import functools
 import glob
 import hashlib
 import json
+import os
+import resource
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -86,6 +88,34 @@ class Stats:
 
     def step(self, name: str, rows: list[Row]) -> None:
         self.steps.append((name, sum(r.kept for r in rows)))
+
+
+def rss_mib() -> float:
+    """This process's resident memory now (MiB), from /proc (0 where there is none)."""
+    try:
+        return round(int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class Clock:
+    """Seconds, rows/s and resident memory per phase of a run, for timing.json (apart from report.json,
+    which is byte-stable)."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.phases: list[dict] = []
+
+    def lap(self, phase: str, rows: int) -> None:
+        now = time.perf_counter()
+        s, self.last = now - self.last, now
+        self.phases.append({"phase": phase, "seconds": round(s, 2), "rows": rows,
+                            "rows_per_second": round(rows / s) if s > 0 else None, "rss_mib": rss_mib()})
+
+    def summary(self) -> dict:
+        peak = {who: round(resource.getrusage(w).ru_maxrss / 1024, 1)
+                for who, w in (("process", resource.RUSAGE_SELF), ("largest_worker", resource.RUSAGE_CHILDREN))}
+        return {"seconds": round(time.perf_counter() - self.start, 1), "phases": self.phases, "peak_rss_mib": peak}
 
 
 # ---------------------------------------------------------------------------------------------- read
@@ -411,9 +441,11 @@ def checks(cfg: Config) -> list[str]:
 def run(cfg: Config) -> dict:
     """The stage: read -> review decisions -> filters -> dedup -> split -> write (after the accounting check)."""
     t0 = time.time()
+    clock = Clock()
     require(checks(cfg))
     stats = Stats()
     tokenizer = load_tokenizer(cfg.model.name)
+    clock.lap("load tokenizer", 0)
     control_tokens = special_tokens(tokenizer)
     forms = TemplateForms(tokenizer, ROLE_MAP) if cfg.data.tools == "auto" else None
     stats.counters["template_renders"] = {"tools": bool(forms and forms.tools), "reasoning": bool(forms and forms.reasoning)}
@@ -422,12 +454,16 @@ def run(cfg: Config) -> dict:
     stats.step("parsed", rows)
     review_summary = review_mod.apply(rows, review_mod.load_decisions(cfg.run_dir / "review" / "decisions.jsonl"), cfg)
     stats.step("after review rejections", rows)
+    clock.lap("read, parse, review", len(rows))
     apply_filters(rows, cfg, tokenizer, stats, control_tokens)
+    clock.lap("filters, language, render", len(rows))
     exact_dedup(rows)
     stats.step("exact dedup", rows)
     kept, sigs, shingles, clusters = near_dedup(rows, cfg, MinHasher(cfg.curate.minhash_num_perm, cfg.curate.minhash_ngram))
     stats.step("near dedup", rows)
+    clock.lap("exact and near dedup", len(rows))
     split_info = _split(kept, sigs, shingles, cfg)
+    clock.lap("split and leakage check", len(kept))
     train, val = [r for r in kept if r.split == "train"], [r for r in kept if r.split == "val"]
     outputs = {"train.jsonl": jsonl_text(canonical(r) for r in train), "val.jsonl": jsonl_text(canonical(r) for r in val),
                "rejected.jsonl": jsonl_text(rejected_record(r) for r in rows if not r.kept),
@@ -437,10 +473,12 @@ def run(cfg: Config) -> dict:
     out = stage_dir(cfg, "curate")  # only now: a run that fails earlier leaves an existing curate/ as it was
     for name, text in outputs.items():
         atomic_write_text(out / name, text)
+    clock.lap("write outputs", len(rows))
     report = build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary)
     atomic_write_json(out / "report.json", report)
     write_html(out, report)
-    atomic_write_json(out / "timing.json", {"seconds": round(time.time() - t0, 1)})  # apart: report.json is byte-stable
+    clock.lap("report", len(rows))
+    atomic_write_json(out / "timing.json", clock.summary())
     print(f"curate: {report['rows_in']} rows in = {report['kept']} kept ({len(train)} train, {len(val)} val) "
           f"+ {report['rejected']} rejected; leakage {report['split']['leakage']}; {time.time() - t0:.1f} s")
     for reason, n in report["rejected_by_reason"].items():

@@ -172,8 +172,10 @@ def whole_run(rows) -> dict:
         t = time.perf_counter()
         report = run(cfg)
         seconds = time.perf_counter() - t
+        timing = json.loads((cfg.run_dir / "curate" / "timing.json").read_text())
     return {"seconds": round(seconds, 1), "rows_in": report["rows_in"], "kept": report["kept"],
-            "near_duplicates": report["dedup"]["near_duplicates"], "rows_per_second": round(report["rows_in"] / seconds)}
+            "near_duplicates": report["dedup"]["near_duplicates"], "rows_per_second": round(report["rows_in"] / seconds),
+            "phases": timing["phases"], "peak_rss_mib": timing["peak_rss_mib"]}
 
 
 def main() -> int:
