@@ -61,6 +61,7 @@ class CurateSection:
     minhash_threshold: float = 0.7
     minhash_bands: int = 0  # 0: chosen from the threshold (see curate/minhash.py optimal_bands)
     control_tokens: Literal["reject", "escape"] = "reject"  # the model's control tokens inside a row's content
+    workers: int = 0  # processes for the per-row work (parse, filters, render, signatures); 0: one per CPU core
 
 
 @dataclass
@@ -393,6 +394,7 @@ def _semantic_problems(cfg: Config) -> list[tuple[str, str]]:
     need(c.minhash_ngram >= 1, "curate.minhash_ngram", "must be at least 1, e.g. 3")
     need(0 <= c.minhash_bands <= max(1, c.minhash_num_perm), "curate.minhash_bands",
          "must be 0 (automatic) or at most curate.minhash_num_perm")
+    need(c.workers >= 0, "curate.workers", "must be 0 (one per CPU core) or a number of processes, e.g. 2")
     need(0.0 < c.minhash_threshold <= 1.0, "curate.minhash_threshold", "must be in (0, 1], e.g. 0.7")
     need(0.0 < cfg.split.val_fraction < 1.0, "split.val_fraction", "must be between 0 and 1, e.g. 0.1")
     need(0.0 < cfg.split.leakage_threshold <= 1.0, "split.leakage_threshold", "must be in (0, 1], e.g. 0.5")

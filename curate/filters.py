@@ -35,7 +35,7 @@ ROLE_MAP = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Conversation:
     messages: list[dict]
     tokens: int | None = None  # of the chat-template render (set by the pipeline before token filters)

@@ -76,10 +76,12 @@ class FileError(Exception):
     """A whole file that cannot be read; reported by name, the other files still processed."""
 
 
-def read_file(path: Path, display: str) -> Iterator[RawRow]:
+def read_file(path: Path, display: str, lazy: bool = False) -> Iterator[RawRow | RawLine]:
+    """The file's rows. `lazy`: a JSONL file's lines come undecoded (RawLine, for `decode_line` where
+    they are processed), streamed; the other formats are read whole before the first row."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        yield from _read_jsonl(path, display)
+        yield from (jsonl_lines(path, display) if lazy else _read_jsonl(path, display))
     elif suffix == ".json":
         yield from _read_json(path, display)
     elif suffix == ".csv":
@@ -91,28 +93,63 @@ def read_file(path: Path, display: str) -> Iterator[RawRow]:
                         "conversations (e.g. one {\"prompt\": ..., \"completion\": ...} per .jsonl line)")
 
 
+JSONL_BLOCK = 8 << 20  # bytes read at a time: a JSONL file is streamed, never held whole
+
+
+@dataclass
+class RawLine:
+    """A JSONL line not decoded yet (decoded where the row is processed: `decode_line`)."""
+    file: str
+    row: int
+    line: int
+    data: bytes
+
+
+def jsonl_lines(path: Path, display: str) -> Iterator[RawLine]:
+    """The non-blank lines of a JSONL file, streamed in blocks. Lines end at \n, \r\n or a lone \r (a JSON
+    text never holds a raw line break, so this splits nothing valid), exactly as bytes.splitlines() on the
+    whole file would: a block is cut after its last \n, which always ends a line; a UTF-8 byte-order mark
+    before the first line is dropped."""
+    row = line_no = 0
+    carry = b""
+    with open(path, "rb") as f:
+        first = True
+        while True:
+            block = f.read(JSONL_BLOCK)
+            data = carry + block
+            if first:
+                if block and len(data) < len(UTF8_BOM):  # too little yet to tell a byte-order mark
+                    carry = data
+                    continue
+                data, first = data[len(UTF8_BOM):] if data.startswith(UTF8_BOM) else data, False
+            if block:
+                cut = data.rfind(b"\n") + 1
+                data, carry = data[:cut], data[cut:]
+            for raw in data.splitlines():  # bytes.splitlines: \n, \r\n and \r only
+                line_no += 1
+                if raw.strip():
+                    row += 1
+                    yield RawLine(display, row, line_no, raw)
+            if not block:
+                return
+
+
+def decode_line(raw: RawLine) -> RawRow:
+    try:
+        text = raw.data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return RawRow(raw.file, raw.row, raw.line, error=f"not UTF-8 text ({e.reason} at byte {e.start})")
+    try:
+        return RawRow(raw.file, raw.row, raw.line, record=json.loads(text))
+    except json.JSONDecodeError as e:
+        return RawRow(raw.file, raw.row, raw.line, error=f"invalid JSON: {e.msg} (column {e.colno})")
+    except RecursionError:
+        return RawRow(raw.file, raw.row, raw.line, error="invalid JSON: nested too deeply")
+
+
 def _read_jsonl(path: Path, display: str) -> Iterator[RawRow]:
-    """One record per line. Lines end at \n, \r\n or a lone \r (a JSON text never holds a raw line break, so
-    this splits nothing valid); a UTF-8 byte-order mark before the first line is dropped."""
-    data = path.read_bytes()
-    if data.startswith(UTF8_BOM):
-        data = data[len(UTF8_BOM):]
-    row = 0
-    for line_no, raw in enumerate(data.splitlines(), start=1):  # bytes.splitlines: \n, \r\n and \r only
-        if not raw.strip():
-            continue
-        row += 1
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            yield RawRow(display, row, line_no, error=f"not UTF-8 text ({e.reason} at byte {e.start})")
-            continue
-        try:
-            yield RawRow(display, row, line_no, record=json.loads(text))
-        except json.JSONDecodeError as e:
-            yield RawRow(display, row, line_no, error=f"invalid JSON: {e.msg} (column {e.colno})")
-        except RecursionError:
-            yield RawRow(display, row, line_no, error="invalid JSON: nested too deeply")
+    """One record per line (jsonl_lines), decoded."""
+    return map(decode_line, jsonl_lines(path, display))
 
 
 def _read_json(path: Path, display: str) -> Iterator[RawRow]:

@@ -201,14 +201,18 @@ def similar_pairs(sigs: np.ndarray, threshold: float, verify, bands: int = 0) ->
 
 
 class ShingleSets:
-    """Exact word n-gram sets of texts, built on first use: the verifier of LSH candidates."""
+    """Exact word n-gram sets of texts (any sequence of strings), built on first use and kept for up to
+    `cache_rows` texts at a time: the verifier of LSH candidates. A set costs ~10 KB for a chat of 100 words:
+    a cache of every candidate of a million rows would hold gigabytes."""
 
-    def __init__(self, texts: list[str], ngram: int):
-        self.texts, self.n, self.cache = texts, ngram, {}
+    def __init__(self, texts, ngram: int, cache_rows: int = 50_000):
+        self.texts, self.n, self.cache, self.cache_rows = texts, ngram, {}, cache_rows
 
     def get(self, i: int) -> frozenset:
         s = self.cache.get(i)
         if s is None:
+            if len(self.cache) >= self.cache_rows:
+                self.cache.clear()
             grams = set()
             for segment in self.texts[i].split(SEGMENT):
                 w = words(segment)

@@ -13,13 +13,15 @@ import fnmatch
 import functools
 import glob
 import hashlib
-import json
+import itertools
 import os
 import resource
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -28,17 +30,17 @@ from common import model as common_model
 from common.config import Config
 from common.errors import UserError
 from common.preflight import require, unwritable
-from common.runs import atomic_write_json, atomic_write_text, jsonl_text, stage_dir
-from curate import review as review_mod
+from common.runs import atomic_write_json, json_text, stage_dir
+from curate import parallel, review as review_mod
 from curate.filters import (FILTER_NEEDS, FILTERS, ROLE_MAP, Conversation, FilterContext, LanguageDetector, clean_text,
                             escape_control_tokens, fill_variables, language_text, normalize)
-from curate.formats import CONVERTERS, FileError, RawRow, RecordError, read_file, to_messages
+from curate.formats import CONVERTERS, FileError, RawLine, RawRow, RecordError, decode_line, read_file, to_messages
 from curate.minhash import SEGMENT, MinHasher, ShingleSets, UnionFind, similar_pairs
 from curate.report import build_report, write_html
 from curate.tools import TemplateForms
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
     file: str
     row: int
@@ -58,6 +60,7 @@ class Row:
     tool_calls: int | None = None  # a tool row's number of calls (None: no tools)
     reasoning_turns: int = 0  # turns that carried a reasoning trace (kept as <think> or dropped: data.reasoning)
     form: str | None = None  # tool calls / reasoning written as the model's template does ("template") or "fallback"
+    sig: int = -1  # its row in the run's MinHash signature arrays (rows the filters kept; see ingest)
 
     @property
     def kept(self) -> bool:
@@ -113,9 +116,9 @@ class Clock:
                             "rows_per_second": round(rows / s) if s > 0 else None, "rss_mib": rss_mib()})
 
     def summary(self) -> dict:
-        peak = {who: round(resource.getrusage(w).ru_maxrss / 1024, 1)
-                for who, w in (("process", resource.RUSAGE_SELF), ("largest_worker", resource.RUSAGE_CHILDREN))}
-        return {"seconds": round(time.perf_counter() - self.start, 1), "phases": self.phases, "peak_rss_mib": peak}
+        # the main process only: a forked worker's peak counts the pages it shares with this process
+        return {"seconds": round(time.perf_counter() - self.start, 1), "phases": self.phases,
+                "peak_rss_mib_main_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 # ---------------------------------------------------------------------------------------------- read
@@ -136,23 +139,111 @@ def input_files(cfg: Config) -> list[tuple[Path, str, str | None]]:
     return [found[k] for k in sorted(found)]
 
 
-def read_rows(cfg: Config, stats: Stats, control_tokens: tuple[str, ...] = (), forms: TemplateForms | None = None) -> list[Row]:
-    rows: list[Row] = []
-    for path, display, forced in tqdm(input_files(cfg), desc="read", unit="file", leave=False):
+CHUNK_ROWS = 1000  # rows per unit of work; fixed, so that the outputs do not depend on the number of workers
+
+
+@dataclass
+class Env:
+    """What processing a chunk needs, set before the workers fork (curate.parallel)."""
+    cfg: Config
+    tokenizer: object
+    control_tokens: tuple[str, ...]
+    forms: TemplateForms | None
+    latest: dict  # review decisions: content id -> the latest decision
+    hashers: tuple[MinHasher, MinHasher]  # near-dedup signatures, and the leakage check's (other hash functions)
+
+
+@dataclass
+class Chunk:
+    """A chunk's rows after parse, review and filters, what it adds to the run's tallies, and the MinHash
+    signatures (both hashers) of its rows the filters kept, in row order."""
+    rows: list[Row]
+    stats: Stats
+    review: dict
+    sigs: np.ndarray
+    check_sigs: np.ndarray
+
+
+_ENV: Env | None = None
+
+
+def chunks(cfg: Config, stats: Stats) -> Iterator[tuple[str | None, list]]:
+    """(forced format, up to CHUNK_ROWS rows of one file) for every input file in order, streamed: JSONL lines
+    come undecoded (the workers decode them). A file that cannot be read is one rejected row, so it is
+    counted and listed like any other."""
+    for path, display, forced in input_files(cfg):
         try:
-            raws = list(read_file(path, display))
+            items = read_file(path, display, lazy=True)
+            if path.suffix.lower() != ".jsonl":
+                items = iter(list(items))  # read whole first: a bad file costs itself, not half its rows
+            while batch := list(itertools.islice(items, CHUNK_ROWS)):
+                stats.rows_per_file[display] += len(batch)
+                yield forced, batch
         except (FileError, OSError) as e:
-            # an unreadable file is one rejected row, so it is counted and listed like any other
             stats.file_errors.append({"file": display, "error": str(e)})
             r = Row(display, 0, None)
             r.reject("unreadable_file", str(e))
-            rows.append(r)
             stats.rows_per_file[display] += 1
-            continue
-        stats.rows_per_file[display] += len(raws)
-        for raw in raws:
-            rows.append(_parse(raw, forced, cfg, control_tokens, forms))
-    return rows
+            yield None, [r]
+
+
+def process_chunk(job: tuple[str | None, list]) -> Chunk:
+    """Parse -> review decisions -> filters (language, render, token counts) -> signatures, for one chunk, in
+    a worker (or in this process with one worker)."""
+    env, (forced, items) = _ENV, job
+    stats = Stats()
+    rows = [it if isinstance(it, Row) else
+            _parse(decode_line(it) if isinstance(it, RawLine) else it, forced, env.cfg, env.control_tokens, env.forms)
+            for it in items]
+    stats.steps.append(("rows in", len(rows)))
+    stats.step("parsed", rows)
+    tally = review_mod.apply_rows(rows, env.latest, env.cfg)
+    stats.step("after review rejections", rows)
+    apply_filters(rows, env.cfg, env.tokenizer, stats, env.control_tokens)
+    kept = [r for r in rows if r.kept]
+    texts = [dedup_text(r.conv) for r in kept]
+    return Chunk(rows, stats, tally, env.hashers[0].signatures(texts), env.hashers[1].signatures(texts))
+
+
+def ingest(cfg: Config, env: Env, stats: Stats) -> tuple[list[Row], np.ndarray, np.ndarray, list[dict]]:
+    """Every input row through process_chunk, on curate.workers processes, in input order: the rows, the
+    signature arrays (Row.sig indexes them) and the review tallies."""
+    global _ENV
+    _ENV = env
+    rows: list[Row] = []
+    sigs, check_sigs, tallies = [], [], []
+    n_sigs = 0
+    bar = tqdm(desc="curate rows", unit="row", leave=False, mininterval=1)
+    try:
+        for chunk in parallel.ordered_map(process_chunk, chunks(cfg, stats), parallel.workers(cfg.curate.workers)):
+            for r in chunk.rows:
+                if r.kept:
+                    r.sig, n_sigs = n_sigs, n_sigs + 1
+            rows += chunk.rows
+            sigs.append(chunk.sigs)
+            check_sigs.append(chunk.check_sigs)
+            tallies.append(chunk.review)
+            _add_stats(stats, chunk.stats)
+            bar.update(len(chunk.rows))
+    finally:
+        bar.close()
+        _ENV = None
+    empty = np.empty((0, cfg.curate.minhash_num_perm), dtype=np.uint32)
+    return rows, np.concatenate(sigs or [empty]), np.concatenate(check_sigs or [empty]), tallies
+
+
+def _add_stats(total: Stats, part: Stats) -> None:
+    """A chunk's steps (same names, same order in every chunk) and counters added to the run's."""
+    if not total.steps:
+        total.steps = [(name, 0) for name, _ in part.steps]
+    total.steps = [(name, n + m) for (name, n), (_, m) in zip(total.steps, part.steps)]
+    for key, value in part.counters.items():
+        if isinstance(value, dict):
+            mine = total.counters.setdefault(key, {})
+            for k, v in value.items():
+                mine[k] = mine.get(k, 0) + v
+        else:
+            total.counters[key] = total.counters.get(key, 0) + value
 
 
 def _parse(raw: RawRow, forced: str | None, cfg: Config, control_tokens: tuple[str, ...] = (),
@@ -196,7 +287,7 @@ def render(rows: list[Row], tokenizer) -> None:
     """The chat-template render training will use, and its token count. A conversation the template refuses
     keeps the refusal in conv.render_error (the filters decide first; see apply_filters)."""
     todo = [r for r in rows if r.kept and r.conv.tokens is None]
-    for i in tqdm(range(0, len(todo), RENDER_BATCH), disable=not todo, desc="render+tokenize", unit="batch", leave=False):
+    for i in range(0, len(todo), RENDER_BATCH):
         chunk = todo[i:i + RENDER_BATCH]
         try:
             texts = tokenizer.apply_chat_template([r.conv.messages for r in chunk], tokenize=False)
@@ -260,9 +351,9 @@ def apply_filters(rows: list[Row], cfg: Config, tokenizer, stats: Stats, control
 
 def _measure(need: str | None, rows: list[Row], detector: LanguageDetector, tokenizer) -> None:
     if need == "language":
-        todo = [r for r in rows if r.conv.lang is None]
-        for r in tqdm(todo, disable=not todo, desc="language", unit="row", leave=False, mininterval=1):
-            r.conv.lang = detector.detect(language_text(r.conv))
+        for r in rows:
+            if r.conv.lang is None:
+                r.conv.lang = detector.detect(language_text(r.conv))
     elif need == "tokens":
         render(rows, tokenizer)
 
@@ -297,16 +388,29 @@ def exact_dedup(rows: list[Row]) -> None:
             first[r.id] = r
 
 
-def near_dedup(rows: list[Row], cfg: Config, hasher: MinHasher):
-    """Cluster kept rows at curate.minhash_threshold; keep the best of each cluster. Returns the kept
-    rows, their signatures and shingle sets, and the clusters with more than one member (largest first)."""
+class DedupTexts:
+    """dedup_text of rows, made when asked for (ShingleSets verifies only LSH candidates: most rows never are)."""
+
+    def __init__(self, rows: list[Row]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> str:
+        return dedup_text(self.rows[i].conv)
+
+
+def near_dedup(rows: list[Row], cfg: Config, all_sigs: np.ndarray):
+    """Cluster kept rows at curate.minhash_threshold; keep the best of each cluster. `all_sigs` holds the
+    signatures ingest made (Row.sig indexes it). Returns the kept rows, their signature rows (Row.sig), their
+    shingle sets, and the clusters with more than one member (largest first)."""
     live = [r for r in rows if r.kept]
     order = {id(r): i for i, r in enumerate(rows)}
-    texts = [dedup_text(r.conv) for r in live]
-    sigs = hasher.signatures(texts)
-    shingles = ShingleSets(texts, cfg.curate.minhash_ngram)
+    index = np.fromiter((r.sig for r in live), dtype=np.int64, count=len(live))
+    shingles = ShingleSets(DedupTexts(live), cfg.curate.minhash_ngram)
     uf = UnionFind(len(live))
-    for i, j, _ in similar_pairs(sigs, cfg.curate.minhash_threshold, shingles.jaccard, cfg.curate.minhash_bands):
+    for i, j, _ in similar_pairs(all_sigs[index], cfg.curate.minhash_threshold, shingles.jaccard, cfg.curate.minhash_bands):
         uf.union(i, j)
     clusters = []
     keep_mask = np.ones(len(live), dtype=bool)
@@ -321,8 +425,7 @@ def near_dedup(rows: list[Row], cfg: Config, hasher: MinHasher):
             clusters.append([live[best]] + [live[i] for i in members if i != best])
     clusters.sort(key=lambda c: (-len(c), c[0].id))
     kept = [r for r, k in zip(live, keep_mask) if k]
-    kept_texts = [t for t, k in zip(texts, keep_mask) if k]
-    return kept, sigs[keep_mask], ShingleSets(kept_texts, cfg.curate.minhash_ngram), clusters
+    return kept, index[keep_mask], ShingleSets(DedupTexts(kept), cfg.curate.minhash_ngram), clusters
 
 
 # --------------------------------------------------------------------------------------------- split
@@ -401,20 +504,57 @@ def manifest_line(r: Row) -> dict:
             **({"edited_id": r.id} if r.id != r.original_id else {})}
 
 
-def check_accounting(rows_per_file: Counter, outputs: dict[str, str]) -> None:
-    """Nothing lost, nothing doubled, counted from what is about to be written: train + val + rejected lines
+OUTPUTS = ("train.jsonl", "val.jsonl", "rejected.jsonl", "manifest.jsonl", "preference.jsonl")
+
+
+def write_outputs(cfg: Config, rows: list[Row], kept: list[Row], train: list[Row], val: list[Row], stats: Stats) -> Path:
+    """The JSONL outputs, streamed into a staging folder, checked (check_accounting, on the lines in those files)
+    and only then moved into runs/<name>/curate/: a run that fails leaves an existing curate/ as it was."""
+    staging = cfg.run_dir / ".curate.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    records = {"train.jsonl": (canonical(r) for r in train), "val.jsonl": (canonical(r) for r in val),
+               "rejected.jsonl": (rejected_record(r) for r in rows if not r.kept),
+               "manifest.jsonl": (manifest_line(r) for r in rows),
+               "preference.jsonl": (preference_record(r) for r in kept if r.rejected_reply is not None)}
+    manifest_files: Counter = Counter()
+    try:
+        for name in OUTPUTS:
+            with open(staging / name, "w", encoding="utf-8", errors="backslashreplace", newline="") as f:
+                for rec in records[name]:
+                    f.write(json_text(rec) + "\n")
+                    if name == "manifest.jsonl":
+                        manifest_files[rec["file"]] += 1
+                f.flush()
+                os.fsync(f.fileno())
+        check_accounting(stats.rows_per_file, {name: count_lines(staging / name) for name in OUTPUTS}, manifest_files)
+        out = stage_dir(cfg, "curate")
+        for name in OUTPUTS:
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b""))
+
+
+def check_accounting(rows_per_file: Counter, lines: dict[str, int], manifest_files: Counter) -> None:
+    """Nothing lost, nothing doubled, counted from what is about to be published: train + val + rejected lines
     equal the rows read, and manifest.jsonl holds, per input file, exactly as many lines as the reader gave.
     A failure is a bug in curate (RuntimeError), never the user's data."""
-    lines = {name: text.count("\n") for name, text in outputs.items()}
     rows_in = sum(rows_per_file.values())
     problems = []
     if lines["train.jsonl"] + lines["val.jsonl"] + lines["rejected.jsonl"] != rows_in:
         problems.append(f"{rows_in} rows read but train {lines['train.jsonl']} + val {lines['val.jsonl']} + rejected "
                         f"{lines['rejected.jsonl']} lines are about to be written")
-    manifest = Counter(json.loads(line)["file"] for line in outputs["manifest.jsonl"].split("\n") if line)
-    for file in sorted(set(manifest) | set(rows_per_file)):
-        if manifest[file] != rows_per_file[file]:
-            problems.append(f"{file}: {rows_per_file[file]} rows read, {manifest[file]} manifest lines")
+    if lines["manifest.jsonl"] != sum(manifest_files.values()):
+        problems.append(f"manifest.jsonl holds {lines['manifest.jsonl']} lines, {sum(manifest_files.values())} written")
+    for file in sorted(set(manifest_files) | set(rows_per_file)):
+        if manifest_files[file] != rows_per_file[file]:
+            problems.append(f"{file}: {rows_per_file[file]} rows read, {manifest_files[file]} manifest lines")
     if problems:
         raise RuntimeError("curate accounting failed (a bug; nothing was written): " + "; ".join(problems))
 
@@ -440,56 +580,46 @@ def checks(cfg: Config) -> list[str]:
 
 def run(cfg: Config) -> dict:
     """The stage: read -> review decisions -> filters -> dedup -> split -> write (after the accounting check)."""
-    t0 = time.time()
     clock = Clock()
     require(checks(cfg))
     stats = Stats()
-    tokenizer = load_tokenizer(cfg.model.name)
+    decisions = review_mod.load_decisions(cfg.run_dir / "review" / "decisions.jsonl")
+    env = _env(cfg, decisions["latest"])
+    stats.counters["template_renders"] = {"tools": bool(env.forms and env.forms.tools),
+                                          "reasoning": bool(env.forms and env.forms.reasoning)}
     clock.lap("load tokenizer", 0)
-    control_tokens = special_tokens(tokenizer)
-    forms = TemplateForms(tokenizer, ROLE_MAP) if cfg.data.tools == "auto" else None
-    stats.counters["template_renders"] = {"tools": bool(forms and forms.tools), "reasoning": bool(forms and forms.reasoning)}
-    rows = read_rows(cfg, stats, control_tokens, forms)
-    stats.steps.append(("rows in", len(rows)))
-    stats.step("parsed", rows)
-    review_summary = review_mod.apply(rows, review_mod.load_decisions(cfg.run_dir / "review" / "decisions.jsonl"), cfg)
-    stats.step("after review rejections", rows)
-    clock.lap("read, parse, review", len(rows))
-    apply_filters(rows, cfg, tokenizer, stats, control_tokens)
-    clock.lap("filters, language, render", len(rows))
+    rows, sigs, check_sigs, tallies = ingest(cfg, env, stats)
+    review_summary = review_mod.summary(decisions, tallies)
+    clock.lap("read, parse, review, filters, render, MinHash", len(rows))
     exact_dedup(rows)
     stats.step("exact dedup", rows)
-    kept, sigs, shingles, clusters = near_dedup(rows, cfg, MinHasher(cfg.curate.minhash_num_perm, cfg.curate.minhash_ngram))
+    kept, index, shingles, clusters = near_dedup(rows, cfg, sigs)
     stats.step("near dedup", rows)
     clock.lap("exact and near dedup", len(rows))
-    split_info = _split(kept, sigs, shingles, cfg)
+    # the leakage check's signatures come from other hash functions, so LSH misses of the first pass differ
+    split_info = (split(kept, sigs[index], shingles, cfg, check_sigs[index]) if kept else
+                  {"leakage": 0, "moved_to_train": [], "families": 0})
+    del sigs, check_sigs
     clock.lap("split and leakage check", len(kept))
     train, val = [r for r in kept if r.split == "train"], [r for r in kept if r.split == "val"]
-    outputs = {"train.jsonl": jsonl_text(canonical(r) for r in train), "val.jsonl": jsonl_text(canonical(r) for r in val),
-               "rejected.jsonl": jsonl_text(rejected_record(r) for r in rows if not r.kept),
-               "manifest.jsonl": jsonl_text(manifest_line(r) for r in rows),
-               "preference.jsonl": jsonl_text(preference_record(r) for r in kept if r.rejected_reply is not None)}
-    check_accounting(stats.rows_per_file, outputs)
-    out = stage_dir(cfg, "curate")  # only now: a run that fails earlier leaves an existing curate/ as it was
-    for name, text in outputs.items():
-        atomic_write_text(out / name, text)
+    out = write_outputs(cfg, rows, kept, train, val, stats)
     clock.lap("write outputs", len(rows))
     report = build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary)
     atomic_write_json(out / "report.json", report)
     write_html(out, report)
     clock.lap("report", len(rows))
-    atomic_write_json(out / "timing.json", clock.summary())
+    timing = {**clock.summary(), "workers": parallel.workers(cfg.curate.workers)}
+    atomic_write_json(out / "timing.json", timing)
     print(f"curate: {report['rows_in']} rows in = {report['kept']} kept ({len(train)} train, {len(val)} val) "
-          f"+ {report['rejected']} rejected; leakage {report['split']['leakage']}; {time.time() - t0:.1f} s")
+          f"+ {report['rejected']} rejected; leakage {report['split']['leakage']}; {timing['seconds']:.1f} s")
     for reason, n in report["rejected_by_reason"].items():
         print(f"  rejected {reason}: {n}")
     print(f"  outputs: {out}/ (report.html)")
     return report
 
 
-def _split(kept: list[Row], sigs: np.ndarray, shingles: ShingleSets, cfg: Config) -> dict:
-    if not kept:
-        return {"leakage": 0, "moved_to_train": [], "families": 0}
-    # the leakage check's signatures come from other hash functions, so LSH misses of the first pass differ
-    check_sigs = MinHasher(cfg.curate.minhash_num_perm, cfg.curate.minhash_ngram, seed=2).signatures(shingles.texts)
-    return split(kept, sigs, shingles, cfg, check_sigs)
+def _env(cfg: Config, latest: dict) -> Env:
+    tokenizer = load_tokenizer(cfg.model.name)
+    c = cfg.curate
+    return Env(cfg, tokenizer, special_tokens(tokenizer), TemplateForms(tokenizer, ROLE_MAP) if cfg.data.tools == "auto" else None,
+               latest, (MinHasher(c.minhash_num_perm, c.minhash_ngram), MinHasher(c.minhash_num_perm, c.minhash_ngram, seed=2)))

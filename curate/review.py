@@ -51,20 +51,23 @@ def load_decisions(path: Path) -> dict:
 
 
 def apply(rows: list, decisions: dict, cfg) -> dict:
-    """Apply the latest decision per id. A decision follows its row through edits: after an edit the row's id
-    is the edited content's (what the app shows next), so a later decision on that id applies too
-    (edit -> reject rejects the edited row; edit -> edit chains)."""
-    latest = decisions["latest"]
+    """Apply the latest decision per id to `rows`; the summary for the report (apply_rows + summary)."""
+    return summary(decisions, [apply_rows(rows, decisions["latest"], cfg)])
+
+
+def apply_rows(rows: list, latest: dict, cfg) -> dict:
+    """Apply the latest decision per id to some of the rows (a chunk: curate applies them chunk by chunk).
+    A decision follows its row through edits: after an edit the row's id is the edited content's (what the
+    app shows next), so a later decision on that id applies too (edit -> reject rejects the edited row;
+    edit -> edit chains). Returns the tally that `summary` adds up."""
     by_id: dict[str, list] = {}
     for r in rows:
-        if r.id is not None:  # rows that never parsed have no content id and cannot be reviewed
+        if r.id is not None and r.id in latest:  # rows that never parsed have no content id and cannot be reviewed
             by_id.setdefault(r.id, []).append(r)
     counts = {a: 0 for a in ACTIONS}
     refused: list[str] = []
     matched: set[str] = set()
-    for rid, targets in by_id.items():
-        if rid not in latest:
-            continue
+    for targets in by_id.values():
         for r in targets:
             seen = set()
             while r.id in latest and r.id not in seen:  # an edit gives the row a new id, which may have its own
@@ -72,10 +75,17 @@ def apply(rows: list, decisions: dict, cfg) -> dict:
                 matched.add(r.id)
                 if not _apply_one(r, latest[r.id], cfg, counts, refused):
                     break
-    unknown = sorted(rid for rid in latest if rid not in matched)
+    return {"applied": counts, "matched": matched, "refused": refused}
+
+
+def summary(decisions: dict, tallies: list[dict]) -> dict:
+    """The review part of the report, from the tallies of every chunk (in input order)."""
+    counts = {a: sum(t["applied"][a] for t in tallies) for a in ACTIONS}
+    matched = set().union(*(t["matched"] for t in tallies))
+    unknown = sorted(rid for rid in decisions["latest"] if rid not in matched)
     return {"decisions_file": decisions["path"], "present": decisions["present"], "lines": decisions["lines"],
             "applied": counts, "unknown_ids": unknown, "corrupted_lines": decisions["corrupted"],
-            "refused_edits": refused}
+            "refused_edits": [line for t in tallies for line in t["refused"]]}
 
 
 def _apply_one(r, d: dict, cfg, counts: dict, refused: list[str]) -> bool:

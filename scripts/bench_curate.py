@@ -175,7 +175,8 @@ def whole_run(rows) -> dict:
         timing = json.loads((cfg.run_dir / "curate" / "timing.json").read_text())
     return {"seconds": round(seconds, 1), "rows_in": report["rows_in"], "kept": report["kept"],
             "near_duplicates": report["dedup"]["near_duplicates"], "rows_per_second": round(report["rows_in"] / seconds),
-            "phases": timing["phases"], "peak_rss_mib": timing["peak_rss_mib"]}
+            "phases": timing["phases"], "workers": timing["workers"],
+            "peak_rss_mib_main_process": timing["peak_rss_mib_main_process"]}
 
 
 def main() -> int:

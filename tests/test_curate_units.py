@@ -205,13 +205,15 @@ def test_accounting_check_fails_on_a_lost_or_doubled_row():
 
     from curate.pipeline import check_accounting
 
-    manifest = "".join(json.dumps({"file": f}) + "\n" for f in ("a", "a", "b"))
-    good = {"train.jsonl": "{}\n", "val.jsonl": "{}\n", "rejected.jsonl": "{}\n", "manifest.jsonl": manifest}
-    check_accounting(Counter({"a": 2, "b": 1}), good)
+    manifest = Counter({"a": 2, "b": 1})  # manifest lines written per input file
+    good = {"train.jsonl": 1, "val.jsonl": 1, "rejected.jsonl": 1, "manifest.jsonl": 3}  # lines in the files
+    check_accounting(Counter({"a": 2, "b": 1}), good, manifest)
     with pytest.raises(RuntimeError, match="3 rows read but train 1 \\+ val 0"):
-        check_accounting(Counter({"a": 2, "b": 1}), {**good, "val.jsonl": ""})
+        check_accounting(Counter({"a": 2, "b": 1}), {**good, "val.jsonl": 0}, manifest)
     with pytest.raises(RuntimeError, match="b: 2 rows read, 1 manifest lines"):
-        check_accounting(Counter({"a": 1, "b": 2}), good)
+        check_accounting(Counter({"a": 1, "b": 2}), good, manifest)
+    with pytest.raises(RuntimeError, match="manifest.jsonl holds 2 lines, 3 written"):
+        check_accounting(Counter({"a": 2, "b": 1}), {**good, "manifest.jsonl": 2}, manifest)
 
 
 def test_code_fence_count_is_linear_and_unchanged():

@@ -1,0 +1,73 @@
+"""Both cores for curate's per-row work: an ordered map over forked worker processes, a bounded number of
+chunks in flight (so a streamed input is never read ahead whole).
+
+Forked, not spawned: the workers inherit the loaded tokenizer and config instead of importing transformers
+again (seconds each). The results come back in input order whatever the number of workers, so the outputs
+are the same byte for byte with one worker or many (tests/test_curate_scale.py). A worker that dies (the
+kernel's OOM killer) fails the run with BrokenProcessPool instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable, Iterable, Iterator, TypeVar
+
+from common.errors import UserError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def cores() -> int:
+    """CPU cores this process may run on (its affinity; a container's CPU set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def workers(setting: int) -> int:
+    """curate.workers: 0 = one per core; otherwise as set."""
+    return setting if setting > 0 else cores()
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], n_workers: int, in_flight: int = 0) -> Iterator[R]:
+    """fn over items, results in input order. One worker: in this process, nothing forked. Several: at most
+    `in_flight` (default 2 per worker) items submitted and not yet returned. `fn` must be a module-level
+    function; what it reads from module globals is what they held at fork time."""
+    if n_workers <= 1:
+        yield from map(fn, items)
+        return
+    # Workers tokenize one text at a time each: the tokenizers library's own thread pool in every worker
+    # would only fight them for the same cores (and it warns when forked after use unless this is set).
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"))
+    try:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) == 1:  # the executor forks its workers on demand: all of them exist by now
+                _restore("TOKENIZERS_PARALLELISM", previous)
+            if len(pending) >= (in_flight or 2 * n_workers):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    except BrokenProcessPool:
+        raise UserError(f"a curate worker process died without an error of its own (most often the system's out-of-memory "
+                        f"killer: see `dmesg`); free memory, or run on fewer processes, e.g. curate.workers=1 "
+                        f"(now {n_workers})") from None
+    finally:
+        _restore("TOKENIZERS_PARALLELISM", previous)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _restore(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value

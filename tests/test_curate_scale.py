@@ -1,0 +1,95 @@
+"""Curate on several processes, streamed: the same outputs byte for byte whatever the number of workers and
+the chunk size, a JSONL file read in blocks exactly as whole, a worker that dies fails the run in one line.
+(1M rows in bounded memory is measured by scripts/bench_curate.py --scale; docs/benchmarks.md.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from common.config import load_config
+from common.errors import UserError
+from common.runs import read_jsonl
+from curate import formats, pipeline, run
+from curate.review import append_decision
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUTS = ("train.jsonl", "val.jsonl", "rejected.jsonl", "manifest.jsonl", "preference.jsonl")
+
+
+def _curate(root: Path, *overrides: str) -> dict:
+    cfg = load_config(None, [f"run.root={root}", "run.name=t", f"data.inputs=[{ROOT / 'data/sample/*'}]", *overrides])
+    report = run(cfg)
+    files = {name: (cfg.run_dir / "curate" / name).read_bytes() for name in OUTPUTS}
+    report.pop("config")  # holds curate.workers, which differs on purpose
+    return {"files": files, "report": json.dumps(report, sort_keys=True)}
+
+
+def test_outputs_do_not_depend_on_workers_or_chunks(tmp_path, monkeypatch, model_dir):
+    """The sample data (every shape, planted duplicates across files) plus review decisions (an edit, a
+    reject, a restore, an unknown id): one process reading 1000-row chunks against two workers on 37-row
+    chunks, where exact and near duplicates and the edited row fall in other chunks than their originals."""
+    root = tmp_path / "runs"
+    first = _curate(root, "curate.workers=1")
+    train, rejected = read_jsonl(root / "t/curate/train.jsonl"), read_jsonl(root / "t/curate/rejected.jsonl")
+    decisions = root / "t" / "review" / "decisions.jsonl"
+    edited = [dict(m) for m in train[3]["messages"]]
+    edited[-1]["content"] += " (checked by a reviewer)"
+    append_decision(decisions, {"id": train[3]["id"], "action": "edit", "messages": edited})
+    append_decision(decisions, {"id": train[-1]["id"], "action": "reject", "reason": "wrong answer"})
+    restore = next(r for r in rejected if r["reason"] == "truncated_ending")
+    append_decision(decisions, {"id": restore["id"], "action": "restore"})
+    append_decision(decisions, {"id": "0" * 16, "action": "accept"})
+
+    one = _curate(root, "curate.workers=1")
+    monkeypatch.setattr(pipeline, "CHUNK_ROWS", 37)
+    two = _curate(root, "curate.workers=2")
+    assert one["files"] == two["files"]
+    assert one["report"] == two["report"]
+    report = json.loads(two["report"])
+    assert report["review"]["applied"]["edit"] == report["review"]["applied"]["reject"] == 1
+    assert report["review"]["applied"]["restore"] == 1 and report["review"]["unknown_ids"] == ["0" * 16]
+    assert report["rows_in"] == report["kept"] + report["rejected"] > 700
+    assert one["files"] != first["files"]  # the decisions did change the outputs
+    timing = json.loads((root / "t/curate/timing.json").read_text())
+    assert timing["workers"] == 2 and [p["phase"] for p in timing["phases"]][:2] == [
+        "load tokenizer", "read, parse, review, filters, render, MinHash"]
+    assert sum(p["rows"] for p in timing["phases"][1:2]) == report["rows_in"]
+
+
+def test_jsonl_streamed_in_blocks_reads_as_whole(tmp_path, monkeypatch):
+    """Line ends \\n, \\r\\n and a lone \\r, a \\r\\n cut between two blocks, blank lines, a byte-order mark,
+    no final line end: the streamed reader gives the lines and line numbers bytes.splitlines() gives."""
+    data = (formats.UTF8_BOM + b'{"a": 1}\r\n\r\n{"a": 2}\r{"a": 3}\n\n  \n{"a": "\xc3\xa9"}\r\n{bad\n'
+            + b'{"a": 5}\r\n' * 7 + b'{"a": 6}')
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(data)
+    whole = [(n, raw) for n, raw in enumerate(data[len(formats.UTF8_BOM):].splitlines(), start=1) if raw.strip()]
+    for block in (1, 2, 3, 7, 8, 9, 1 << 20):
+        monkeypatch.setattr(formats, "JSONL_BLOCK", block)
+        lines = list(formats.jsonl_lines(path, "x.jsonl"))
+        assert [(x.line, x.data) for x in lines] == whole, block
+        assert [x.row for x in lines] == list(range(1, len(whole) + 1))
+    rows = list(formats.read_file(path, "x.jsonl"))
+    assert [r.record for r in rows[:4]] == [{"a": 1}, {"a": 2}, {"a": 3}, {"a": "é"}]
+    assert rows[4].error.startswith("invalid JSON") and rows[4].line == 8
+
+
+def _die(job):  # a worker killed from outside (the kernel's OOM killer): no exception, no result
+    os._exit(9)
+
+
+def test_a_worker_that_dies_fails_the_run_in_one_line(tmp_path, monkeypatch, model_dir):
+    root = tmp_path / "runs"
+    _curate(root, "curate.workers=1")
+    before = {name: (root / "t/curate" / name).read_bytes() for name in OUTPUTS}
+    monkeypatch.setattr(pipeline, "process_chunk", _die)
+    with pytest.raises(UserError, match=r"a curate worker process died.*curate\.workers=1"):
+        _curate(root, "curate.workers=2")
+    assert {name: (root / "t/curate" / name).read_bytes() for name in OUTPUTS} == before  # nothing half-written
+    assert not (root / "t" / ".curate.partial").exists()
+    shutil.rmtree(root)
