@@ -172,6 +172,7 @@ def chunks(cfg: Config, stats: Stats) -> Iterator[tuple[str | None, list]]:
     come undecoded (the workers decode them). A file that cannot be read is one rejected row, so it is
     counted and listed like any other."""
     for path, display, forced in input_files(cfg):
+        stats.rows_per_file.setdefault(display, 0)  # an empty file is a source too (0 rows in)
         try:
             items = read_file(path, display, lazy=True)
             if path.suffix.lower() != ".jsonl":

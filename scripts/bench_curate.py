@@ -20,6 +20,14 @@ Quality: recall of planted pairs whose exact Jaccard is >= 0.7, and the share of
 within one planted group (a source row and its variants): false positives. Both through the same LSH +
 exact verification curate uses.
 Whole run: `curate.pipeline.run` on the N rows written as JSONL (tokenizer: the embedded model).
+
+    python scripts/bench_curate.py --workers 1,0 --rows 1000000 --rounds 2 [--out docs/bench_curate_scale.json]
+
+Scale: `python -m curate` on the N rows as a child process per run, with curate.workers set to each value in
+turn (0: one per core), interleaved in rounds. Per variant: seconds, rows/s per phase (its timing.json),
+the peak memory of the run's whole process tree (the sum of PSS over the main process and its workers,
+sampled every 0.5 s: shared pages counted once) and the main process's peak RSS; the ratio to the first
+variant within each round; and whether every run wrote the same outputs byte for byte.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import argparse
 import itertools
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -179,17 +188,92 @@ def whole_run(rows) -> dict:
             "peak_rss_mib_main_process": timing["peak_rss_mib_main_process"]}
 
 
+def tree_pss(pid: int) -> int:
+    """Bytes: the summed PSS of a process and its descendants (/proc; 0 for one that just exited)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += next(int(line.split()[1]) * 1024 for line in open(f"/proc/{p}/smaps_rollup") if line.startswith("Pss:"))
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total
+
+
+def one_curate(path: Path, root: Path, workers: int) -> dict:
+    """`python -m curate` on `path` in a child process; its timing.json, peak tree memory and output hashes."""
+    import hashlib
+    import subprocess
+
+    shutil.rmtree(root, ignore_errors=True)
+    cmd = [sys.executable, "-m", "curate", f"run.root={root}", "run.name=bench", f"data.inputs=[{path}]",
+           f"curate.workers={workers}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_pss(proc.pid))
+        time.sleep(0.5)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode})")
+    out = root / "bench" / "curate"
+    timing = json.loads((out / "timing.json").read_text())
+    digest = hashlib.sha256()
+    for name in ("train.jsonl", "val.jsonl", "rejected.jsonl", "manifest.jsonl", "preference.jsonl"):
+        digest.update((out / name).read_bytes())
+    shutil.rmtree(root, ignore_errors=True)
+    return {"timing": timing, "peak_tree_pss_gib": peak / 2**30, "outputs_sha256": digest.hexdigest()}
+
+
+def scale(rows, variants: list[int], rounds: int) -> dict:
+    runs: dict[int, list[dict]] = {w: [] for w in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "synthetic.jsonl"
+        with open(path, "w") as f:
+            for u, a in rows:
+                f.write(json.dumps({"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]}) + "\n")
+        del rows[:]
+        for r in range(rounds):
+            for w in variants:
+                runs[w].append(one_curate(path, Path(tmp) / "runs", w))
+                t = runs[w][-1]["timing"]
+                print(f"round {r + 1}/{rounds}, curate.workers={w}: {t['seconds']} s, "
+                      f"peak tree PSS {runs[w][-1]['peak_tree_pss_gib']:.2f} GiB", flush=True)
+    base = variants[0]
+    out = {"variants": {}, "same_outputs_in_every_run": len({x["outputs_sha256"] for v in runs.values() for x in v}) == 1}
+    for w, xs in runs.items():
+        phases = [p["phase"] for p in xs[0]["timing"]["phases"]]
+        out["variants"][f"workers={w}"] = {
+            "processes": xs[0]["timing"]["workers"],
+            "seconds": spread([x["timing"]["seconds"] for x in xs], 1),
+            "rows_per_second_by_phase": {ph: spread([x["timing"]["phases"][i]["rows_per_second"] or 0 for x in xs], 0)
+                                         for i, ph in enumerate(phases)},
+            "peak_tree_pss_gib": spread([x["peak_tree_pss_gib"] for x in xs], 2),
+            "peak_rss_gib_main_process": spread([x["timing"]["peak_rss_mib_main_process"] / 1024 for x in xs], 2),
+            "speedup_vs_first_variant": spread([b["timing"]["seconds"] / x["timing"]["seconds"] for b, x in zip(runs[base], xs)], 2),
+        }
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--baseline-rows", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--workers", default="", help="scale mode: comma-separated curate.workers values to compare, e.g. 1,0")
     ap.add_argument("--whole-only", action="store_true",
                     help="only the whole curate run (to compare two checkouts, run it in each, alternating)")
     args = ap.parse_args()
     rows, pairs = make_rows(args.rows)
     print(f"{len(rows)} rows, {len(pairs)} planted near-duplicates")
+    if args.workers:
+        result = {"rows": len(rows), "rounds": args.rounds, **scale(rows, [int(w) for w in args.workers.split(",")], args.rounds)}
+        print(json.dumps(result, indent=2))
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     if args.whole_only:
         print(json.dumps({"whole_curate_run": whole_run(rows)}))
         return 0

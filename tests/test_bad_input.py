@@ -196,7 +196,7 @@ def test_config_file_problems_name_the_file_line(tmp_path):
     with pytest.raises(UserError, match=re.escape(f"{bad}:2: `curate.max_tokens` must be positive")):
         load_config(bad)
     with pytest.raises(UserError, match="did you mean `curate.filters`"):
-        load_config(None, ["curate.foo=1"])
+        load_config(None, ["curate.filter=[language]"])
     assert load_config(None, ["curate.languages=[zh, de]"]).curate.languages == ["zh", "de"]
 
 
