@@ -77,8 +77,8 @@ class FileError(Exception):
 
 
 def read_file(path: Path, display: str, lazy: bool = False) -> Iterator[RawRow | RawLine]:
-    """The file's rows. `lazy`: a JSONL file's lines come undecoded (RawLine, for `decode_line` where
-    they are processed), streamed; the other formats are read whole before the first row."""
+    """The file's rows. JSONL and Parquet are streamed; `lazy`: a JSONL file's lines come undecoded (RawLine,
+    for `decode_line` where they are processed). JSON and CSV files are read whole before the first row."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         yield from (jsonl_lines(path, display) if lazy else _read_jsonl(path, display))
@@ -286,15 +286,32 @@ def _csv_records(lines: list[str], i: int, header: list[str], display: str, row:
             i = bad  # lines[bad - 1] is the bad record's first line: restart right after it
 
 
+PARQUET_BATCH = 4096  # records converted to Python at a time: a Parquet file is streamed by record batches
+
+
 def _read_parquet(path: Path, display: str) -> Iterator[RawRow]:
+    """Record batch by record batch. A file pyarrow cannot open is a FileError before any row; a row group that
+    turns out corrupt further on ends the file there (FileError after the rows before it)."""
     import pyarrow.parquet as pq
 
+    def unreadable(e: Exception, where: str = "") -> FileError:  # pyarrow raises several types for a corrupt file
+        return FileError(f"not a readable Parquet file{where} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+
     try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for a corrupt or non-parquet file
-        raise FileError(f"not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    for i, rec in enumerate(table.to_pylist(), start=1):
-        yield RawRow(display, i, None, record=rec)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH)
+    except Exception as e:
+        raise unreadable(e) from None
+    i = 0
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as e:
+            raise unreadable(e, f" after row {i}") from None
+        if batch is None:
+            return
+        for rec in batch.to_pylist():
+            i += 1
+            yield RawRow(display, i, None, record=rec)
 
 
 # ---------------------------------------------------------------------------------------------- shapes

@@ -1,9 +1,13 @@
 """The curate stage, as its phases (`run` reads top to bottom): read -> parse -> normalise -> review decisions
--> language and chat-template render -> filters in curate.filters order -> exact dedup -> MinHash near-dedup
--> split -> leakage check -> accounting -> write.
+-> language and chat-template render -> filters in curate.filters order -> MinHash signatures, per row, in
+chunks of CHUNK_ROWS on curate.workers processes (`ingest`, curate.parallel) -> exact dedup -> MinHash
+near-dedup -> split -> leakage check -> accounting -> write. Input is streamed (a JSONL file is never held
+whole); every row's outcome depends on that row alone until dedup, so the outputs are the same byte for byte
+for any number of workers and any chunk size (tests/test_curate_scale.py).
 
 Every input row ends as exactly one line in manifest.jsonl and either train/val.jsonl or rejected.jsonl;
-check_accounting verifies that on the texts about to be written (per input file) before anything is.
+check_accounting verifies that on the files written to a staging folder (per input file) before they are
+moved into place.
 """
 
 from __future__ import annotations
@@ -168,14 +172,15 @@ _ENV: Env | None = None
 
 
 def chunks(cfg: Config, stats: Stats) -> Iterator[tuple[str | None, list]]:
-    """(forced format, up to CHUNK_ROWS rows of one file) for every input file in order, streamed: JSONL lines
-    come undecoded (the workers decode them). A file that cannot be read is one rejected row, so it is
-    counted and listed like any other."""
+    """(forced format, up to CHUNK_ROWS rows of one file) for every input file in order; JSONL and Parquet
+    streamed, JSONL lines undecoded (the workers decode them). A file that cannot be read is one rejected row,
+    so it is counted and listed like any other; a streamed file found corrupt part-way keeps the rows before
+    the damage, and the error row stands for the rest."""
     for path, display, forced in input_files(cfg):
         stats.rows_per_file.setdefault(display, 0)  # an empty file is a source too (0 rows in)
         try:
             items = read_file(path, display, lazy=True)
-            if path.suffix.lower() != ".jsonl":
+            if path.suffix.lower() not in (".jsonl", ".parquet"):
                 items = iter(list(items))  # read whole first: a bad file costs itself, not half its rows
             while batch := list(itertools.islice(items, CHUNK_ROWS)):
                 stats.rows_per_file[display] += len(batch)
@@ -226,6 +231,8 @@ def ingest(cfg: Config, env: Env, stats: Stats) -> tuple[list[Row], np.ndarray, 
             tallies.append(chunk.review)
             _add_stats(stats, chunk.stats)
             bar.update(len(chunk.rows))
+        if not tallies:  # no rows at all: the steps are still reported, at 0
+            _add_stats(stats, process_chunk((None, [])).stats)
     finally:
         bar.close()
         _ENV = None

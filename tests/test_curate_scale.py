@@ -79,6 +79,18 @@ def test_jsonl_streamed_in_blocks_reads_as_whole(tmp_path, monkeypatch):
     assert rows[4].error.startswith("invalid JSON") and rows[4].line == 8
 
 
+def test_parquet_streamed_by_batches_reads_as_whole(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = [{"prompt": f"question {i} é", "completion": f"answer {i}", "n": i} for i in range(23)]
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "x.parquet", row_group_size=5)
+    monkeypatch.setattr(formats, "PARQUET_BATCH", 3)
+    rows = list(formats.read_file(tmp_path / "x.parquet", "x.parquet"))
+    assert [r.record for r in rows] == pq.read_table(tmp_path / "x.parquet").to_pylist() == records
+    assert [r.row for r in rows] == list(range(1, 24))
+
+
 def _die(job):  # a worker killed from outside (the kernel's OOM killer): no exception, no result
     os._exit(9)
 
