@@ -50,11 +50,6 @@ def load_decisions(path: Path) -> dict:
     return {"latest": latest, "corrupted": corrupted, "lines": lines, "path": str(path), "present": True}
 
 
-def apply(rows: list, decisions: dict, cfg) -> dict:
-    """Apply the latest decision per id to `rows`; the summary for the report (apply_rows + summary)."""
-    return summary(decisions, [apply_rows(rows, decisions["latest"], cfg)])
-
-
 def apply_rows(rows: list, latest: dict, cfg) -> dict:
     """Apply the latest decision per id to some of the rows (a chunk: curate applies them chunk by chunk).
     A decision follows its row through edits: after an edit the row's id is the edited content's (what the
