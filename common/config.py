@@ -61,7 +61,7 @@ class CurateSection:
     minhash_threshold: float = 0.7
     minhash_bands: int = 0  # 0: chosen from the threshold (see curate/minhash.py optimal_bands)
     control_tokens: Literal["reject", "escape"] = "reject"  # the model's control tokens inside a row's content
-    workers: int = 0  # processes for the per-row work (parse, filters, render, signatures); 0: one per CPU core
+    workers: int = 0  # processes for the per-row work (parse, filters, render, signatures); 0: one per CPU core, at most 16
 
 
 @dataclass
