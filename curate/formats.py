@@ -286,32 +286,32 @@ def _csv_records(lines: list[str], i: int, header: list[str], display: str, row:
             i = bad  # lines[bad - 1] is the bad record's first line: restart right after it
 
 
-PARQUET_BATCH = 4096  # records converted to Python at a time: a Parquet file is streamed by record batches
+PARQUET_BATCH = 4096  # records converted to Python objects at a time
 
 
 def _read_parquet(path: Path, display: str) -> Iterator[RawRow]:
-    """Record batch by record batch. A file pyarrow cannot open is a FileError before any row; a row group that
-    turns out corrupt further on ends the file there (FileError after the rows before it)."""
+    """Row group by row group (one in Arrow's columnar memory at a time), converted to Python records batch by
+    batch. A file pyarrow cannot open is a FileError before any row; a row group that turns out corrupt
+    further on ends the file there (FileError after the rows of the groups before it)."""
     import pyarrow.parquet as pq
 
     def unreadable(e: Exception, where: str = "") -> FileError:  # pyarrow raises several types for a corrupt file
         return FileError(f"not a readable Parquet file{where} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
 
     try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH)
+        f = pq.ParquetFile(path)
     except Exception as e:
         raise unreadable(e) from None
     i = 0
-    while True:
+    for group in range(f.num_row_groups):
         try:
-            batch = next(batches, None)
+            table = f.read_row_group(group)
         except Exception as e:
-            raise unreadable(e, f" after row {i}") from None
-        if batch is None:
-            return
-        for rec in batch.to_pylist():
-            i += 1
-            yield RawRow(display, i, None, record=rec)
+            raise unreadable(e, f" from row group {group + 1} of {f.num_row_groups} on, after row {i}") from None
+        for batch in table.to_batches(max_chunksize=PARQUET_BATCH):
+            for rec in batch.to_pylist():
+                i += 1
+                yield RawRow(display, i, None, record=rec)
 
 
 # ---------------------------------------------------------------------------------------------- shapes

@@ -17,7 +17,6 @@ import fnmatch
 import functools
 import glob
 import hashlib
-import itertools
 import os
 import resource
 import shutil
@@ -178,17 +177,27 @@ def chunks(cfg: Config, stats: Stats) -> Iterator[tuple[str | None, list]]:
     the damage, and the error row stands for the rest."""
     for path, display, forced in input_files(cfg):
         stats.rows_per_file.setdefault(display, 0)  # an empty file is a source too (0 rows in)
+        batch: list = []
+        error = None
         try:
             items = read_file(path, display, lazy=True)
             if path.suffix.lower() not in (".jsonl", ".parquet"):
                 items = iter(list(items))  # read whole first: a bad file costs itself, not half its rows
-            while batch := list(itertools.islice(items, CHUNK_ROWS)):
-                stats.rows_per_file[display] += len(batch)
-                yield forced, batch
+            for item in items:
+                batch.append(item)
+                if len(batch) == CHUNK_ROWS:
+                    stats.rows_per_file[display] += len(batch)
+                    yield forced, batch
+                    batch = []
         except (FileError, OSError) as e:
-            stats.file_errors.append({"file": display, "error": str(e)})
+            error = e
+        if batch:  # the rest, and the rows read before a streamed file turned out corrupt
+            stats.rows_per_file[display] += len(batch)
+            yield forced, batch
+        if error is not None:
+            stats.file_errors.append({"file": display, "error": str(error)})
             r = Row(display, 0, None)
-            r.reject("unreadable_file", str(e))
+            r.reject("unreadable_file", str(error))
             stats.rows_per_file[display] += 1
             yield None, [r]
 

@@ -91,6 +91,30 @@ def test_parquet_streamed_by_batches_reads_as_whole(tmp_path, monkeypatch):
     assert [r.row for r in rows] == list(range(1, 24))
 
 
+def test_a_parquet_file_corrupt_part_way_keeps_the_rows_before(tmp_path, model_dir):
+    """Row group 3 of 3 damaged (bytes of its first page flipped): the 200 rows of groups 1-2 are curated,
+    one unreadable_file row stands for the rest, and the counts add up."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "in"
+    d.mkdir()
+    records = [{"prompt": f"Please tell me what the number {i} is called in words.", "completion": f"It is {i}."}
+               for i in range(300)]
+    pq.write_table(pa.Table.from_pylist(records), d / "x.parquet", row_group_size=100)
+    page = pq.ParquetFile(d / "x.parquet").metadata.row_group(2).column(0).data_page_offset
+    data = bytearray((d / "x.parquet").read_bytes())
+    data[page + 20:page + 60] = bytes(b ^ 0xFF for b in data[page + 20:page + 60])
+    (d / "x.parquet").write_bytes(bytes(data))
+    cfg = load_config(None, [f"run.root={tmp_path / 'runs'}", "run.name=t", f"data.inputs=[{d}/*]"])
+    report = run(cfg)
+    assert report["rows_in"] == 201 == report["kept"] + report["rejected"]
+    assert report["rejected_by_reason"].get("unreadable_file") == 1
+    assert "from row group 3 of 3 on, after row 200" in report["file_errors"][0]["error"]
+    manifest = read_jsonl(cfg.run_dir / "curate" / "manifest.jsonl")
+    assert [m["row"] for m in manifest] == list(range(1, 201)) + [0]
+
+
 def _die(job):  # a worker killed from outside (the kernel's OOM killer): no exception, no result
     os._exit(9)
 
