@@ -168,15 +168,20 @@ def quality(sigs, texts, pairs, threshold: float = 0.7) -> dict:
     }
 
 
+def write_jsonl(rows, path: Path) -> Path:
+    """The (user, assistant) rows as OpenAI-messages JSONL: the input every whole-run variant reads."""
+    with open(path, "w") as f:
+        for u, a in rows:
+            f.write(json.dumps({"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]}) + "\n")
+    return path
+
+
 def whole_run(rows) -> dict:
     from common.config import load_config
     from curate import run
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "synthetic.jsonl"
-        with open(path, "w") as f:
-            for u, a in rows:
-                f.write(json.dumps({"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]}) + "\n")
+        path = write_jsonl(rows, Path(tmp) / "synthetic.jsonl")
         cfg = load_config(None, [f"run.root={tmp}/runs", "run.name=bench", f"data.inputs=[{path}]"])
         t = time.perf_counter()
         report = run(cfg)
@@ -207,6 +212,8 @@ def one_curate(path: Path, root: Path, workers: int) -> dict:
     import hashlib
     import subprocess
 
+    from curate.pipeline import OUTPUTS
+
     shutil.rmtree(root, ignore_errors=True)
     cmd = [sys.executable, "-m", "curate", f"run.root={root}", "run.name=bench", f"data.inputs=[{path}]",
            f"curate.workers={workers}"]
@@ -220,7 +227,7 @@ def one_curate(path: Path, root: Path, workers: int) -> dict:
     out = root / "bench" / "curate"
     timing = json.loads((out / "timing.json").read_text())
     digest = hashlib.sha256()
-    for name in ("train.jsonl", "val.jsonl", "rejected.jsonl", "manifest.jsonl", "preference.jsonl"):
+    for name in OUTPUTS:
         digest.update((out / name).read_bytes())
     shutil.rmtree(root, ignore_errors=True)
     return {"timing": timing, "peak_tree_pss_gib": peak / 2**30, "outputs_sha256": digest.hexdigest()}
@@ -229,11 +236,8 @@ def one_curate(path: Path, root: Path, workers: int) -> dict:
 def scale(rows, variants: list[int], rounds: int) -> dict:
     runs: dict[int, list[dict]] = {w: [] for w in variants}
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "synthetic.jsonl"
-        with open(path, "w") as f:
-            for u, a in rows:
-                f.write(json.dumps({"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]}) + "\n")
-        del rows[:]
+        path = write_jsonl(rows, Path(tmp) / "synthetic.jsonl")
+        del rows[:]  # the caller's copy too: the child runs' memory is what is measured, not this process's
         for r in range(rounds):
             for w in variants:
                 runs[w].append(one_curate(path, Path(tmp) / "runs", w))

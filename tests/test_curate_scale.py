@@ -18,7 +18,7 @@ from curate import formats, pipeline, run
 from curate.review import append_decision
 
 ROOT = Path(__file__).resolve().parent.parent
-OUTPUTS = ("train.jsonl", "val.jsonl", "rejected.jsonl", "manifest.jsonl", "preference.jsonl")
+OUTPUTS = pipeline.OUTPUTS
 
 
 def _curate(root: Path, *overrides: str) -> dict:
