@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import os
 import re
 import types
 import typing
@@ -365,6 +366,17 @@ def langdetect_languages() -> set[str]:
     return codes | {c.split("-")[0] for c in codes}
 
 
+WORKERS_PER_CORE = 4  # curate.workers beyond this many per core: memory spent, nothing gained
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity; a container's CPU set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _semantic_problems(cfg: Config) -> list[tuple[str, str]]:
     """(key, problem) for values of the right type that still cannot work: every numeric knob's range,
     min <= max, a safe run name, known languages, at least one input."""
@@ -395,6 +407,10 @@ def _semantic_problems(cfg: Config) -> list[tuple[str, str]]:
     need(0 <= c.minhash_bands <= max(1, c.minhash_num_perm), "curate.minhash_bands",
          "must be 0 (automatic) or at most curate.minhash_num_perm")
     need(c.workers >= 0, "curate.workers", "must be 0 (one per CPU core) or a number of processes, e.g. 2")
+    most = WORKERS_PER_CORE * cpu_cores()
+    need(c.workers <= most, "curate.workers", f"({c.workers}) is more than {WORKERS_PER_CORE} processes per CPU core "
+         f"here ({cpu_cores()} cores): each holds the tokenizer and they only fight for the cores; set at most {most}, "
+         "or 0 (one per core)")
     need(0.0 < c.minhash_threshold <= 1.0, "curate.minhash_threshold", "must be in (0, 1], e.g. 0.7")
     need(0.0 < cfg.split.val_fraction < 1.0, "split.val_fraction", "must be between 0 and 1, e.g. 0.1")
     need(0.0 < cfg.split.leakage_threshold <= 1.0, "split.leakage_threshold", "must be in (0, 1], e.g. 0.5")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -91,10 +92,81 @@ def _git_commit() -> str | None:
         return None
 
 
-def stage_dir(cfg: Config, stage: str) -> Path:
-    """Create `runs/<name>/<stage>/` and write `config.yaml` and `versions.json` into it."""
-    out = cfg.run_dir / stage
-    out.mkdir(parents=True, exist_ok=True)
+def write_provenance(out: Path, cfg: Config) -> None:
+    """`config.yaml` (the resolved config) and `versions.json` (package versions) into a stage's folder."""
     atomic_write_text(out / "config.yaml", dump_config(cfg))
     atomic_write_json(out / "versions.json", package_versions())
+
+
+def stage_dir(cfg: Config, stage: str) -> Path:
+    """Create `runs/<name>/<stage>/` and write `config.yaml` and `versions.json` into it. A symbolic link on the
+    way (run.root/<name>, or the stage folder) is refused: a stage writes inside run.root only."""
+    from common.errors import UserError
+
+    problems = links_out(cfg.run_dir, stage)
+    if problems:
+        raise UserError(*problems)
+    out = cfg.run_dir / stage
+    out.mkdir(parents=True, exist_ok=True)
+    write_provenance(out, cfg)
     return out
+
+
+# ------------------------------------------------------------------------------ a stage's outputs, all or nothing
+def links_out(run_dir: Path, *stages: str) -> list[str]:
+    """Problem lines for symbolic links where the stages write: run.root/<name> and its stage folders. A link there
+    would send every output somewhere else, silently; run.root itself may be a link (the user chose it)."""
+    problems = []
+    for path in [run_dir] + [run_dir / s for s in stages]:
+        if path.is_symlink():
+            problems.append(f"{path} is a symbolic link (to {os.readlink(path)}): the stages write only inside "
+                            "run.root and never through a link; remove the link, or set run.root/run.name to the "
+                            "real folder")
+    return problems
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file, a link (never what it points to) or a folder tree; nothing if it is not there."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def staging_dir(out: Path) -> Path:
+    """An empty `.<stage>.partial` folder beside a stage's folder, where its outputs are built (publish_dir)."""
+    restore_interrupted(out)
+    staging = out.with_name(f".{out.name}.partial")
+    remove_path(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _previous(out: Path) -> Path:
+    return out.with_name(f".{out.name}.previous")
+
+
+def restore_interrupted(out: Path) -> None:
+    """A publish killed between its two renames left the previous outputs beside the stage folder: put them back."""
+    if not out.exists() and not out.is_symlink() and _previous(out).is_dir() and not _previous(out).is_symlink():
+        os.rename(_previous(out), out)
+
+
+def publish_dir(staging: Path, out: Path) -> None:
+    """Replace the folder `out` by `staging` whole: two renames (the old folder aside, the new one in), the old one
+    restored if the second fails, deleted once the new one is in place. Readers see the old outputs or the new
+    ones, never a mix; a process killed between the renames is repaired by restore_interrupted."""
+    previous = _previous(out)
+    remove_path(previous)
+    moved = False
+    try:
+        if out.exists():
+            os.rename(out, previous)
+            moved = True
+        os.rename(staging, out)
+    except BaseException:
+        if moved and not out.exists():
+            os.rename(previous, out)
+        raise
+    remove_path(previous)

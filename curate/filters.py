@@ -39,6 +39,7 @@ ROLE_MAP = {
 class Conversation:
     messages: list[dict]
     tokens: int | None = None  # of the chat-template render (set by the pipeline before token filters)
+    own_tokens: int | None = None  # of the row's own turns apart from the system prompt (too_short counts these)
     text: str | None = None  # the chat-template render
     lang: str | None = None
     render_error: str | None = None  # why the chat template refused to render it (set by the pipeline)
@@ -236,8 +237,10 @@ def repetition(c: Conversation, cfg) -> str | None:
 
 
 def too_short(c: Conversation, cfg) -> str | None:
-    if c.tokens is not None and c.tokens < cfg.curate.min_tokens:
-        return f"{c.tokens} tokens < curate.min_tokens {cfg.curate.min_tokens}"
+    """What the row itself brings, its user/assistant/tool turns: the template's markup and its default system
+    prompt (~30 tokens for the embedded model) would make every row long enough."""
+    if c.own_tokens is not None and c.own_tokens < cfg.curate.min_tokens:
+        return f"{c.own_tokens} tokens in its own turns (system prompt and template markup not counted) < curate.min_tokens {cfg.curate.min_tokens}"
     return None
 
 
@@ -267,7 +270,7 @@ FILTERS: dict[str, Callable[[Conversation, object], str | None]] = {
     "too_short": too_short,
     "too_long": too_long,
 }
-FILTER_NEEDS = {"language": "language", "too_short": "tokens", "too_long": "tokens"}  # measured before them
+FILTER_NEEDS = {"language": "language", "too_short": "own_tokens", "too_long": "tokens"}  # measured before them
 
 
 # ------------------------------------------------------------------------------------------ language

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from common.chat_template import THINK_BLOCK
-from curate.tools import (TOOL_CALL_ROLES, TOOL_PART_TYPES, TOOL_RESULT_ROLES, ToolFormatError, has_tools, parse_call,
-                          parse_specs, render_fallback)
+from curate.tools import (FORM_TAGS, TOOL_CALL_ROLES, TOOL_PART_TYPES, TOOL_RESULT_ROLES, ToolFormatError, has_tools,
+                          parse_call, parse_specs, render_fallback)
 
 EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")
 MEDIA_KEYS = ("images", "image", "audios", "audio", "videos", "video")
@@ -69,6 +69,31 @@ class RawRow:
     @property
     def where(self) -> str:
         return f"{self.file}:{self.line}" if self.line else f"{self.file}#{self.row}"
+
+
+MAX_NESTING = 100  # levels of arrays/objects in one record; no chat record needs more, and deeper ones overflow
+                  # Python's recursion when a record is handed to a worker process (pickle) or written back
+
+
+def nesting_depth(value: Any, limit: int = MAX_NESTING) -> int:
+    """Levels of lists/dicts in `value`, counted without recursion; stops counting past `limit`."""
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list, tuple)):
+            depth = max(depth, d)
+            if depth > limit:
+                return depth
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return depth
+
+
+def _row(file: str, row: int, line: int | None, record: Any) -> RawRow:
+    """A RawRow of a parsed record, or of the reason it is refused: nested past MAX_NESTING levels."""
+    if nesting_depth(record) > MAX_NESTING:
+        return RawRow(file, row, line, error=f"nested more than {MAX_NESTING} levels deep (arrays/objects inside each "
+                      "other); no chat record needs that, flatten it")
+    return RawRow(file, row, line, record=record)
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -140,7 +165,7 @@ def decode_line(raw: RawLine) -> RawRow:
     except UnicodeDecodeError as e:
         return RawRow(raw.file, raw.row, raw.line, error=f"not UTF-8 text ({e.reason} at byte {e.start})")
     try:
-        return RawRow(raw.file, raw.row, raw.line, record=json.loads(text))
+        return _row(raw.file, raw.row, raw.line, json.loads(text))
     except json.JSONDecodeError as e:
         return RawRow(raw.file, raw.row, raw.line, error=f"invalid JSON: {e.msg} (column {e.colno})")
     except RecursionError:
@@ -173,18 +198,21 @@ def _read_json(path: Path, display: str) -> Iterator[RawRow]:
         raise FileError("invalid JSON: nested too deeply") from None
     records = _records_list(obj) if isinstance(obj, dict) and not _looks_like_record(obj) else None
     if records is None:
-        yield RawRow(display, 1, 1 + text.count("\n", 0, start), record=obj)
+        yield _row(display, 1, 1 + text.count("\n", 0, start), obj)
         return
     for i, rec in enumerate(records, start=1):
-        yield RawRow(display, i, None, record=rec)
+        yield _row(display, i, None, rec)
 
 
 def _records_list(obj: dict) -> list | None:
     """The one list in an object that holds the records ({"data": [...], "meta": [...]}): the only list, or the
-    only one whose first element has a known shape."""
+    one with the most elements of a known shape (decided by all its rows, so one odd first row does not
+    discard the file; a tie is no answer)."""
     lists = [v for v in obj.values() if isinstance(v, list)]
     if len(lists) > 1:
-        lists = [v for v in lists if v and detect_format(v[0]) is not None]
+        known = [sum(detect_format(x) is not None for x in v) for v in lists]
+        best = max(known)
+        lists = [v for v, n in zip(lists, known) if n == best and n > 0]
     return lists[0] if len(lists) == 1 else None
 
 
@@ -213,7 +241,7 @@ def _read_json_array(text: str, start: int, display: str) -> Iterator[RawRow]:
             cut = " (the file ends inside this element: truncated?)" if end >= len(text) else ""
             yield RawRow(display, row, line, error=f"invalid JSON in array element {row}: {why}{cut}")
         else:
-            yield RawRow(display, row, line, record=rec)
+            yield _row(display, row, line, rec)
         pos = end
 
 
@@ -296,12 +324,18 @@ def _read_parquet(path: Path, display: str) -> Iterator[RawRow]:
     import pyarrow.parquet as pq
 
     def unreadable(e: Exception, where: str = "") -> FileError:  # pyarrow raises several types for a corrupt file
-        return FileError(f"not a readable Parquet file{where} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+        return FileError(f"not a readable Parquet file{where} ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+                         + _parquet_hint(path))
 
     try:
         f = pq.ParquetFile(path)
     except Exception as e:
         raise unreadable(e) from None
+    names = f.schema_arrow.names
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise FileError(f"the Parquet file has more than one column named {', '.join(map(repr, twice))}: which one holds "
+                        "the data cannot be told; rename or drop the extra column(s)")
     i = 0
     for group in range(f.num_row_groups):
         try:
@@ -311,7 +345,19 @@ def _read_parquet(path: Path, display: str) -> Iterator[RawRow]:
         for batch in table.to_batches(max_chunksize=PARQUET_BATCH):
             for rec in batch.to_pylist():
                 i += 1
-                yield RawRow(display, i, None, record=rec)
+                yield _row(display, i, None, rec)
+
+
+def _parquet_hint(path: Path) -> str:
+    """Why a Parquet file may not open: one that does not end with its footer's magic bytes was cut short."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 4))
+            tail = f.read(4)
+    except OSError:
+        return ""
+    return ("; the file does not end with Parquet's footer (PAR1): it was cut short (an interrupted copy or "
+            "download?); copy it again" if tail != b"PAR1" else "")
 
 
 # ---------------------------------------------------------------------------------------------- shapes
@@ -483,12 +529,15 @@ def detect_format(rec: Any) -> str | None:
 
 
 def to_messages(rec: Any, forced: str | None = None, reasoning: str = "keep", tools: str = "fallback",
-                native: Callable[[list[dict], list[dict]], list[dict] | None] | None = None) -> tuple[str, list[dict], dict]:
+                native: Callable[[list[dict], list[dict]], list[dict] | None] | None = None,
+                tags: tuple[str, ...] = FORM_TAGS) -> tuple[str, list[dict], dict]:
     """(format, raw messages, extra) for one record; extra holds a preference pair's rejected reply, the
     number of tool calls and of turns with a reasoning trace. Raises RecordError with the rejection reason:
     rows that must never train as they are (an undesirable label, media) are refused before their shape is
     read; tool and reasoning rows are rendered in the text form the model's own template writes (`native`, curate/tools.TemplateForms; data.tools: auto), or in the
-    fallback text form (curate/tools.py), or refused (data.tools: refuse); extra["form"] says which."""
+    fallback text form (curate/tools.py), or refused (data.tools: refuse); extra["form"] says which. The tags of
+    those forms (`tags`: the fallback's and the template's own) inside any content, name, argument, result,
+    reasoning or spec are refused (`reserved_tag`): they would forge a call or a result in the training text."""
     if not isinstance(rec, dict):
         raise RecordError("unknown_format", f"a record must be a JSON object, got {type(rec).__name__}")
     _refuse_what_cannot_train(rec)
@@ -510,6 +559,7 @@ def to_messages(rec: Any, forced: str | None = None, reasoning: str = "keep", to
                               f"{MEDIA_PLACEHOLDER.search(m['content']).group()!r}: a text-only model would learn to "
                               "talk about media it never sees")
     msgs = split_reasoning(msgs)
+    _refuse_reserved_tags(msgs, rec, tags)
     extra["reasoning"] = sum(bool(m.get("reasoning")) for m in msgs)  # counted whether kept or dropped
     if reasoning == "drop":
         msgs = [{k: v for k, v in m.items() if k != "reasoning"} for m in msgs]
@@ -533,9 +583,29 @@ def to_messages(rec: Any, forced: str | None = None, reasoning: str = "keep", to
     return fmt, render_fallback(msgs, specs) if tool_row else msgs, extra
 
 
+# KTO-style labels (`label`, `kto_tag`): read as one of two values, never guessed (lower-cased, stripped text)
+DESIRABLE = frozenset({"true", "1", "yes", "y", "t", "good", "desirable", "positive", "pos", "+1", "1.0"})
+UNDESIRABLE = frozenset({"false", "0", "no", "n", "f", "bad", "undesirable", "negative", "neg", "-1", "0.0", "-1.0"})
+
+
+def kto_label(value: Any, key: str) -> bool:
+    """True (a desirable answer) or False (undesirable) from the label's spellings in the wild: booleans, 1/0/-1,
+    yes/no, good/bad, desirable/undesirable, positive/negative. Anything else is a RecordError (`bad_field`) naming
+    the value: a label read wrong would train an answer its author marked as bad."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, (str, int, float)) else None
+    if text in DESIRABLE:
+        return True
+    if text in UNDESIRABLE:
+        return False
+    raise RecordError("bad_field", f"`{key}` is {value!r}, which is not a label curate can read as desirable or "
+                      "undesirable; use true/false (also read: yes/no, 1/0/-1, good/bad, positive/negative)")
+
+
 def _refuse_what_cannot_train(rec: dict) -> None:
     for key in LABEL_KEYS:
-        if key in rec and (rec[key] is False or str(rec[key]).strip().lower() in ("false", "0", "undesirable", "bad")):
+        if key in rec and not kto_label(rec[key], key):
             raise RecordError("undesirable_label", f"`{key}` is {rec[key]!r}: the row marks its answer as undesirable "
                               "(KTO-style); it is never trained as a target")
     for key in MEDIA_KEYS:
@@ -543,6 +613,34 @@ def _refuse_what_cannot_train(rec: dict) -> None:
             n = len(rec[key]) if isinstance(rec[key], list) else 1
             raise RecordError("multimodal", f"the row carries `{key}` ({n}): a text-only model would learn to talk "
                               "about media it never sees")
+
+
+def _first_tag(text: str, tags: tuple[str, ...]) -> str | None:
+    """The tag of `tags` that occurs first in `text` (None: none)."""
+    at = [(text.find(t), t) for t in tags if t in text]
+    return min(at)[1] if at else None
+
+
+def _refuse_reserved_tags(msgs: list[dict], rec: dict, tags: tuple[str, ...]) -> None:
+    """RecordError(`reserved_tag`) naming the first tool/reasoning form tag found in the row's own text."""
+    def fields(m: dict):
+        yield "content", m["content"]
+        yield "reasoning", m.get("reasoning") or ""
+        for k, c in enumerate(m.get("tool_calls") or []):
+            yield f"tool_calls[{k}]", c["name"] + json.dumps(c["arguments"], ensure_ascii=False)
+    for i, m in enumerate(msgs):
+        for name, text in fields(m):
+            found = _first_tag(text, tags) if "<" in text else None
+            if found:
+                raise RecordError("reserved_tag", f"turn {i + 1} ({m['role']}) {name} holds the tag {found!r}: in the "
+                                  "training text it would forge a tool call, result or reasoning block nobody made; give "
+                                  "calls and results as structured fields (tool_calls, role tool), never as tagged text")
+    for key in ("tools", "functions"):
+        text = rec.get(key) if isinstance(rec.get(key), str) else json.dumps(rec.get(key) or "", ensure_ascii=False, default=str)
+        found = _first_tag(text, tags)
+        if found:
+            raise RecordError("reserved_tag", f"`{key}` holds the tag {found!r}: it would end the tool specifications "
+                              "early in the training text; remove it from the specs")
 
 
 def _unknown_shape(rec: dict) -> str:

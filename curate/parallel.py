@@ -16,18 +16,11 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator, TypeVar
 
+from common.config import cpu_cores
 from common.errors import UserError
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-def cores() -> int:
-    """CPU cores this process may run on (its affinity; a container's CPU set)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 # About where the main process (reading, unpickling ~20 us per row, measured) would become the bottleneck of
@@ -37,7 +30,7 @@ AUTO_MAX_WORKERS = 16
 
 def workers(setting: int) -> int:
     """curate.workers: 0 = one per core, at most AUTO_MAX_WORKERS; otherwise as set."""
-    return setting if setting > 0 else min(cores(), AUTO_MAX_WORKERS)
+    return setting if setting > 0 else min(cpu_cores(), AUTO_MAX_WORKERS)
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], n_workers: int) -> Iterator[R]:

@@ -33,14 +33,15 @@ from common import model as common_model
 from common.config import Config
 from common.errors import UserError
 from common.preflight import require, unwritable
-from common.runs import atomic_write_json, json_text, stage_dir
+from common.runs import (atomic_write_json, json_text, links_out, publish_dir, remove_path, staging_dir,
+                         write_provenance)
 from curate import parallel, review as review_mod
 from curate.filters import (FILTER_NEEDS, FILTERS, ROLE_MAP, Conversation, FilterContext, LanguageDetector, clean_text,
                             escape_control_tokens, fill_variables, language_text, normalize)
 from curate.formats import CONVERTERS, FileError, RawLine, RawRow, RecordError, decode_line, read_file, to_messages
 from curate.minhash import SEGMENT, MinHasher, ShingleSets, UnionFind, similar_pairs
 from curate.report import build_report, write_html
-from curate.tools import TemplateForms
+from curate.tools import FORM_TAGS, TemplateForms
 
 
 @dataclass(slots=True)
@@ -136,10 +137,16 @@ def input_files(cfg: Config) -> list[tuple[Path, str, str | None]]:
             misses.append(f"data.inputs: `{pattern}` matches no file; fix the glob (paths are relative to {Path.cwd()})")
         for m in files:
             forced = next((fmt for g, fmt in cfg.data.format.items() if fnmatch.fnmatch(m, g) or Path(m).match(g)), None)
-            found.setdefault(str(Path(m)), (Path(m), str(Path(m)), forced))
+            found.setdefault(str(Path(m)), (Path(m), display_name(Path(m)), forced))
     if misses:
         raise UserError(*misses)
     return [found[k] for k in sorted(found)]
+
+
+def display_name(path: Path) -> str:
+    """The path as text every output can hold: bytes of a file name that are not UTF-8 (Python carries them as lone
+    surrogates) written as \\xNN escapes, so reports, plots and JSON show the name instead of failing on it."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
 CHUNK_ROWS = 1000  # rows per unit of work; fixed, so that the outputs do not depend on the number of workers
@@ -271,7 +278,8 @@ def _parse(raw: RawRow, forced: str | None, cfg: Config, control_tokens: tuple[s
         return r
     try:
         r.format, msgs, extra = to_messages(raw.record, forced, cfg.data.reasoning, cfg.data.tools,
-                                            forms.convert if forms is not None else None)
+                                            forms.convert if forms is not None else None,
+                                            forms.tags if forms is not None else FORM_TAGS)
         r.tool_calls, r.form = extra.get("tool_calls"), extra.get("form")
         r.reasoning_turns = extra.get("reasoning", 0)
         if r.format == "preference" and cfg.data.preference == "refuse":
@@ -284,11 +292,22 @@ def _parse(raw: RawRow, forced: str | None, cfg: Config, control_tokens: tuple[s
         if "rejected" in extra:
             r.rejected_reply = fill_variables([{"role": "assistant", "content": clean_text(extra["rejected"])}],
                                               cfg.data.variables)[0]["content"]
+            _refuse_degenerate_pair(msgs[-1]["content"], r.rejected_reply)
     except RecordError as e:
         r.reject(e.reason, e.detail)
         return r
     r.id = r.original_id = r.conv.id
     return r
+
+
+def _refuse_degenerate_pair(chosen: str, rejected: str) -> None:
+    """A preference pair teaches a preference only between two different, non-empty replies."""
+    if not rejected.strip():
+        raise RecordError("degenerate_pair", "`rejected` is empty: a preference pair needs a rejected reply to prefer "
+                          "the chosen one over; fill it in, or give the row as a plain conversation")
+    if rejected == chosen:
+        raise RecordError("degenerate_pair", "`chosen` and `rejected` are the same reply (after whitespace and Unicode "
+                          "normalisation): the pair prefers nothing; fix one of them")
 
 
 # ------------------------------------------------------------------------------------------- filters
@@ -337,6 +356,9 @@ def apply_filters(rows: list[Row], cfg: Config, tokenizer, stats: Stats, control
     template refuses, and that no filter rejected, is rejected as template_error: it cannot be trained."""
     detector = LanguageDetector(cfg.curate.lang_seed)
     ctx = FilterContext(cfg.curate, control_tokens)
+    if "too_long" in cfg.curate.filters:
+        reject_far_too_long(rows, cfg, tokenizer)
+        stats.step("too_long from its size", rows)
     live = [r for r in rows if r.kept]
     for name in cfg.curate.filters:
         _measure(FILTER_NEEDS.get(name), [r for r in live if r.kept], detector, tokenizer)
@@ -373,6 +395,41 @@ def _measure(need: str | None, rows: list[Row], detector: LanguageDetector, toke
                 r.conv.lang = detector.detect(language_text(r.conv))
     elif need == "tokens":
         render(rows, tokenizer)
+    elif need == "own_tokens":
+        count_own_tokens(rows, tokenizer)
+
+
+def count_own_tokens(rows: list[Row], tokenizer) -> None:
+    """Conversation.own_tokens: the tokens of each row's turns apart from the system prompt, tokenized one turn
+    at a time (what the row brings, without the template's markup)."""
+    todo = [r for r in rows if r.conv.own_tokens is None]
+    turns = [(k, m["content"]) for k, r in enumerate(todo) for m in r.conv.messages if m["role"] != "system"]
+    counts = [0] * len(todo)
+    for i in range(0, len(turns), RENDER_BATCH):
+        part = turns[i:i + RENDER_BATCH]
+        for (k, _), e in zip(part, tokenizer.backend_tokenizer.encode_batch_fast([t for _, t in part], add_special_tokens=False)):
+            counts[k] += len(e.ids)
+    for r, n in zip(todo, counts):
+        r.conv.own_tokens = n
+
+
+@functools.lru_cache(maxsize=4)
+def longest_token_bytes(tokenizer) -> int:
+    """The most UTF-8 bytes one token of the vocabulary spells (as the vocabulary writes it, which is never fewer
+    bytes than it stands for): a text of B bytes is at least B / this many tokens."""
+    return max((len(t.encode("utf-8", "surrogatepass")) for t in tokenizer.get_vocab()), default=1)
+
+
+def reject_far_too_long(rows: list[Row], cfg: Config, tokenizer) -> None:
+    """too_long from the text's byte length alone, before any other filter spends time and memory on the row: text
+    of more than curate.max_tokens x longest_token_bytes bytes cannot fit in curate.max_tokens tokens."""
+    limit = cfg.curate.max_tokens * longest_token_bytes(tokenizer)
+    for r in rows:
+        if r.kept and r.review != "restore":
+            size = sum(len(m["content"]) for m in r.conv.messages)  # characters <= bytes: checked cheaply first
+            if size > limit and (size := sum(len(m["content"].encode("utf-8", "surrogatepass")) for m in r.conv.messages)) > limit:
+                r.reject("too_long", f"{size:,} bytes of text: at least {size // longest_token_bytes(tokenizer):,} tokens "
+                         f"> curate.max_tokens {cfg.curate.max_tokens} (rejected from its size, before the other filters)")
 
 
 # --------------------------------------------------------------------------------------------- dedup
@@ -524,33 +581,23 @@ def manifest_line(r: Row) -> dict:
 OUTPUTS = ("train.jsonl", "val.jsonl", "rejected.jsonl", "manifest.jsonl", "preference.jsonl")
 
 
-def write_outputs(cfg: Config, rows: list[Row], kept: list[Row], train: list[Row], val: list[Row], stats: Stats) -> Path:
-    """The JSONL outputs, streamed into a staging folder, checked (check_accounting, on the lines in those files)
-    and only then moved into runs/<name>/curate/: a run that fails leaves an existing curate/ as it was."""
-    staging = cfg.run_dir / ".curate.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+def write_outputs(staging: Path, rows: list[Row], kept: list[Row], train: list[Row], val: list[Row], stats: Stats) -> None:
+    """The JSONL outputs, streamed into the staging folder and checked there (check_accounting, on the lines in
+    those files); run() publishes the folder whole once the report is written too."""
     records = {"train.jsonl": (canonical(r) for r in train), "val.jsonl": (canonical(r) for r in val),
                "rejected.jsonl": (rejected_record(r) for r in rows if not r.kept),
                "manifest.jsonl": (manifest_line(r) for r in rows),
                "preference.jsonl": (preference_record(r) for r in kept if r.rejected_reply is not None)}
     manifest_files: Counter = Counter()
-    try:
-        for name in OUTPUTS:
-            with open(staging / name, "w", encoding="utf-8", errors="backslashreplace", newline="") as f:
-                for rec in records[name]:
-                    f.write(json_text(rec) + "\n")
-                    if name == "manifest.jsonl":
-                        manifest_files[rec["file"]] += 1
-                f.flush()
-                os.fsync(f.fileno())
-        check_accounting(stats.rows_per_file, {name: count_lines(staging / name) for name in OUTPUTS}, manifest_files)
-        out = stage_dir(cfg, "curate")
-        for name in OUTPUTS:
-            os.replace(staging / name, out / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out
+    for name in OUTPUTS:
+        with open(staging / name, "w", encoding="utf-8", errors="backslashreplace", newline="") as f:
+            for rec in records[name]:
+                f.write(json_text(rec) + "\n")
+                if name == "manifest.jsonl":
+                    manifest_files[rec["file"]] += 1
+            f.flush()
+            os.fsync(f.fileno())
+    check_accounting(stats.rows_per_file, {name: count_lines(staging / name) for name in OUTPUTS}, manifest_files)
 
 
 def count_lines(path: Path) -> int:
@@ -579,7 +626,7 @@ def check_accounting(rows_per_file: Counter, lines: dict[str, int], manifest_fil
 def checks(cfg: Config) -> list[str]:
     """What curate needs, as problem lines (common.preflight): input files, known filter names, a writable
     run folder."""
-    problems = unwritable(cfg.run_dir, "run.root")
+    problems = unwritable(cfg.run_dir, "run.root") + links_out(cfg.run_dir, "curate")
     for name in cfg.curate.filters:
         close = difflib.get_close_matches(name, list(FILTERS), n=1)
         if name not in FILTERS:
@@ -619,14 +666,21 @@ def run(cfg: Config) -> dict:
     del sigs, check_sigs
     clock.lap("split and leakage check", len(kept))
     train, val = [r for r in kept if r.split == "train"], [r for r in kept if r.split == "val"]
-    out = write_outputs(cfg, rows, kept, train, val, stats)
-    clock.lap("write outputs", len(rows))
-    report = build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary)
-    atomic_write_json(out / "report.json", report)
-    write_html(out, report)
-    clock.lap("report", len(rows))
-    timing = {**clock.summary(), "workers": parallel.workers(cfg.curate.workers)}
-    atomic_write_json(out / "timing.json", timing)
+    out = cfg.run_dir / "curate"
+    staging = staging_dir(out)  # every output is built here and published whole: a failure leaves curate/ as it was
+    try:
+        write_provenance(staging, cfg)
+        write_outputs(staging, rows, kept, train, val, stats)
+        clock.lap("write outputs", len(rows))
+        report = build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary)
+        atomic_write_json(staging / "report.json", report)
+        write_html(staging, report)
+        clock.lap("report", len(rows))
+        timing = {**clock.summary(), "workers": parallel.workers(cfg.curate.workers)}
+        atomic_write_json(staging / "timing.json", timing)
+        publish_dir(staging, out)
+    finally:
+        remove_path(staging)
     print(f"curate: {report['rows_in']} rows in = {report['kept']} kept ({len(train)} train, {len(val)} val) "
           f"+ {report['rejected']} rejected; leakage {report['split']['leakage']}; {timing['seconds']:.1f} s")
     for reason, n in report["rejected_by_reason"].items():

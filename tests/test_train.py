@@ -18,8 +18,13 @@ from common.chat import Collator, pack, tokenize
 from common.runs import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
+# The claims here are about arithmetic (a resumed run = an uninterrupted one, two processes = one, per step), so
+# the dtype is pinned: float32. With model.dtype auto, a CPU with AVX-512 bf16 trains in bfloat16, where two
+# processes sum gradients in another order and per-step losses differ by ~2e-3 (measured; issue 27), not 1e-4.
+# The chain (conftest) trains with the shipped `auto`, so the bfloat16 path is exercised there on such a CPU.
 TRAIN_ARGS = ["train.max_steps=6", "train.batch_size=2", "train.max_seq_length=256", "train.logging_steps=1",
-              "train.save_steps=2", "train.eval_steps=6", "train.learning_rate=5e-4", "train.warmup_ratio=0"]
+              "train.save_steps=2", "train.eval_steps=6", "train.learning_rate=5e-4", "train.warmup_ratio=0",
+              "model.dtype=float32"]
 
 
 def records(n: int, offset: int = 0) -> list[dict]:
@@ -120,6 +125,7 @@ def test_a_short_run_learns_and_writes_its_outputs(trained):
     assert s["steps"] == 6 and s["tokens_seen"] > 0 and s["tokens_per_second"] > 0
     assert (s["processes"], s["global_batch"]) == (1, 2)
     assert s["backend"]["device"] == "cpu" and s["backend"]["load_in_4bit"] is False
+    assert s["backend"]["dtype"] == "float32" and s["backend"]["dtype_setting"] == "float32"  # pinned, on any CPU
     assert 0 < s["peak_memory_gib"] < s["memory_estimate_gib"]["total"] * 1.5
     assert s["examples_with_end_of_turn_loss"] == s["examples"] == 48
     assert s["final_val_loss"] is not None

@@ -21,7 +21,7 @@ from common.config import Config, dump_config
 from common.errors import UserError
 from common.model import load_unsloth, resolve_model, save_tokenizer, write_adapter_identity
 from common.preflight import require, unwritable
-from common.runs import atomic_write_json, package_versions, read_jsonl, stage_dir
+from common.runs import atomic_write_json, links_out, package_versions, read_jsonl, stage_dir
 from train import distributed
 
 # Keys whose change makes an existing checkpoint a different run (the rest: how long, how often to log).
@@ -81,7 +81,7 @@ def memory_check(model_dir: str, cfg: Config):
 def checks(cfg: Config) -> list[str]:
     """What training needs before anything heavy loads, as problem lines (common.preflight): a writable run
     folder, the model, and memory for the configured batch and sequence length."""
-    problems = unwritable(cfg.run_dir, "run.root")
+    problems = unwritable(cfg.run_dir, "run.root") + links_out(cfg.run_dir, "train")
     try:
         memory_check(resolve_model(cfg.model.name), cfg)
     except UserError as e:
