@@ -115,6 +115,36 @@ def load_unsloth(model_dir: str, cfg: Config, adapter: Path | None = None):
     return model, tokenizer
 
 
+def dtype_of(model) -> str:
+    """The dtype a loaded model computes in, as config spells it ("float32", "bfloat16")."""
+    return str(next(model.parameters()).dtype).replace("torch.", "")
+
+
+def auto_cpu_dtype() -> str:
+    """What model.dtype auto trains in on this CPU, as Unsloth's CPU backend decides it (unsloth_zoo/cpu/runtime.py:
+    bfloat16 where x86 has AVX-512 BF16 or AMX, or Arm has BF16; UNSLOTH_CPU_BF16=0/1 overrides), read here without
+    importing Unsloth (benchmarks run a baseline that must not have it)."""
+    override = os.environ.get("UNSLOTH_CPU_BF16", "").strip().lower()
+    if override in ("0", "1", "false", "true", "no", "yes", "off", "on"):
+        return "bfloat16" if override in ("1", "true", "yes", "on") else "float32"
+    try:
+        flags = set(" ".join(ln for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                             if ln.startswith(("flags", "Features"))).split())
+    except OSError:
+        return "float32"
+    return "bfloat16" if flags & {"avx512_bf16", "amx_bf16", "bf16"} else "float32"
+
+
+def dtype_why(setting: str, dtype: str, gpu: bool) -> str:
+    """Why the model computes in `dtype`: model.dtype set, or what `auto` found (README "Train": what auto picks)."""
+    if setting != "auto":
+        return f"model.dtype: {setting}"
+    if gpu:
+        return "model.dtype auto: Unsloth's choice for this GPU"
+    return ("model.dtype auto: this CPU has bfloat16 instructions (AVX-512 BF16 / AMX), Unsloth's CPU backend uses them"
+            if dtype == "bfloat16" else "model.dtype auto: no bfloat16 instructions on this CPU, so float32")
+
+
 # ------------------------------------------------------------------------------------ adapter identity
 def base_fingerprint(model_dir: str | Path) -> str:
     """What tells one base apart from another without reading its weights: config.json's bytes and the names

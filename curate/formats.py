@@ -536,7 +536,7 @@ def to_messages(rec: Any, forced: str | None = None, reasoning: str = "keep", to
     rows that must never train as they are (an undesirable label, media) are refused before their shape is
     read; tool and reasoning rows are rendered in the text form the model's own template writes (`native`, curate/tools.TemplateForms; data.tools: auto), or in the
     fallback text form (curate/tools.py), or refused (data.tools: refuse); extra["form"] says which. The tags of
-    those forms (`tags`: the fallback's and the template's own) inside any content, name, argument, result,
+    those forms (`tags`: the fallback's and the template's own) inside any content but the system prompt, name, argument, result,
     reasoning or spec are refused (`reserved_tag`): they would forge a call or a result in the training text."""
     if not isinstance(rec, dict):
         raise RecordError("unknown_format", f"a record must be a JSON object, got {type(rec).__name__}")
@@ -622,13 +622,17 @@ def _first_tag(text: str, tags: tuple[str, ...]) -> str | None:
 
 
 def _refuse_reserved_tags(msgs: list[dict], rec: dict, tags: tuple[str, ...]) -> None:
-    """RecordError(`reserved_tag`) naming the first tool/reasoning form tag found in the row's own text."""
+    """RecordError(`reserved_tag`) naming the first tool/reasoning form tag found in the row's own text: every turn
+    but the system prompt (which describes the format, e.g. "call tools in <tool_call> tags"), every tool name,
+    argument and result, every reasoning trace, the tool specs."""
     def fields(m: dict):
         yield "content", m["content"]
         yield "reasoning", m.get("reasoning") or ""
         for k, c in enumerate(m.get("tool_calls") or []):
             yield f"tool_calls[{k}]", c["name"] + json.dumps(c["arguments"], ensure_ascii=False)
     for i, m in enumerate(msgs):
+        if m["role"].strip().lower() == "system":  # the author's instructions name the format's tags ("think in <think> tags")
+            continue
         for name, text in fields(m):
             found = _first_tag(text, tags) if "<" in text else None
             if found:

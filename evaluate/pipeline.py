@@ -20,7 +20,7 @@ from common.config import Config
 from common.errors import UserError
 from common.generate import generate
 from common.metrics import aggregate, main_metric, score
-from common.model import check_adapter_base, load_unsloth, resolve_model, trained_adapter
+from common.model import check_adapter_base, dtype_of, dtype_why, load_unsloth, resolve_model, trained_adapter
 from common.preflight import require, unwritable
 from common.runs import atomic_write_json, atomic_write_text, jsonl_text, links_out, read_jsonl, stage_dir
 from evaluate.report import write_report
@@ -95,6 +95,8 @@ def run(cfg: Config) -> dict:
     samples = _samples(points, refs, results, main)
     metrics = _metrics(results, samples, main, len(records), adapter, model_dir)
     metrics["answers_scored"] = len(points)
+    metrics["dtype"] = dtype_of(model)  # bfloat16 on a CPU with AVX-512 BF16 (model.dtype auto): other numbers
+    metrics["dtype_why"] = dtype_why(cfg.model.dtype, metrics["dtype"], next(model.parameters()).is_cuda)
     probe_rows = _probe_rows(results, probe_prompts)
     metrics["seconds"] = round(time.time() - t0, 1)
     out = stage_dir(cfg, "eval")  # only now: a run that fails earlier leaves an existing eval/ as it was

@@ -25,7 +25,7 @@ def _chart(metrics: dict) -> bytes:
     ax.set_xticks(x, names, rotation=20)
     ax.set_ylim(0, 1.05)
     ax.legend()
-    ax.set_title(f"val ({metrics['val_rows']} rows): base vs tuned")
+    ax.set_title(f"val ({metrics['val_rows']} rows, {metrics.get('dtype')}): base vs tuned")
     return png(fig)
 
 
@@ -55,7 +55,7 @@ def write_report(out: Path, metrics: dict, samples: list[dict], probe: list[dict
     fp = metrics.get("forgetting_probe")
     body = f"""<h1>eval: base vs tuned</h1>
 <p>model <code>{esc(metrics['model'])}</code>, adapter <code>{esc(str(metrics['adapter']))}</code>; main metric <b>{main}</b>;
-{metrics['val_rows']} val rows.{' Flips: ' + esc(str(metrics['flips'])) if 'flips' in metrics else ' No adapter yet: base only.'}</p>
+{metrics['val_rows']} val rows; computed in <b>{esc(str(metrics.get('dtype')))}</b> ({esc(str(metrics.get('dtype_why')))}).{' Flips: ' + esc(str(metrics['flips'])) if 'flips' in metrics else ' No adapter yet: base only.'}</p>
 <table><tr><th>metric</th>{''.join(f'<th>{v}</th>' for v in variants)}<th>delta</th></tr>{_metric_rows(metrics, variants)}</table>
 {img(chart, 'metrics')}
 <p>Does the exported GGUF answer like this model? The export's round trip: <a href="../export/report.html">export/report.html</a>

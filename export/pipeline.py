@@ -198,6 +198,9 @@ def _summary(cfg, out, name, files, served, modelfiles, lora, disk, stages, doct
                        "eos_id": r.facts.eos_id} for k, r in doctor.items()},
         "roundtrip_passed": roundtrip["passed"], "serving_notes": serving_notes(cfg),
         "seconds": round(time.time() - t_start, 1),
+        # the round trip's reference answers are computed in float32 from the merged weights; the adapter itself was
+        # trained in this dtype (bfloat16 on a CPU with AVX-512 BF16 under model.dtype auto)
+        "trained_dtype": trained_dtype(cfg), "reference_dtype": "float32",
     }
     if lora:
         summary["adapter"] = {"gguf": str(lora["gguf"]), "bytes": lora["stage"]["bytes"], "base_id": lora["base_id"],
@@ -219,6 +222,12 @@ def _print_done(out: Path, summary: dict, files: dict, served: str, lora: dict |
         print(f"  Modelfile: {out / 'Modelfile.adapter'}")
     for note in summary["serving_notes"]:
         print(f"  note: {note}")
+
+
+def trained_dtype(cfg: Config) -> str | None:
+    """The dtype the adapter was trained in, from train/summary.json (None where that summary is missing)."""
+    path = cfg.run_dir / "train" / "summary.json"
+    return json.loads(path.read_text(encoding="utf-8")).get("dtype") if path.is_file() else None
 
 
 def serving_notes(cfg: Config) -> list[str]:

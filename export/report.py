@@ -70,7 +70,8 @@ def write_report(out: Path, summary: dict, roundtrip: dict) -> None:
               f"{stages['merge']['seconds']} s); " if summary["merged"] else "")
     body = f"""<h1>export: {esc(summary['name'])}</h1>
 <p>export.mode {esc(summary['mode'])}: {merged}disk needed at most ~{summary['disk']['needed_mib']} MiB of
-{summary['disk']['free_mib']} MiB free; total {summary['seconds']} s.
+{summary['disk']['free_mib']} MiB free; total {summary['seconds']} s. The adapter was trained in
+<b>{esc(str(summary.get('trained_dtype')))}</b>; the round trip's reference answers are computed in {esc(str(summary.get('reference_dtype')))}.
 Base vs tuned on the same val set: <a href="../eval/report.html">eval/report.html</a>.</p>
 <table><tr><th>file</th><th>MiB</th><th>seconds</th><th>peak RSS MiB</th><th></th></tr>{files}</table>
 <h2>Template / EOS doctor</h2>

@@ -12,12 +12,14 @@ process (Unsloth patches TRL when imported, and each process reports its own pea
                    each batch, no packing, gradient checkpointing on, max_length 1024). Two changes, both so
                    that it runs at all / fairly on this CPU: TRL 1.15 cannot train on a CPU as shipped (its
                    fused LM head is a Triton kernel; see TorchLogProbs), and bf16=False: TRL defaults to bf16
-                   autocast, which this CPU (no AVX512-BF16) emulates at ~4 tokens/s (measured), 40x slower
-                   than fp32 - a misconfiguration, not a baseline.
+                   autocast, which a CPU without AVX512-BF16 emulates at ~4 tokens/s (measured), 40x slower
+                   than fp32 - a misconfiguration, not a baseline. The weights are loaded in --dtype, as ours.
   (b) ours:        `python -m train` (Unsloth's backend, assistant-only labels, packing, chunked CE)
   (b') ours, unpacked: the same with train.packing=false, to show what packing adds
   (c) ddp2:        the unpacked run as `make train NPROC=2` (torchrun, 2 processes, gloo, half the rows each
                    per step: the same global batch); not in the default variants
+Every variant trains in one dtype, --dtype (default: what model.dtype auto picks on this CPU, bfloat16 with
+AVX-512 BF16, else float32; common.model.auto_cpu_dtype), named in the output: the two CPU kinds give other speeds.
 Tokens/s counts real (non-pad) tokens over the time spent inside training steps (evaluation and saving
 excluded), so a variant is not rewarded for padding or for doing fewer tokens per step; the first step of each
 process (one-off warm-up) is left out. Reported per variant: the median over rounds and the spread (min-max),
@@ -69,7 +71,7 @@ class TorchLogProbs:
         return picked, entropy, None, None, top1
 
 
-def plain(data: Path, steps: int, batch: int, model_dir: str, learning_rate: float) -> dict:
+def plain(data: Path, steps: int, batch: int, model_dir: str, learning_rate: float, dtype: str) -> dict:
     """(a): no Unsloth anywhere in this process."""
     import torch
     import trl.trainer.utils as trl_utils
@@ -82,7 +84,7 @@ def plain(data: Path, steps: int, batch: int, model_dir: str, learning_rate: flo
 
     rows = [{"messages": json.loads(x)["messages"]} for x in data.read_text().splitlines()]
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     timing = {"seconds": 0.0, "tokens": 0, "steps": []}
 
     class Timer(TrainerCallback):
@@ -104,7 +106,8 @@ def plain(data: Path, steps: int, batch: int, model_dir: str, learning_rate: flo
     with tempfile.TemporaryDirectory() as tmp:
         args = SFTConfig(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch, learning_rate=learning_rate,
                          seed=42, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, use_cpu=True,
-                         bf16=False)  # TRL's default bf16 autocast is emulated on this CPU (no AVX512-BF16): ~4 tok/s
+                         bf16=False)  # no autocast: the weights' dtype decides, as in ours (TRL's default bf16
+                                      # autocast is emulated on a CPU without AVX512-BF16: ~4 tok/s)
         trainer = Counting(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                            peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA), callbacks=[Timer()])
         trainer.train()
@@ -113,23 +116,26 @@ def plain(data: Path, steps: int, batch: int, model_dir: str, learning_rate: flo
             "tokens_per_second": round(timing["tokens"] / timing["seconds"], 1),
             "steady_tokens_per_second": round(sum(t for t, _ in rest) / sum(x for _, x in rest), 1),
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
-            "gradient_checkpointing": bool(args.gradient_checkpointing), "packing": bool(args.packing)}
+            "gradient_checkpointing": bool(args.gradient_checkpointing), "packing": bool(args.packing),
+            "dtype": str(model.dtype).replace("torch.", "")}
 
 
-def ours(root: Path, steps: int, batch: int, packing: bool, nproc: int = 1) -> dict:
+def ours(root: Path, steps: int, batch: int, packing: bool, dtype: str, nproc: int = 1) -> dict:
     """`python -m train`, or with nproc > 1 the same under torchrun (`make train NPROC=n`), each process taking
     batch / nproc rows per step: the same global batch."""
     launch = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [])
     proc = subprocess.run([*launch, "-m", "train", "--fresh", f"run.root={root}", "run.name=bench-train",
                            f"train.max_steps={steps}", f"train.batch_size={batch // nproc}", f"train.packing={str(packing).lower()}",
-                           f"train.save_steps={steps * 10}", f"train.eval_steps={steps * 10}", "train.logging_steps=1"],
+                           f"train.save_steps={steps * 10}", f"train.eval_steps={steps * 10}", "train.logging_steps=1",
+                           f"model.dtype={dtype}"],
                           cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(proc.stdout[-2000:] + proc.stderr[-2000:])
     s = json.loads((root / "bench-train" / "train" / "summary.json").read_text())
     return {"tokens": s["tokens_seen"], "train_seconds": s["train_seconds"], "tokens_per_second": s["tokens_per_second"],
             "steady_tokens_per_second": s["steady_tokens_per_second"], "peak_rss_gib": s["peak_memory_gib"], "memory_estimate_gib": s["memory_estimate_gib"]["total"],
-            "packing": packing, "gradient_checkpointing": s["backend"]["gradient_checkpointing"], "processes": s["processes"]}
+            "packing": packing, "gradient_checkpointing": s["backend"]["gradient_checkpointing"], "processes": s["processes"],
+            "dtype": s["backend"]["dtype"]}
 
 
 def main() -> int:
@@ -139,14 +145,19 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--variants", default="plain,packed,unpacked")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="every variant's dtype; auto: what model.dtype auto picks on this CPU")
     ap.add_argument("--variant", choices=["plain"], help=argparse.SUPPRESS)  # internal: run (a) in this process
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     from common.config import load_config
 
+    from common.model import auto_cpu_dtype
+
     shipped = load_config()
+    dtype = auto_cpu_dtype() if args.dtype == "auto" else args.dtype
     if args.variant == "plain":
-        print(json.dumps(plain(args.data, args.steps, args.batch_size, shipped.model.name, shipped.train.learning_rate)))
+        print(json.dumps(plain(args.data, args.steps, args.batch_size, shipped.model.name, shipped.train.learning_rate, dtype)))
         return 0
     variants = args.variants.split(",")
     runs: dict[str, list[dict]] = {v: [] for v in variants}
@@ -160,16 +171,19 @@ def main() -> int:
             for v in variants:
                 if v == "plain":
                     a = subprocess.run([sys.executable, __file__, "--variant", "plain", "--data", str(data), "--steps",
-                                        str(args.steps), "--batch-size", str(args.batch_size)], capture_output=True, text=True, cwd=ROOT)
+                                        str(args.steps), "--batch-size", str(args.batch_size), "--dtype", dtype],
+                                       capture_output=True, text=True, cwd=ROOT)
                     if a.returncode:
                         raise SystemExit(a.stderr[-3000:])
                     res = json.loads(a.stdout.strip().splitlines()[-1])
                 else:
-                    res = ours(root, args.steps, args.batch_size, packing=(v == "packed"), nproc=2 if v == "ddp2" else 1)
+                    res = ours(root, args.steps, args.batch_size, packing=(v == "packed"), dtype=dtype, nproc=2 if v == "ddp2" else 1)
+                if res["dtype"] != dtype:
+                    raise SystemExit(f"{v} trained in {res['dtype']}, not {dtype}: the comparison would not be fair")
                 runs[v].append(res)
                 print(f"round {r + 1}/{args.rounds} {v}: {res['steady_tokens_per_second']} tokens/s (steady), "
                       f"{res['tokens_per_second']} with the first step", file=sys.stderr, flush=True)
-    result = {"rounds": args.rounds, "steps": args.steps, "batch_size": args.batch_size,
+    result = {"rounds": args.rounds, "steps": args.steps, "batch_size": args.batch_size, "dtype": dtype,
               "tokens_per_second": {v: spread([x["steady_tokens_per_second"] for x in runs[v]]) for v in variants},
               "peak_rss_gib": {v: max(x["peak_rss_gib"] for x in runs[v]) for v in variants},
               "tokens_per_step": {v: round(runs[v][0]["tokens"] / args.steps) for v in variants}}

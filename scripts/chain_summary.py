@@ -60,12 +60,13 @@ def summary_lines(run_dir: Path) -> list[str]:
         lines.append(f"  curate: {curate['rows_in']} rows in = {curate['kept']} kept ({curate['train']} train, "
                      f"{curate['val']} val) + {curate['rejected']} rejected; report {run_dir / 'curate' / 'report.html'}")
     if train:
+        dtype = train.get("dtype") or train.get("backend", {}).get("dtype")
         lines.append(f"  train:  {train['steps']} steps, {train['tokens_seen']:,} tokens at {train['tokens_per_second']} "
-                     f"tokens/s; final loss {train['final_train_loss']}, val loss {train['final_val_loss']}")
+                     f"tokens/s in {dtype}; final loss {train['final_train_loss']}, val loss {train['final_val_loss']}")
     if evaluation and "tuned" in evaluation:
         b, t = evaluation["base"], evaluation["tuned"]
         keys = [k for k in ("exact_match", "field_accuracy", "valid_json", "tool_call_match", "rougeL", "stopped_at_end_of_turn") if k in t]
-        lines.append(f"  eval:   base -> tuned on {evaluation['val_rows']} val rows: "
+        lines.append(f"  eval:   base -> tuned on {evaluation['val_rows']} val rows ({evaluation.get('dtype')}): "
                      + ", ".join(f"{k} {value(k, b[k])} -> {value(k, t[k])}" for k in keys))
         fixed = [x for x in read_jsonl(run_dir / "eval" / "samples.jsonl") if x.get("flip") == "fixed"]
         example = max(fixed, key=lambda x: x["tuned_score"] - x["base_score"], default=None)

@@ -217,7 +217,13 @@ def test_make_adapters_lists_each_runs_adapter_on_its_base(chain):
                           text=True, timeout=120)
     assert proc.returncode == 0 and "ollama create t-lora -f Modelfile.adapter" in proc.stdout, proc.stdout
     [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith("  t: t-lora-f16.gguf")]
-    assert "eval field_accuracy" in line and "steps" in line and "'f16+lora': 1.0" in line, line
+    # The listing carries the export's own round-trip figures. Their value is the export's claim, checked there
+    # against export.min_f16_exact: on a CPU that trains in bfloat16 the 20-step test adapter answered 9 of 10
+    # prompts like the merged model (float32: 10 of 10; issue 27), so no exact figure is asserted here.
+    gguf = json.loads((root / "t/export/roundtrip.json").read_text())["gguf"]
+    lora = {k: v["exact_match_with_hf"] for k, v in gguf.items() if k.endswith("+lora")}
+    assert "eval field_accuracy" in line and "steps" in line and f"round trip exact {lora}" in line, (line, lora)
+    assert lora["f16+lora"] >= load_config(None).export.min_f16_exact
     assert json.loads((root / "_bases" / entry["base"]["id"] / "adapters.json").read_text())[0]["run"] == "t"
 
 

@@ -123,8 +123,8 @@ def test_filters_reject_what_they_name_and_keep_the_rest():
 
 def test_token_and_language_filters_read_what_the_pipeline_set():
     c = conv("a", "b")
-    c.tokens = 3
-    assert check("too_short", c) == "3 tokens < curate.min_tokens 8"
+    c.tokens, c.own_tokens = 40, 3  # the render has the template's markup and default system prompt; too_short counts the row's own
+    assert check("too_short", c) == "3 tokens in its own turns (system prompt and template markup not counted) < curate.min_tokens 8"
     c.tokens = 5000
     assert check("too_long", c) == "5000 tokens > curate.max_tokens 2048"
     c.lang = "de"

@@ -278,3 +278,21 @@ def test_bad_inputs_are_one_line_errors(tmp_path, model_dir):
     proc = run_train(tmp_path, "model.name=nobody/no-such-model", check=False, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: model.name `nobody/no-such-model` is neither a local directory")
+
+
+# ------------------------------------------------------------------------------------- dtype
+def test_auto_dtype_is_what_unsloths_cpu_backend_picks(model_dir, monkeypatch):
+    """common.model.auto_cpu_dtype (benchmarks and reports name the dtype with it, without importing Unsloth) agrees
+    with Unsloth's own choice on this CPU, and with its UNSLOTH_CPU_BF16 override both ways."""
+    from common.model import auto_cpu_dtype
+
+    code = ("import unsloth; from unsloth_zoo.cpu.runtime import cpu_bf16_supported; "
+            "print('bfloat16' if cpu_bf16_supported() else 'float32')")
+    for override in (None, "0", "1"):
+        if override is None:
+            monkeypatch.delenv("UNSLOTH_CPU_BF16", raising=False)
+        else:
+            monkeypatch.setenv("UNSLOTH_CPU_BF16", override)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.strip().splitlines()[-1] == auto_cpu_dtype(), override

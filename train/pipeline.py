@@ -19,7 +19,7 @@ from pathlib import Path
 from common.chat import Collator, pack, tokenize
 from common.config import Config, dump_config
 from common.errors import UserError
-from common.model import load_unsloth, resolve_model, save_tokenizer, write_adapter_identity
+from common.model import dtype_of, dtype_why, load_unsloth, resolve_model, save_tokenizer, write_adapter_identity
 from common.preflight import require, unwritable
 from common.runs import atomic_write_json, links_out, package_versions, read_jsonl, stage_dir
 from train import distributed
@@ -116,7 +116,8 @@ def _run(cfg: Config, fresh: bool) -> dict:
         return {"steps": int(result.global_step), "rank": distributed.rank()}
     adapter = _save_adapter(cfg, out, model, tokenizer, model_dir)
     summary = _write_summary(cfg, out, result, progress, data, est, backend, model_dir, resume_from, t_start)
-    print(f"train: {summary['steps']} steps, {summary['tokens_seen']} tokens at {summary['tokens_per_second']} tok/s, "
+    print(f"train: {summary['steps']} steps, {summary['tokens_seen']} tokens at {summary['tokens_per_second']} tok/s "
+          f"({backend['dtype']}), "
           f"final loss {summary['final_train_loss']}, val {summary['final_val_loss']}, peak {summary['peak_memory_gib']} GiB "
           f"(estimate {est.to_dict()['total']} GiB); adapter: {adapter}")
     return summary
@@ -166,7 +167,9 @@ def _setup_model(cfg: Config, model_dir: str, est) -> tuple:
     # Packed rows are kept apart by the position ids only when no KV cache is built (transformers'
     # masking_utils looks for packed sequences only then); training never needs the cache.
     model.config.use_cache = False
-    backend = {"device": est.device, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+    dtype = dtype_of(model)
+    backend = {"device": est.device, "dtype": dtype, "dtype_setting": cfg.model.dtype,
+               "dtype_why": dtype_why(cfg.model.dtype, dtype, gpu),
                "load_in_4bit": bool(cfg.model.load_in_4bit and gpu), "gradient_checkpointing": est.gradient_checkpointing,
                "why": ("GPU found" if gpu else "no GPU: Unsloth's CPU backend (stock transformers + PEFT + TRL, chunked CE); "
                        "4-bit needs a GPU")}
@@ -304,7 +307,7 @@ def _write_summary(cfg: Config, out: Path, result, progress, data: dict, est, ba
         "train_seconds": round(progress.train_seconds, 1), "wall_seconds": round(time.time() - t_start, 1),
         "final_train_loss": progress.last_loss, "final_val_loss": progress.last_val_loss,
         "peak_memory_gib": round(peak / 1024**3, 3), "peak_memory_kind": ("cuda max_memory_allocated" if gpu else "process max RSS") + (", rank 0" if distributed.world_size() > 1 else ""),
-        "memory_estimate_gib": est.to_dict(), "backend": backend, "model_dir": model_dir,
+        "memory_estimate_gib": est.to_dict(), "dtype": backend["dtype"], "backend": backend, "model_dir": model_dir,
         "versions": package_versions(), "config": dump_config(cfg),
     }
     atomic_write_json(out / "summary.json", summary)
