@@ -22,7 +22,8 @@ from common.generate import generate
 from common.metrics import aggregate, main_metric, score
 from common.model import check_adapter_base, dtype_of, dtype_why, load_unsloth, resolve_model, trained_adapter
 from common.preflight import require, unwritable
-from common.runs import atomic_write_json, atomic_write_text, jsonl_text, links_out, read_jsonl, stage_dir
+from common.runs import (atomic_write_json, atomic_write_text, jsonl_text, links_out, publish_dir, read_jsonl, remove_path,
+                         staging_dir, write_provenance)
 from evaluate.report import write_report
 
 PROBE_DIR = Path(__file__).resolve().parent / "probe"
@@ -99,11 +100,17 @@ def run(cfg: Config) -> dict:
     metrics["dtype_why"] = dtype_why(cfg.model.dtype, metrics["dtype"], next(model.parameters()).is_cuda)
     probe_rows = _probe_rows(results, probe_prompts)
     metrics["seconds"] = round(time.time() - t0, 1)
-    out = stage_dir(cfg, "eval")  # only now: a run that fails earlier leaves an existing eval/ as it was
-    atomic_write_json(out / "metrics.json", metrics)
-    atomic_write_text(out / "samples.jsonl", jsonl_text(samples))
-    atomic_write_text(out / "probe.jsonl", jsonl_text(probe_rows))
-    write_report(out, metrics, samples, probe_rows)
+    out = cfg.run_dir / "eval"
+    staging = staging_dir(out)  # every output built here and published whole: a failure leaves eval/ as it was
+    try:
+        write_provenance(staging, cfg)
+        atomic_write_json(staging / "metrics.json", metrics)
+        atomic_write_text(staging / "samples.jsonl", jsonl_text(samples))
+        atomic_write_text(staging / "probe.jsonl", jsonl_text(probe_rows))
+        write_report(staging, metrics, samples, probe_rows)
+        publish_dir(staging, out)
+    finally:
+        remove_path(staging)
     for name in variants:
         m = metrics[name]
         print(f"eval {name}: {main} {m.get(main)}, valid_json {m.get('valid_json')}, rougeL {m['rougeL']}, "

@@ -230,7 +230,12 @@ def test_make_all_ends_with_a_verified_gguf_and_modelfile(chain):
         next(ln for ln in lines if ln.startswith("curate: ")))
     summary = lines[max(i for i, ln in enumerate(lines) if ln.startswith("chain: ")):]  # the last thing printed
     assert re.fullmatch(r"chain: .+ in all \(curate .+, train .+, eval .+, gguf .+\) -> .+/t/", summary[0]), summary
-    assert any(ln.strip().startswith(f"eval:   base -> tuned on {CHAIN_VAL_ROWS} val rows: exact_match") for ln in summary), summary
+    # the dtype every number was made in is named (bfloat16 on a CPU with AVX-512 BF16, float32 elsewhere; issue 27)
+    dtype = json.loads((root / "t/train/summary.json").read_text())["dtype"]
+    assert dtype in ("float32", "bfloat16") and json.loads((root / "t/eval/metrics.json").read_text())["dtype"] == dtype
+    assert any(ln.strip().startswith("train:") and f"tokens/s in {dtype};" in ln for ln in summary), summary
+    assert any(ln.strip().startswith(f"eval:   base -> tuned on {CHAIN_VAL_ROWS} val rows ({dtype}): exact_match") for ln in summary), summary
+    assert json.loads((out / "summary.json").read_text())["trained_dtype"] == dtype
     assert any(ln.strip() == f"Modelfile {out / 'Modelfile'}" for ln in summary), summary
     assert any(ln.strip().startswith("serve it: cd ") and "ollama create t -f Modelfile" in ln for ln in summary), summary
     for t in ("f16", "q8_0", "q4_k_m"):

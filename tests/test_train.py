@@ -281,18 +281,22 @@ def test_bad_inputs_are_one_line_errors(tmp_path, model_dir):
 
 
 # ------------------------------------------------------------------------------------- dtype
-def test_auto_dtype_is_what_unsloths_cpu_backend_picks(model_dir, monkeypatch):
+def test_auto_dtype_is_what_unsloths_cpu_backend_picks(monkeypatch):
     """common.model.auto_cpu_dtype (benchmarks and reports name the dtype with it, without importing Unsloth) agrees
-    with Unsloth's own choice on this CPU, and with its UNSLOTH_CPU_BF16 override both ways."""
+    with Unsloth's own choice on this CPU, and with its UNSLOTH_CPU_BF16 override both ways. Unsloth's function is
+    loaded from its file (stdlib only; the package itself refuses to import before `unsloth`)."""
+    import importlib.util
+
     from common.model import auto_cpu_dtype
 
-    code = ("import unsloth; from unsloth_zoo.cpu.runtime import cpu_bf16_supported; "
-            "print('bfloat16' if cpu_bf16_supported() else 'float32')")
-    for override in (None, "0", "1"):
-        if override is None:
-            monkeypatch.delenv("UNSLOTH_CPU_BF16", raising=False)
-        else:
-            monkeypatch.setenv("UNSLOTH_CPU_BF16", override)
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert proc.stdout.strip().splitlines()[-1] == auto_cpu_dtype(), override
+    path = Path(importlib.util.find_spec("unsloth_zoo").submodule_search_locations[0]) / "cpu" / "runtime.py"
+    spec = importlib.util.spec_from_file_location("unsloth_cpu_runtime", path)
+    runtime = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runtime)
+    for override in ("", "0", "1"):
+        monkeypatch.setenv("UNSLOTH_CPU_BF16", override)
+        runtime.cpu_bf16_supported.cache_clear()
+        theirs = "bfloat16" if runtime.cpu_bf16_supported() else "float32"
+        assert auto_cpu_dtype() == theirs, override
+        if override:
+            assert theirs == ("float32", "bfloat16")[int(override)]
