@@ -141,6 +141,9 @@ def dtype_why(setting: str, dtype: str, gpu: bool) -> str:
         return f"model.dtype: {setting}"
     if gpu:
         return "model.dtype auto: Unsloth's choice for this GPU"
+    override = os.environ.get("UNSLOTH_CPU_BF16", "").strip()
+    if override:
+        return f"model.dtype auto with UNSLOTH_CPU_BF16={override} (Unsloth's override of its CPU detection)"
     return ("model.dtype auto: this CPU has bfloat16 instructions (AVX-512 BF16 / AMX), Unsloth's CPU backend uses them"
             if dtype == "bfloat16" else "model.dtype auto: no bfloat16 instructions on this CPU, so float32")
 

@@ -423,13 +423,15 @@ def longest_token_bytes(tokenizer) -> int:
 def reject_far_too_long(rows: list[Row], cfg: Config, tokenizer) -> None:
     """too_long from the text's byte length alone, before any other filter spends time and memory on the row: text
     of more than curate.max_tokens x longest_token_bytes bytes cannot fit in curate.max_tokens tokens."""
-    limit = cfg.curate.max_tokens * longest_token_bytes(tokenizer)
+    longest = longest_token_bytes(tokenizer)
+    limit = cfg.curate.max_tokens * longest
     for r in rows:
-        if r.kept and r.review != "restore":
-            size = sum(len(m["content"]) for m in r.conv.messages)  # characters <= bytes: checked cheaply first
-            if size > limit and (size := sum(len(m["content"].encode("utf-8", "surrogatepass")) for m in r.conv.messages)) > limit:
-                r.reject("too_long", f"{size:,} bytes of text: at least {size // longest_token_bytes(tokenizer):,} tokens "
-                         f"> curate.max_tokens {cfg.curate.max_tokens} (rejected from its size, before the other filters)")
+        if not r.kept or r.review == "restore" or sum(len(m["content"]) for m in r.conv.messages) <= limit:
+            continue  # characters <= bytes: most rows are cleared without encoding them
+        size = sum(len(m["content"].encode("utf-8", "surrogatepass")) for m in r.conv.messages)
+        if size > limit:
+            r.reject("too_long", f"{size:,} bytes of text: at least {size // longest:,} tokens > curate.max_tokens "
+                     f"{cfg.curate.max_tokens} (rejected from its size, before the other filters)")
 
 
 # --------------------------------------------------------------------------------------------- dedup

@@ -28,6 +28,11 @@ turn (0: one per core), interleaved in rounds. Per variant: seconds, rows/s per 
 the peak memory of the run's whole process tree (the sum of PSS over the main process and its workers,
 sampled every 0.5 s: shared pages counted once) and the main process's peak RSS; the ratio to the first
 variant within each round; and whether every run wrote the same outputs byte for byte.
+
+    python scripts/bench_curate.py --workers 0 --baseline-tree /tmp/base --rows 100000 --rounds 2
+
+Against another checkout (e.g. `git worktree add /tmp/base <commit>`): every curate.workers value also runs from
+that tree (same Python, same model), interleaved, so a change's cost and its outputs are compared in one run.
 """
 
 from __future__ import annotations
@@ -207,8 +212,9 @@ def tree_pss(pid: int) -> int:
     return total
 
 
-def one_curate(path: Path, root: Path, workers: int) -> dict:
-    """`python -m curate` on `path` in a child process; its timing.json, peak tree memory and output hashes."""
+def one_curate(path: Path, root: Path, workers: int, tree: Path = ROOT) -> dict:
+    """`python -m curate` (of the checkout `tree`) on `path` in a child process; its timing.json, peak tree memory
+    and output hashes."""
     import hashlib
     import subprocess
 
@@ -216,8 +222,8 @@ def one_curate(path: Path, root: Path, workers: int) -> dict:
 
     shutil.rmtree(root, ignore_errors=True)
     cmd = [sys.executable, "-m", "curate", f"run.root={root}", "run.name=bench", f"data.inputs=[{path}]",
-           f"curate.workers={workers}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+           f"curate.workers={workers}", f"model.name={ROOT / 'models' / 'smollm2-135m-instruct'}"]
+    proc = subprocess.Popen(cmd, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak = 0
     while proc.poll() is None:
         peak = max(peak, tree_pss(proc.pid))
@@ -233,22 +239,24 @@ def one_curate(path: Path, root: Path, workers: int) -> dict:
     return {"timing": timing, "peak_tree_pss_gib": peak / 2**30, "outputs_sha256": digest.hexdigest()}
 
 
-def scale(rows, variants: list[int], rounds: int) -> dict:
-    runs: dict[int, list[dict]] = {w: [] for w in variants}
+def scale(rows, workers: list[int], rounds: int, baseline_tree: Path | None = None) -> dict:
+    trees = ([("baseline tree ", baseline_tree)] if baseline_tree else []) + [("", ROOT)]
+    variants = [(f"{label}workers={w}", tree, w) for w in workers for label, tree in trees]
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
     with tempfile.TemporaryDirectory() as tmp:
         path = write_jsonl(rows, Path(tmp) / "synthetic.jsonl")
         del rows[:]  # the caller's copy too: the child runs' memory is what is measured, not this process's
         for r in range(rounds):
-            for w in variants:
-                runs[w].append(one_curate(path, Path(tmp) / "runs", w))
-                t = runs[w][-1]["timing"]
-                print(f"round {r + 1}/{rounds}, curate.workers={w}: {t['seconds']} s, "
-                      f"peak tree PSS {runs[w][-1]['peak_tree_pss_gib']:.2f} GiB", flush=True)
-    base = variants[0]
+            for name, tree, w in variants:
+                runs[name].append(one_curate(path, Path(tmp) / "runs", w, tree))
+                t = runs[name][-1]["timing"]
+                print(f"round {r + 1}/{rounds}, {name}: {t['seconds']} s, "
+                      f"peak tree PSS {runs[name][-1]['peak_tree_pss_gib']:.2f} GiB", flush=True)
+    base = variants[0][0]
     out = {"variants": {}, "same_outputs_in_every_run": len({x["outputs_sha256"] for v in runs.values() for x in v}) == 1}
-    for w, xs in runs.items():
+    for name, xs in runs.items():
         phases = [p["phase"] for p in xs[0]["timing"]["phases"]]
-        out["variants"][f"workers={w}"] = {
+        out["variants"][name] = {
             "processes": xs[0]["timing"]["workers"],
             "seconds": spread([x["timing"]["seconds"] for x in xs], 1),
             "rows_per_second_by_phase": {ph: spread([x["timing"]["phases"][i]["rows_per_second"] or 0 for x in xs], 0)
@@ -267,13 +275,16 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--workers", default="", help="scale mode: comma-separated curate.workers values to compare, e.g. 1,0")
+    ap.add_argument("--baseline-tree", type=Path, default=None,
+                    help="scale mode: also run each workers value from this checkout (git worktree), interleaved")
     ap.add_argument("--whole-only", action="store_true",
                     help="only the whole curate run (to compare two checkouts, run it in each, alternating)")
     args = ap.parse_args()
     rows, pairs = make_rows(args.rows)
     print(f"{len(rows)} rows, {len(pairs)} planted near-duplicates")
     if args.workers:
-        result = {"rows": len(rows), "rounds": args.rounds, **scale(rows, [int(w) for w in args.workers.split(",")], args.rounds)}
+        result = {"rows": len(rows), "rounds": args.rounds, "baseline_tree": str(args.baseline_tree) if args.baseline_tree else None,
+                  **scale(rows, [int(w) for w in args.workers.split(",")], args.rounds, args.baseline_tree)}
         print(json.dumps(result, indent=2))
         if args.out:
             args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -2,7 +2,9 @@
 unpacked, interleaved in rounds (A B C A B C ...) so that the machine's drift hits every variant alike.
 
     python scripts/bench_train.py [--rounds 3] [--steps 6] [--batch-size 4] [--variants plain,packed,unpacked,ddp2]
-                                  [--out docs/bench_train.json]
+                                  [--dtype auto|float32|bfloat16] [--out docs/bench_train.json]
+
+A variant may name its own dtype, `unpacked@float32,unpacked@bfloat16`, to compare the two on one CPU.
 
 Same data (runs/bench-train/curate/train.jsonl, made from the sample data by the curate stage), same
 steps, batch size, LoRA settings, learning rate (the shipped config's) and seed; each variant in its own
@@ -160,6 +162,7 @@ def main() -> int:
         print(json.dumps(plain(args.data, args.steps, args.batch_size, shipped.model.name, shipped.train.learning_rate, dtype)))
         return 0
     variants = args.variants.split(",")
+    dtypes = {v: v.partition("@")[2] or dtype for v in variants}  # `unpacked@bfloat16`: that variant's own dtype
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -169,26 +172,31 @@ def main() -> int:
         data = root / "bench-train" / "curate" / "train.jsonl"
         for r in range(args.rounds):
             for v in variants:
-                if v == "plain":
+                kind = v.partition("@")[0]
+                if kind == "plain":
                     a = subprocess.run([sys.executable, __file__, "--variant", "plain", "--data", str(data), "--steps",
-                                        str(args.steps), "--batch-size", str(args.batch_size), "--dtype", dtype],
+                                        str(args.steps), "--batch-size", str(args.batch_size), "--dtype", dtypes[v]],
                                        capture_output=True, text=True, cwd=ROOT)
                     if a.returncode:
                         raise SystemExit(a.stderr[-3000:])
                     res = json.loads(a.stdout.strip().splitlines()[-1])
                 else:
-                    res = ours(root, args.steps, args.batch_size, packing=(v == "packed"), dtype=dtype, nproc=2 if v == "ddp2" else 1)
-                if res["dtype"] != dtype:
-                    raise SystemExit(f"{v} trained in {res['dtype']}, not {dtype}: the comparison would not be fair")
+                    res = ours(root, args.steps, args.batch_size, packing=(kind == "packed"), dtype=dtypes[v],
+                               nproc=2 if kind == "ddp2" else 1)
+                if res["dtype"] != dtypes[v]:
+                    raise SystemExit(f"{v} trained in {res['dtype']}, not {dtypes[v]}: the comparison would not be fair")
                 runs[v].append(res)
                 print(f"round {r + 1}/{args.rounds} {v}: {res['steady_tokens_per_second']} tokens/s (steady), "
                       f"{res['tokens_per_second']} with the first step", file=sys.stderr, flush=True)
-    result = {"rounds": args.rounds, "steps": args.steps, "batch_size": args.batch_size, "dtype": dtype,
+    result = {"rounds": args.rounds, "steps": args.steps, "batch_size": args.batch_size, "dtype": dtypes,
               "tokens_per_second": {v: spread([x["steady_tokens_per_second"] for x in runs[v]]) for v in variants},
               "peak_rss_gib": {v: max(x["peak_rss_gib"] for x in runs[v]) for v in variants},
               "tokens_per_step": {v: round(runs[v][0]["tokens"] / args.steps) for v in variants}}
+    kinds = {v: v.partition("@")[0] for v in variants}
     pairs = [(a, b) for a in variants for b in variants
-             if a != b and (a == "plain" or (a, b) in (("unpacked", "packed"), ("unpacked", "ddp2")))]
+             if a != b and ((kinds[a] == "plain" and kinds[b] != "plain" and dtypes[a] == dtypes[b])
+                            or ((kinds[a], kinds[b]) in (("unpacked", "packed"), ("unpacked", "ddp2")) and dtypes[a] == dtypes[b])
+                            or (kinds[a] == kinds[b] and dtypes[a] == "float32" and dtypes[b] == "bfloat16"))]
     result["ratios_within_rounds"] = {
         f"{b}/{a}": spread([rb["steady_tokens_per_second"] / ra["steady_tokens_per_second"] for ra, rb in zip(runs[a], runs[b])])
         for a, b in pairs}
