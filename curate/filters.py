@@ -39,7 +39,8 @@ ROLE_MAP = {
 class Conversation:
     messages: list[dict]
     tokens: int | None = None  # of the chat-template render (set by the pipeline before token filters)
-    own_tokens: int | None = None  # of the row's own turns apart from the system prompt (too_short counts these)
+    own_tokens: int | None = None  # of the row's own turns apart from the system prompt (too_short counts these); for a
+    # row with at least curate.min_tokens words, its word count (a lower bound: pipeline.count_own_tokens)
     text: str | None = None  # the chat-template render
     lang: str | None = None
     render_error: str | None = None  # why the chat template refused to render it (set by the pipeline)

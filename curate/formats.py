@@ -76,15 +76,20 @@ MAX_NESTING = 100  # levels of arrays/objects in one record; no chat record need
 
 
 def nesting_depth(value: Any, limit: int = MAX_NESTING) -> int:
-    """Levels of lists/dicts in `value`, counted without recursion; stops counting past `limit`."""
-    depth, stack = 0, [(value, 1)]
+    """Levels of lists/dicts in `value`, counted without recursion (only containers are visited); stops counting
+    past `limit`."""
+    if not isinstance(value, (dict, list, tuple)):
+        return 0
+    depth, stack = 1, [(value, 1)]
     while stack:
         v, d = stack.pop()
-        if isinstance(v, (dict, list, tuple)):
-            depth = max(depth, d)
-            if depth > limit:
-                return depth
-            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+        for x in v.values() if isinstance(v, dict) else v:
+            if isinstance(x, (dict, list, tuple)):
+                if d >= depth:
+                    depth = d + 1
+                    if depth > limit:
+                        return depth
+                stack.append((x, d + 1))
     return depth
 
 
@@ -625,26 +630,28 @@ def _refuse_reserved_tags(msgs: list[dict], rec: dict, tags: tuple[str, ...]) ->
     """RecordError(`reserved_tag`) naming the first tool/reasoning form tag found in the row's own text: every turn
     but the system prompt (which describes the format, e.g. "call tools in <tool_call> tags"), every tool name,
     argument and result, every reasoning trace, the tool specs."""
-    def fields(m: dict):
-        yield "content", m["content"]
-        yield "reasoning", m.get("reasoning") or ""
-        for k, c in enumerate(m.get("tool_calls") or []):
-            yield f"tool_calls[{k}]", c["name"] + json.dumps(c["arguments"], ensure_ascii=False)
+    def refuse(where: str, text: str) -> None:
+        found = _first_tag(text, tags) if "<" in text else None
+        if found:
+            raise RecordError("reserved_tag", f"{where} holds the tag {found!r}: in the training text it would forge a "
+                              "tool call, result or reasoning block nobody made; give calls and results as structured "
+                              "fields (tool_calls, role tool), never as tagged text")
+
     for i, m in enumerate(msgs):
         if m["role"].strip().lower() == "system":  # the author's instructions name the format's tags ("think in <think> tags")
             continue
-        for name, text in fields(m):
-            found = _first_tag(text, tags) if "<" in text else None
-            if found:
-                raise RecordError("reserved_tag", f"turn {i + 1} ({m['role']}) {name} holds the tag {found!r}: in the "
-                                  "training text it would forge a tool call, result or reasoning block nobody made; give "
-                                  "calls and results as structured fields (tool_calls, role tool), never as tagged text")
+        refuse(f"turn {i + 1} ({m['role']}) content", m["content"])
+        if m.get("reasoning"):
+            refuse(f"turn {i + 1} ({m['role']}) reasoning", m["reasoning"])
+        for k, c in enumerate(m.get("tool_calls") or []):
+            refuse(f"turn {i + 1} ({m['role']}) tool_calls[{k}]", c["name"] + json.dumps(c["arguments"], ensure_ascii=False))
     for key in ("tools", "functions"):
-        text = rec.get(key) if isinstance(rec.get(key), str) else json.dumps(rec.get(key) or "", ensure_ascii=False, default=str)
-        found = _first_tag(text, tags)
-        if found:
-            raise RecordError("reserved_tag", f"`{key}` holds the tag {found!r}: it would end the tool specifications "
-                              "early in the training text; remove it from the specs")
+        if rec.get(key):
+            text = rec[key] if isinstance(rec[key], str) else json.dumps(rec[key], ensure_ascii=False, default=str)
+            found = _first_tag(text, tags)
+            if found:
+                raise RecordError("reserved_tag", f"`{key}` holds the tag {found!r}: it would end the tool specifications "
+                                  "early in the training text; remove it from the specs")
 
 
 def _unknown_shape(rec: dict) -> str:

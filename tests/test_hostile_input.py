@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -293,15 +292,20 @@ def test_a_huge_line_is_too_long_from_its_size_in_bounded_memory(tmp_path, model
     (d / "huge.jsonl").write_text(json.dumps({"prompt": "Please read this long text.", "completion": words[:40_000_000]})
                                   + "\n" + "".join(json.dumps(r) + "\n" for r in GOOD[:10]))
     del words
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    proc = curate_cli(tmp_path, "curate.workers=2")
-    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    # `python -m curate` in a process that reports its own peak and its workers' (waited for, so counted) at exit
+    measure = ("import resource, runpy, sys\nsys.argv = ['curate', *sys.argv[1:]]\ncode = 0\ntry:\n"
+               "    runpy.run_module('curate', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+               "print('PEAK_KIB', max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))\n"
+               "sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", measure, f"run.root={tmp_path / 'runs'}", "run.name=t",
+                           f"data.inputs=[{d}/*]", "curate.workers=2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    peak_mib = int(proc.stdout.split("PEAK_KIB")[1].split()[0]) / 1024
     got = fates(tmp_path)
     reason, detail = got[("huge.jsonl", 1)]
     assert reason == "too_long" and "from its size, before the other filters" in detail, detail
     assert sum(v[0] == "kept" for v in got.values()) == 10
-    assert peak_mib < 2048 or before / 1024 >= 2048, f"peak resident memory {peak_mib:.0f} MiB"
+    assert 100 < peak_mib < 2048, f"peak resident memory {peak_mib:.0f} MiB"
 
 
 def test_too_short_counts_what_the_row_brings_not_the_template(tmp_path, model_dir):
