@@ -281,31 +281,42 @@ def test_a_wrapped_json_file_is_decided_by_its_rows_not_its_first_one(tmp_path, 
 
 
 # 8, 9 -------------------------------------------------------------------------------------- lengths
-def test_a_huge_line_is_too_long_from_its_size_in_bounded_memory(tmp_path, model_dir):
-    """A 40 MB line of pseudo-words (no repeats for the repetition filter to shortcut): rejected as too_long from
-    its byte length before any other filter, in a process (and workers) that stay within 2 GiB; before: ~155x the
-    line (9.5 GB for 60 MB)."""
-    d = inputs(tmp_path)
-    rng = random.Random(0)
-    syllables = ["ka", "lo", "mi", "ret", "su", "van", "dor", "pe", "xi", "qua", "bel", "tor"]
-    words = " ".join("".join(rng.choice(syllables) for _ in range(rng.randint(2, 5))) for _ in range(6_000_000))
-    (d / "huge.jsonl").write_text(json.dumps({"prompt": "Please read this long text.", "completion": words[:40_000_000]})
-                                  + "\n" + "".join(json.dumps(r) + "\n" for r in GOOD[:10]))
-    del words
-    # `python -m curate` in a process that reports its own peak and its workers' (waited for, so counted) at exit
+def peak_curate_mib(tmp_path: Path, inputs_dir: Path, name: str) -> tuple[subprocess.CompletedProcess, float]:
+    """`python -m curate` (two workers) in a process that reports, at exit, its own peak resident memory and its
+    workers' (waited for, so counted): the larger, in MiB."""
     measure = ("import resource, runpy, sys\nsys.argv = ['curate', *sys.argv[1:]]\ncode = 0\ntry:\n"
                "    runpy.run_module('curate', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
                "print('PEAK_KIB', max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))\n"
                "sys.exit(code)")
-    proc = subprocess.run([sys.executable, "-c", measure, f"run.root={tmp_path / 'runs'}", "run.name=t",
-                           f"data.inputs=[{d}/*]", "curate.workers=2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", measure, f"run.root={tmp_path / 'runs'}", f"run.name={name}",
+                           f"data.inputs=[{inputs_dir}/*]", "curate.workers=2"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    peak_mib = int(proc.stdout.split("PEAK_KIB")[1].split()[0]) / 1024
+    return proc, int(proc.stdout.split("PEAK_KIB")[1].split()[0]) / 1024
+
+
+def test_a_huge_line_is_too_long_from_its_size_in_bounded_memory(tmp_path, model_dir):
+    """A 40 MB line of pseudo-words (no repeats for the repetition filter to shortcut) is rejected as too_long from
+    its byte length before any other filter. Memory, against the same run without that line: before, the line
+    cost ~155x its size (7.0 GiB for 60 MB, docs/benchmarks.md); now ~4x here (+160 MiB alone; the bound is 50x:
+    within the suite, on a loaded machine, one run peaked at 2.3 GiB where alone it was 1.1)."""
+    size = 40_000_000
+    rng = random.Random(0)
+    syllables = ["ka", "lo", "mi", "ret", "su", "van", "dor", "pe", "xi", "qua", "bel", "tor"]
+    words = " ".join("".join(rng.choice(syllables) for _ in range(rng.randint(2, 5))) for _ in range(6_000_000))[:size]
+    small, huge = tmp_path / "small", tmp_path / "huge"
+    for d, text in ((small, "Please read this short text."), (huge, words)):
+        d.mkdir()
+        (d / "x.jsonl").write_text(json.dumps({"prompt": "Please read this long text.", "completion": text})
+                                   + "\n" + "".join(json.dumps(r) + "\n" for r in GOOD[:10]))
+    del words
+    _, without = peak_curate_mib(tmp_path, small, "small")
+    _, peak = peak_curate_mib(tmp_path, huge, "t")
     got = fates(tmp_path)
-    reason, detail = got[("huge.jsonl", 1)]
+    reason, detail = got[("x.jsonl", 1)]
     assert reason == "too_long" and "from its size, before the other filters" in detail, detail
     assert sum(v[0] == "kept" for v in got.values()) == 10
-    assert 100 < peak_mib < 2048, f"peak resident memory {peak_mib:.0f} MiB"
+    assert peak - without < 50 * size / 2**20, f"peak resident memory {peak:.0f} MiB, {without:.0f} MiB without the line"
 
 
 def test_too_short_counts_what_the_row_brings_not_the_template(tmp_path, model_dir):
