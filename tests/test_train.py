@@ -300,3 +300,20 @@ def test_auto_dtype_is_what_unsloths_cpu_backend_picks(monkeypatch):
         assert auto_cpu_dtype() == theirs, override
         if override:
             assert theirs == ("float32", "bfloat16")[int(override)]
+
+
+def test_a_checkpoint_of_another_dtype_is_not_resumed(tmp_path):
+    """model.dtype auto picks bfloat16 on one CPU and float32 on another: checkpoints carry the dtype they were made
+    in, and a resume in another one is refused like any other changed setting; a checkpoint from before the dtype was
+    recorded resumes."""
+    from common.errors import UserError
+    from train.pipeline import COMPLETE, find_checkpoint
+
+    fp = {"train.learning_rate": 5e-4, "NPROC": 1, "dtype": "float32"}
+    ckpt = tmp_path / "checkpoint-4"
+    ckpt.mkdir()
+    (ckpt / COMPLETE).write_text(json.dumps({"fingerprint": {**fp, "dtype": "bfloat16"}}))
+    with pytest.raises(UserError, match="dtype: 'bfloat16' -> 'float32'.*FRESH=1"):
+        find_checkpoint(tmp_path, fp)
+    (ckpt / COMPLETE).write_text(json.dumps({"fingerprint": {k: v for k, v in fp.items() if k != "dtype"}}))
+    assert find_checkpoint(tmp_path, fp) == ckpt

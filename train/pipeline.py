@@ -19,7 +19,7 @@ from pathlib import Path
 from common.chat import Collator, pack, tokenize
 from common.config import Config, dump_config
 from common.errors import UserError
-from common.model import dtype_of, dtype_why, load_unsloth, resolve_model, save_tokenizer, write_adapter_identity
+from common.model import auto_cpu_dtype, dtype_of, dtype_why, load_unsloth, resolve_model, save_tokenizer, write_adapter_identity
 from common.preflight import require, unwritable
 from common.runs import atomic_write_json, links_out, package_versions, read_jsonl, stage_dir
 from train import distributed
@@ -39,7 +39,20 @@ def fingerprint(cfg: Config, data_sha: str) -> dict:
         flat[key] = d[section][leaf] if leaf else d[section]
     flat["data.train_sha256"] = data_sha
     flat["NPROC"] = distributed.world_size()  # the processes (torchrun) share every global batch: data order and RNG
+    flat["dtype"] = resolved_dtype(cfg)  # model.dtype auto differs by machine: a bfloat16 run resumed in float32 is another run
     return flat
+
+
+def resolved_dtype(cfg: Config) -> str:
+    """The dtype training will run in, before the model loads: model.dtype, or what `auto` picks here (Unsloth: on
+    a GPU bfloat16 where supported, else float16; on a CPU common.model.auto_cpu_dtype)."""
+    if cfg.model.dtype != "auto":
+        return cfg.model.dtype
+    if on_gpu():
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return auto_cpu_dtype()
 
 
 def find_checkpoint(ckpt_dir: Path, fp: dict) -> Path | None:
@@ -53,7 +66,8 @@ def find_checkpoint(ckpt_dir: Path, fp: dict) -> Path | None:
     if not done:
         return None
     _, newest = max(done)
-    saved = {"NPROC": 1, **json.loads((newest / COMPLETE).read_text())["fingerprint"]}  # older: one process
+    # older checkpoints: one process, and a dtype nobody recorded (taken to be this run's)
+    saved = {"NPROC": 1, "dtype": fp.get("dtype"), **json.loads((newest / COMPLETE).read_text())["fingerprint"]}
     differ = sorted(k for k in set(saved) | set(fp) if saved.get(k) != fp.get(k))
     if differ:
         raise UserError(f"{newest} was trained with a different config ({', '.join(f'{k}: {saved.get(k)!r} -> {fp.get(k)!r}' for k in differ)}); "
