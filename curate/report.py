@@ -5,6 +5,7 @@ Nothing time-dependent goes in: the same inputs and config give byte-identical f
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from common.config import dump_config
 from common.report import esc, img, png, subplots, table, write_page
 from curate.filters import PLACEHOLDER
 from curate.tools import FALLBACK as TOOL_FORMAT
+
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _counts(values) -> dict:
@@ -161,7 +164,8 @@ def plots(report: dict) -> dict[str, bytes]:
     axes[0].bar(list(langs), list(langs.values()), color="#f58518")
     axes[0].set_title("language (rows that reached the language check)")
     src = report["sources"]
-    labels = [Path(f).name for f in src]
+    # control characters a file name may hold (tab, CR, newline) have no glyph: shown as their escapes
+    labels = [CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], Path(f).name) for f in src]
     axes[1].barh(labels, [v["in"] for v in src.values()], color="#bab0ac", label="in")
     axes[1].barh(labels, [v["kept"] for v in src.values()], color="#54a24b", label="kept")
     axes[1].legend()

@@ -10,6 +10,7 @@ import os
 import random
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pyarrow as pa
@@ -98,8 +99,12 @@ def test_a_file_name_that_is_not_utf8_is_named_with_escapes(tmp_path, model_dir)
     jsonl(d / "good.jsonl", GOOD[:10])
     with open(os.path.join(os.fsencode(d), b"\xffodd.jsonl"), "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in GOOD[10:20]))
-    report = curate(tmp_path)
-    assert report["kept"] == 20
+    jsonl(d / "tab\tand\rcr.jsonl", GOOD[20:25])  # no glyph for a control character: the plot shows its escape
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        report = curate(tmp_path)
+    assert not [w for w in seen if "Glyph" in str(w.message)], [str(w.message) for w in seen]
+    assert report["kept"] == 25
     names = {r["file"] for r in outputs(tmp_path)["manifest"]}
     assert str(d / "\\xffodd.jsonl") in names
     assert "\\xffodd.jsonl" in (tmp_path / "runs/t/curate/report.html").read_text(encoding="utf-8")
