@@ -9,9 +9,10 @@ import platform
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from common.config import Config, dump_config
 
@@ -151,6 +152,21 @@ def restore_interrupted(out: Path) -> None:
     """A publish killed between its two renames left the previous outputs beside the stage folder: put them back."""
     if not out.exists() and not out.is_symlink() and _previous(out).is_dir() and not _previous(out).is_symlink():
         os.rename(_previous(out), out)
+
+
+@contextmanager
+def built_whole(cfg: Config, stage: str) -> Iterator[Path]:
+    """`with built_whole(cfg, "curate") as staging:` every output of the stage is written into `staging` (config.yaml
+    and versions.json already there) and, when the block ends without an error, published as runs/<name>/<stage>/
+    whole (publish_dir); on an error the previous folder stays exactly as it was and the staging folder is removed."""
+    out = cfg.run_dir / stage
+    staging = staging_dir(out)
+    try:
+        write_provenance(staging, cfg)
+        yield staging
+        publish_dir(staging, out)
+    finally:
+        remove_path(staging)
 
 
 def publish_dir(staging: Path, out: Path) -> None:

@@ -32,8 +32,7 @@ from common import model as common_model
 from common.config import Config
 from common.errors import UserError
 from common.preflight import require, unwritable
-from common.runs import (atomic_write_json, json_text, links_out, publish_dir, remove_path, staging_dir,
-                         write_provenance)
+from common.runs import atomic_write_json, built_whole, json_text, links_out
 from curate import parallel, review as review_mod
 from curate.filters import (FILTER_NEEDS, FILTERS, ROLE_MAP, Conversation, FilterContext, LanguageDetector, clean_text,
                             escape_control_tokens, fill_variables, language_text, normalize)
@@ -676,10 +675,7 @@ def run(cfg: Config) -> dict:
     del sigs, check_sigs
     clock.lap("split and leakage check", len(kept))
     train, val = [r for r in kept if r.split == "train"], [r for r in kept if r.split == "val"]
-    out = cfg.run_dir / "curate"
-    staging = staging_dir(out)  # every output is built here and published whole: a failure leaves curate/ as it was
-    try:
-        write_provenance(staging, cfg)
+    with built_whole(cfg, "curate") as staging:  # a failure leaves an existing curate/ exactly as it was
         write_outputs(staging, rows, kept, train, val, stats)
         clock.lap("write outputs", len(rows))
         report = build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary)
@@ -688,9 +684,7 @@ def run(cfg: Config) -> dict:
         clock.lap("report", len(rows))
         timing = {**clock.summary(), "workers": parallel.workers(cfg.curate.workers)}
         atomic_write_json(staging / "timing.json", timing)
-        publish_dir(staging, out)
-    finally:
-        remove_path(staging)
+    out = cfg.run_dir / "curate"
     print(f"curate: {report['rows_in']} rows in = {report['kept']} kept ({len(train)} train, {len(val)} val) "
           f"+ {report['rejected']} rejected; leakage {report['split']['leakage']}; {timing['seconds']:.1f} s")
     for reason, n in report["rejected_by_reason"].items():

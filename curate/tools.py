@@ -193,13 +193,13 @@ class TemplateForms:
         """The tags the template itself writes around tool calls, results, specs and reasoning (those in its render
         of a probe row with them and not in a plain row's), e.g. Qwen's <tool_call>: in data they forge the same."""
         plain = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
-        rows = ([{"role": "user", "content": "u"}, {"role": "assistant", "content": "", "tool_calls": [call]},
-                 {"role": "tool", "content": PROBE_RESULT}, {"role": "assistant", "content": "a", "reasoning": PROBE_REASONING}],)
+        row = _template_messages([{"role": "user", "content": "u"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+                                  {"role": "tool", "content": PROBE_RESULT},
+                                  {"role": "assistant", "content": "a", "reasoning": PROBE_REASONING}], self.role_map)
         found = set()
         for tools in ([{"type": "function", "function": PROBE_SPEC}], None):
             try:
-                found |= set(TAG.findall(self.tok.apply_chat_template(_template_messages(rows[0], self.role_map),
-                                                                      tokenize=False, tools=tools)))
+                found |= set(TAG.findall(self.tok.apply_chat_template(row, tokenize=False, tools=tools)))
             except Exception:  # noqa: BLE001  (a template that refuses tools or reasoning writes no tags for them)
                 pass
         try:

@@ -22,8 +22,7 @@ from common.generate import generate
 from common.metrics import aggregate, main_metric, score
 from common.model import check_adapter_base, dtype_of, dtype_why, load_unsloth, resolve_model, trained_adapter
 from common.preflight import require, unwritable
-from common.runs import (atomic_write_json, atomic_write_text, jsonl_text, links_out, publish_dir, read_jsonl, remove_path,
-                         staging_dir, write_provenance)
+from common.runs import atomic_write_json, atomic_write_text, built_whole, jsonl_text, links_out, read_jsonl
 from evaluate.report import write_report
 
 PROBE_DIR = Path(__file__).resolve().parent / "probe"
@@ -100,17 +99,12 @@ def run(cfg: Config) -> dict:
     metrics["dtype_why"] = dtype_why(cfg.model.dtype, metrics["dtype"], next(model.parameters()).is_cuda)
     probe_rows = _probe_rows(results, probe_prompts)
     metrics["seconds"] = round(time.time() - t0, 1)
-    out = cfg.run_dir / "eval"
-    staging = staging_dir(out)  # every output built here and published whole: a failure leaves eval/ as it was
-    try:
-        write_provenance(staging, cfg)
+    with built_whole(cfg, "eval") as staging:  # a failure leaves an existing eval/ exactly as it was
         atomic_write_json(staging / "metrics.json", metrics)
         atomic_write_text(staging / "samples.jsonl", jsonl_text(samples))
         atomic_write_text(staging / "probe.jsonl", jsonl_text(probe_rows))
         write_report(staging, metrics, samples, probe_rows)
-        publish_dir(staging, out)
-    finally:
-        remove_path(staging)
+    out = cfg.run_dir / "eval"
     for name in variants:
         m = metrics[name]
         print(f"eval {name}: {main} {m.get(main)}, valid_json {m.get('valid_json')}, rougeL {m['rougeL']}, "

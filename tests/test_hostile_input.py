@@ -20,17 +20,7 @@ import pytest
 from common.config import load_config
 from common.errors import UserError
 from common.runs import read_jsonl
-from curate import run
-
-ROOT = Path(__file__).resolve().parent.parent
-GOOD = [{"prompt": f"Please sort out the billing problem number {i} on my account today.",
-         "completion": f"I have opened billing ticket {i} and will email you within two days."} for i in range(40)]
-
-
-def curate(tmp_path: Path, *overrides: str) -> dict:
-    cfg = load_config(None, [f"run.root={tmp_path / 'runs'}", "run.name=t", f"data.inputs=[{tmp_path / 'in'}/*]",
-                             "split.val_fraction=0.2", *overrides])
-    return run(cfg)
+from test_bad_input import GOOD, ROOT, curate, inputs
 
 
 def curate_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -57,12 +47,6 @@ def fates(tmp_path: Path) -> dict[tuple[str, int], tuple[str, str]]:
     got = {(Path(r["source"]["file"]).name, r["source"]["row"]): ("kept", "") for r in out["train"] + out["val"]}
     got.update({(Path(r["source"]["file"]).name, r["source"]["row"]): (r["reason"], r["detail"]) for r in out["rejected"]})
     return got
-
-
-def inputs(tmp_path: Path) -> Path:
-    d = tmp_path / "in"
-    d.mkdir(exist_ok=True)
-    return d
 
 
 def jsonl(path: Path, records: list) -> None:
