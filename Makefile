@@ -16,7 +16,7 @@
 #   make adapters  every run's adapter GGUF by base model: size, training data, eval metric, `ollama create` commands
 #   make all       setup, preflight, curate, train, eval, gguf, summary: the whole chain on the sample data
 #   make preflight check what every stage needs (tools, run folder, disk, memory) before anything long starts
-#   make test      the test suite (sets up first; installs Debian chromium for the browser test and fetches
+#   make test      ruff, then the test suite (sets up first; installs Debian chromium for the browser test and fetches
 #                  llama.cpp's Llama 3 / Qwen2 test vocabularies for the template zoo: scripts/fetch_vocab.py)
 #   make sample-data   regenerate data/sample/ and data/sample_defects.json (seeded, committed)
 
@@ -49,7 +49,7 @@ all: setup preflight curate train eval gguf summary
 
 setup: $(VENV_STAMP) $(MODEL_STAMP)
 
-$(VENV_STAMP): requirements.txt requirements-nodeps.txt scripts/setup_venv.sh scripts/prereqs.sh
+$(VENV_STAMP): requirements.txt requirements-nodeps.txt pyproject.toml scripts/setup_venv.sh scripts/prereqs.sh
 	bash scripts/prereqs.sh
 	PYTHON=$(PYTHON) bash scripts/setup_venv.sh
 	touch $@
@@ -69,6 +69,7 @@ summary: setup
 	$(PY) scripts/chain_summary.py --config $(CONFIG) $(SET)
 
 test: setup
+	$(VENV)/bin/ruff check .
 	bash scripts/prereqs.sh --tests
 	$(PY) scripts/fetch_vocab.py
 	$(PY) -m pytest $(PYTEST_ARGS)

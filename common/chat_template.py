@@ -8,8 +8,8 @@ splits a template's own tool-call and reasoning render back into plain turns wit
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from jinja2 import TemplateError
 
@@ -20,9 +20,8 @@ Render = Callable[[list[dict], bool], str]  # (messages, add_generation_prompt) 
 # jinja2's TemplateError, common.jinja.render_jinja a ValueError.
 TEMPLATE_REFUSALS = (TemplateError, ValueError)
 # A reasoning trace in its text form (curate writes it, eval reads past it): `<think>...</think>` opening a reply.
-THINK_BLOCK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.S)
-ROLES = ("system", "user", "assistant")
-_S = ["\u27eaS%d\u27eb" % i for i in range(6)]  # sentinels no template writes itself
+THINK_BLOCK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.DOTALL)
+_S = [f"\u27eaS{i}\u27eb" for i in range(6)]  # sentinels no template writes itself
 
 
 @dataclass

@@ -10,6 +10,7 @@ Loading rules
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import importlib.util
@@ -19,7 +20,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 
@@ -29,112 +30,158 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 
 
 # --------------------------------------------------------------------------------------------- schema
+# One declaration per key: type (the annotation), default, help line and range together. config.yaml and
+# docs/config.md are generated from these (`python -m common.config_doc`; a test keeps them in step).
+def key(default: Any, help: str, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,
+        le: float | None = None, must: str | None = None, example: Any = None) -> Any:
+    """A config key: its default, its help line, and the range a number must be in (`must` words the range
+    where the generated wording would say less, e.g. what 0 means)."""
+    meta = {"help": help, "range": (gt, ge, lt, le), "must": must, "example": example}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class RunSection:
-    name: str = "default"  # outputs go to <root>/<name>/<stage>/
-    root: str = "runs"
+    name: str = key("default", "every stage writes to <root>/<name>/<stage>/")
+    root: str = key("runs", "the folder that holds the runs")
 
 
 @dataclass
 class DataSection:
-    inputs: list[str] = field(default_factory=lambda: ["data/sample/*"])
-    format: dict[str, str] = field(default_factory=dict)  # glob -> forced format, e.g. {"data/x/*.json": alpaca}
-    system_prompt: Optional[str] = None  # added to conversations that have no system turn
-    variables: dict[str, str] = field(default_factory=dict)  # fill {{name}} placeholders in the data
-    reasoning: Literal["keep", "drop"] = "keep"  # reasoning traces: rendered as <think>...</think> before the answer, or dropped
-    preference: Literal["chosen", "refuse"] = "chosen"  # chosen/rejected pairs: train on prompt + chosen, or reject them
-    tools: Literal["auto", "fallback", "refuse"] = "auto"  # tool calls: the model's template form where it has one, else the text form (curate/tools.py); fallback: always the text form; refuse: reject
+    inputs: list[str] = key(["data/sample/*"], "globs; every matched file is read")
+    format: dict[str, str] = key({}, "glob -> forced format (alpaca, sharegpt, openai, prompt_completion, dolly, qa, chatml, "
+                                 "preference)")
+    system_prompt: str | None = key(None, "added to conversations without a system turn; null keeps the model "
+                                       "template's own")
+    variables: dict[str, str] = key({}, "fills {{name}}-style placeholders, e.g. {name: Ava, author: Acme}; unfilled ones "
+                                    "reject the row")
+    reasoning: Literal["keep", "drop"] = key("keep", "reasoning traces (reasoning_content, <think>): keep as "
+                                             "<think>...</think> before the answer, or drop")
+    preference: Literal["chosen", "refuse"] = key("chosen", "chosen/rejected pairs: train on prompt + chosen (pairs also "
+                                                  "go to preference.jsonl), or refuse")
+    tools: Literal["auto", "fallback", "refuse"] = key(
+        "auto", "tool calls: as the model's chat template writes them when it has tools (checked per row), else "
+        "<tool_call>/<tool_response> text (curate/tools.py); fallback: always that text; refuse")
 
 
 @dataclass
 class CurateSection:
-    filters: list[str] = field(default_factory=lambda: [
-        "control_tokens", "unfilled_placeholder", "empty_message", "roles_do_not_alternate", "unbalanced_code_fence", "truncated_ending", "refusal",
-        "repetition", "language", "too_short", "too_long"])
-    min_tokens: int = 8
-    max_tokens: int = 2048
-    languages: list[str] = field(default_factory=lambda: ["en"])
-    lang_seed: int = 0
-    max_repeated_ngram_ratio: float = 0.3
-    repetition_ngram: int = 3
-    minhash_num_perm: int = 128
-    minhash_ngram: int = 3
-    minhash_threshold: float = 0.7
-    minhash_bands: int = 0  # 0: chosen from the threshold (see curate/minhash.py optimal_bands)
-    control_tokens: Literal["reject", "escape"] = "reject"  # the model's control tokens inside a row's content
-    workers: int = 0  # processes for the per-row work (parse, filters, render, signatures); 0: one per CPU core, at most 16
+    filters: list[str] = key(["control_tokens", "unfilled_placeholder", "empty_message", "roles_do_not_alternate",
+                              "unbalanced_code_fence", "truncated_ending", "refusal", "repetition", "language",
+                              "too_short", "too_long"], "in this order; the first that fails names the reason")
+    min_tokens: int = key(8, "too_short: tokens of the row's own turns (not the system prompt or template markup)", ge=0)
+    max_tokens: int = key(2048, "too_long: tokens of the whole chat-template render, as training sees it", gt=0)
+    languages: list[str] = key(["en"], "langdetect allow-list (ISO 639-1 codes)")
+    lang_seed: int = key(0, "langdetect is random; a fixed seed gives the same answer every run")
+    max_repeated_ngram_ratio: float = key(0.3, "repetition: share of a reply's word n-grams that may repeat", ge=0, le=1)
+    repetition_ngram: int = key(3, "repetition: n of the word n-grams", ge=1)
+    minhash_num_perm: int = key(128, "MinHash permutations per signature", ge=16, le=4096)
+    minhash_ngram: int = key(3, "word shingles", ge=1)
+    minhash_threshold: float = key(0.7, "estimated Jaccard at which two rows are near-duplicates", gt=0, le=1)
+    minhash_bands: int = key(0, "LSH bands; 0: chosen for the threshold (tuned 0.2 below the threshold, then exact "
+                             "Jaccard)", ge=0, must="0 (automatic) or at most curate.minhash_num_perm")
+    workers: int = key(0, "processes for the per-row work (parse, filters, render, MinHash); 0: one per core (<= 16); "
+                       "same outputs for any number", ge=0, must="0 (one per CPU core) or a number of processes",
+                       example=2)
+    control_tokens: Literal["reject", "escape"] = key("reject", "the model's own control tokens (<|im_end|>, ...) inside "
+                                                      "content: reject the row, or escape them")
 
 
 @dataclass
 class SplitSection:
-    val_fraction: float = 0.1
-    seed: int = 42
-    leakage_threshold: float = 0.5
-    stratify: Literal["file", "none"] = "file"  # file: every input file gives its share of val rows
+    val_fraction: float = key(0.1, "share of each stratum held out for validation", gt=0, lt=1)
+    seed: int = key(42, "which families go to val (a seeded hash)")
+    leakage_threshold: float = key(0.5, "val rows this similar to any train row count as leakage", gt=0, le=1)
+    stratify: Literal["file", "none"] = key("file", "file: each input file gives val_fraction of its rows (a small file "
+                                            "of tool calls is evaluated too); none: one draw over all rows")
 
 
 @dataclass
 class ModelSection:
-    name: str = "models/smollm2-135m-instruct"  # a local dir, or an HF/Unsloth id for users with internet
-    load_in_4bit: bool = False
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    name: str = key("models/smollm2-135m-instruct", "built offline by `make model`; or any HF/Unsloth id with internet")
+    load_in_4bit: bool = key(False, "QLoRA; needs a GPU")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = key(
+        "auto", "auto: bfloat16 on a CPU with AVX-512 BF16 or AMX, else float32 (docs/train.md); float32 pins it")
 
 
 @dataclass
 class LoraSection:
-    r: int = 16
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
+    r: int = key(16, "LoRA rank", gt=0)
+    alpha: int = key(16, "LoRA scaling numerator (scale = alpha / r)", gt=0)
+    dropout: float = key(0.0, "LoRA dropout", ge=0, lt=1)
+    target_modules: list[str] = key(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                    "the linear layers that get adapters")
 
 
 @dataclass
 class TrainSection:
-    max_seq_length: int = 512
-    max_steps: int = -1  # -1: use epochs
-    epochs: float = 1.0
-    batch_size: int = 4
-    grad_accum: int = 1
-    learning_rate: float = 1e-3
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    seed: int = 42
-    packing: bool = False
-    logging_steps: int = 10
-    eval_steps: int = 50
-    save_steps: int = 50
-    early_stopping_patience: int = 0  # 0: off
+    max_seq_length: int = key(512, "tokens per row in training; longer rows are refused by preflight, never cut", gt=0)
+    max_steps: int = key(-1, "-1: train for `epochs`", must="positive, or -1 to use train.epochs")
+    epochs: float = key(1.0, "passes over the train split (the sample data: one epoch is 144 steps of 4 rows)", gt=0, example=1)
+    batch_size: int = key(4, "rows per step", gt=0)
+    grad_accum: int = key(1, "steps whose gradients are summed before one optimizer update", gt=0)
+    learning_rate: float = key(1e-3, "LoRA on a 135M model wants more than the usual 2e-4: 1e-3 learns the sample task "
+                               "in one epoch", gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = key("cosine", "the learning-rate "
+                                                                                         "schedule")
+    warmup_ratio: float = key(0.05, "share of the steps spent warming the learning rate up", ge=0, lt=1)
+    weight_decay: float = key(0.0, "AdamW weight decay", ge=0)
+    seed: int = key(42, "data order and LoRA initialisation")
+    packing: bool = key(False, "on this CPU packed and unpacked train at the same tokens/s (bench_train); packing holds "
+                        "2x the memory")
+    logging_steps: int = key(10, "a train_log.jsonl line every this many steps", gt=0)
+    eval_steps: int = key(50, "val loss every this many steps and at the end", gt=0)
+    save_steps: int = key(50, "a checkpoint (to resume from) every this many steps", gt=0)
+    early_stopping_patience: int = key(0, "evaluations without val-loss improvement before stopping; 0: off", ge=0,
+                                       must="0 (off) or positive")
 
 
 @dataclass
 class EvalSection:
-    max_new_tokens: int = 64
-    batch_size: int = 32
-    max_samples: int = 0  # 0: the whole val split
-    probe_prompts: int = 0  # forgetting-probe prompts answered by base and tuned; 0: all
+    max_new_tokens: int = key(64, "the sample task's JSON answers are ~30 tokens; a chatting base model is cut here (a "
+                              "longer reference gets its length + 16)", gt=0)
+    batch_size: int = key(32, "prompts generated together (left padding); measured best on 2 cores (docs/benchmarks.md)",
+                          gt=0)
+    max_samples: int = key(0, "0: the whole val split", ge=0, must="0 (the whole val split) or positive")
+    probe_prompts: int = key(0, "forgetting-probe prompts (evaluate/probe/prompts.jsonl) answered by base and tuned; "
+                             "0: all 22", ge=0, must="0 (all) or positive")
 
 
 @dataclass
 class ReviewSection:
-    sample_size: int = 0  # records to spot-check; 0: 50 or 5% of the kept rows, whichever is larger
-    seed: int = 0
-    port: int = 8501  # make review serves on 127.0.0.1:<port>
+    sample_size: int = key(0, "records to spot-check in `make review`; 0: 50 or 5% of the kept rows, whichever is larger",
+                           ge=0, must="0 (automatic) or positive", example=50)
+    seed: int = key(0, "which records the sample draws")
+    port: int = key(8501, "served on 127.0.0.1 only", gt=0, lt=65536, must="a TCP port")
 
 
 @dataclass
 class ExportSection:
-    mode: Literal["merged", "adapter", "both"] = "both"  # merged GGUFs, the LoRA as a GGUF adapter on a shared base GGUF, or both
-    quantizations: list[str] = field(default_factory=lambda: ["q4_k_m"])  # llama.cpp quantizer types, besides f16 and q8_0
-    merge_dtype: Literal["float16", "bfloat16"] = "float16"  # the merged checkpoint (and the 16-bit GGUF)
-    modelfile_gguf: str = ""  # which GGUF the Modelfile loads: f16, q8_0 or a quantization; empty: the first quantization
-    ollama_name: str = ""  # empty: the run name
-    system_prompt: str = ""  # SYSTEM in the Modelfile; empty: none (the chat template's own default applies)
-    roundtrip_prompts: int = 20  # val prompts answered by the merged HF model and by every GGUF
-    min_f16_exact: float = 0.9  # share of round-trip prompts the f16 GGUF must answer token for token like HF
-    max_quantized_run_on: float = 0.1  # share of them a quantized GGUF may ramble on where HF stops (f16: none)
+    mode: Literal["merged", "adapter", "both"] = key(
+        "both", "merged: merged model GGUFs + Modelfile; adapter: the LoRA as a GGUF adapter (a few MB) + "
+        "Modelfile.adapter on a base GGUF shared by every run on that base (run.root/_bases/); both")
+    quantizations: list[str] = key(["q4_k_m"], "llama.cpp quantizer types, besides f16 and q8_0 (written by the "
+                                   "converter)")
+    merge_dtype: Literal["float16", "bfloat16"] = key("float16", "the merged checkpoint and the 16-bit GGUF")
+    modelfile_gguf: str = key("", "the GGUF the Modelfile serves (f16, q8_0 or a quantization); empty: the first "
+                              "quantization")
+    ollama_name: str = key("", "empty: the run name")
+    system_prompt: str = key("", "SYSTEM in the Modelfile; empty: none (the chat template's default applies)")
+    roundtrip_prompts: int = key(20, "val prompts answered by the merged model and by every GGUF (greedy)", gt=0)
+    min_f16_exact: float = key(0.9, "share of them the f16 GGUF must answer token for token like the merged model",
+                               ge=0, le=1)
+    max_quantized_run_on: float = key(0.1, "share a quantized GGUF may ramble on where the merged model stops (f16: "
+                                      "none)", ge=0, lt=1)
+
+
+SECTION_HELP = {
+    "run": "where outputs go", "data": "what is read and how records become conversations",
+    "curate": "filters, near-duplicates, workers", "split": "the held-out validation split",
+    "model": "the base model", "lora": "the adapter", "train": "the training run",
+    "eval": "base vs tuned on the val split", "review": "`make review`", "export": "`make gguf`",
+}
 
 
 @dataclass
@@ -156,6 +203,41 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def leaf_fields(cls: type = Config, prefix: str = "") -> list[tuple[str, dataclasses.Field, Any]]:
+    """(dotted key, field, annotation) of every key that holds a value, in declaration order."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += leaf_fields(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            out.append((f"{prefix}{f.name}", f, hints[f.name]))
+    return out
+
+
+def range_words(f: dataclasses.Field) -> str | None:
+    """How the field's range reads in an error and in the reference: "positive", "between 0 and 1", "in (0, 1]"."""
+    if f.metadata.get("must"):
+        return f.metadata["must"]
+    gt, ge, lt, le = f.metadata.get("range", (None,) * 4)
+    low, high = (ge if gt is None else gt), (le if lt is None else lt)
+    if low is None and high is None:
+        return None
+    if high is None:
+        return "positive" if gt == 0 else "0 or positive" if ge == 0 else f"at least {low:g}" if ge is not None else f"more than {low:g}"
+    if low is None:
+        return f"at most {high:g}" if le is not None else f"less than {high:g}"
+    if (gt is None) == (lt is None):  # both ends open, or both closed
+        return f"between {low:g} and {high:g}"
+    return f"in {'(' if gt is not None else '['}{low:g}, {high:g}{')' if lt is not None else ']'}"
+
+
+def _in_range(value: float, f: dataclasses.Field) -> bool:
+    gt, ge, lt, le = f.metadata.get("range", (None,) * 4)
+    return not ((gt is not None and value <= gt) or (ge is not None and value < ge)
+                or (lt is not None and value >= lt) or (le is not None and value > le))
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -217,9 +299,10 @@ class _Problems:
 
 
 def _convert(value: Any, tp: Any, path: str, problems: _Problems) -> Any:
-    """Check `value` against the annotation `tp`; return the converted value (or None after a problem)."""
+    """Check `value` against the annotation `tp`; return the converted value. After a problem (recorded in
+    `problems`) it returns the value as given, or an empty container: the caller raises before using it."""
     origin = typing.get_origin(tp)
-    bad = lambda: problems.add(path, f"`{path}` must be {_type_name(tp)}, got {value!r}")  # noqa: E731
+    bad = lambda: problems.add(path, f"`{path}` must be {_type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             problems.add(path, f"`{path}` must be a section (a mapping of keys), got {value!r}")
@@ -377,65 +460,50 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _range_problems(cfg: Config) -> list[tuple[str, str]]:
+    """(key, problem) for every number outside the range declared beside its key."""
+    out = []
+    for path, f, _ in leaf_fields():
+        section, name = path.split(".")
+        value = getattr(getattr(cfg, section), name)
+        gt, ge, lt, le = f.metadata.get("range", (None,) * 4)
+        if isinstance(value, (int, float)) and any(x is not None for x in (gt, ge, lt, le)) and not _in_range(value, f):
+            example = f.metadata.get("example")
+            example = f.default if example is None else example
+            out.append((path, f"`{path}` must be {range_words(f)}" + (f", e.g. {example:g}" if example else "")))
+    return out
+
+
 def _semantic_problems(cfg: Config) -> list[tuple[str, str]]:
-    """(key, problem) for values of the right type that still cannot work: every numeric knob's range,
-    min <= max, a safe run name, known languages, at least one input."""
-    out: list[tuple[str, str]] = []
+    """(key, problem) for values of the right type that still cannot work: the declared ranges, and what one key
+    alone cannot say (min <= max, a safe run name, known languages, at least one input, workers per core)."""
+    out = _range_problems(cfg)
 
     def need(ok: bool, key: str, msg: str) -> None:
         if not ok:
             out.append((key, f"`{key}` {msg}"))
 
-    c, t, e = cfg.curate, cfg.train, cfg.export
+    c, t = cfg.curate, cfg.train
     need(bool(RUN_NAME.fullmatch(cfg.run.name)), "run.name", "must be one folder name of letters, digits, '.', '_' "
          "and '-' (starting with a letter or digit, at most 100 characters), e.g. default")
     need(bool(cfg.run.root.strip()) and "\0" not in cfg.run.root, "run.root", "must be a folder path, e.g. runs")
     need(bool(cfg.data.inputs), "data.inputs", "lists no input; give at least one file or glob, e.g. [data/sample/*]")
-    need(c.min_tokens >= 0, "curate.min_tokens", "must be 0 or positive, e.g. 8")
-    need(c.max_tokens > 0, "curate.max_tokens", "must be positive, e.g. 2048")
-    need(c.min_tokens <= c.max_tokens or c.max_tokens <= 0, "curate.min_tokens", f"({c.min_tokens}) must not exceed curate.max_tokens ({c.max_tokens})")
+    need(c.min_tokens <= c.max_tokens or c.max_tokens <= 0, "curate.min_tokens",
+         f"({c.min_tokens}) must not exceed curate.max_tokens ({c.max_tokens})")
     known = langdetect_languages()
     unknown = [lang for lang in c.languages if known and lang not in known]
     need(not unknown, "curate.languages", f"names language codes langdetect does not know: {unknown}; "
          f"use ISO 639-1 codes such as en, de, zh (known: {', '.join(sorted(k for k in known if '-' not in k))})")
     need(bool(c.languages) or "language" not in c.filters, "curate.languages",
          "is empty while the language filter is on: every row would be rejected; list languages or drop the filter")
-    need(0.0 <= c.max_repeated_ngram_ratio <= 1.0, "curate.max_repeated_ngram_ratio", "must be between 0 and 1, e.g. 0.3")
-    need(c.repetition_ngram >= 1, "curate.repetition_ngram", "must be at least 1, e.g. 3")
-    need(16 <= c.minhash_num_perm <= 4096, "curate.minhash_num_perm", "must be between 16 and 4096, e.g. 128")
-    need(c.minhash_ngram >= 1, "curate.minhash_ngram", "must be at least 1, e.g. 3")
-    need(0 <= c.minhash_bands <= max(1, c.minhash_num_perm), "curate.minhash_bands",
+    need(c.minhash_bands <= max(1, c.minhash_num_perm), "curate.minhash_bands",
          "must be 0 (automatic) or at most curate.minhash_num_perm")
-    need(c.workers >= 0, "curate.workers", "must be 0 (one per CPU core) or a number of processes, e.g. 2")
     most = WORKERS_PER_CORE * cpu_cores()
     need(c.workers <= most, "curate.workers", f"({c.workers}) is more than {WORKERS_PER_CORE} processes per CPU core "
          f"here ({cpu_cores()} cores): each holds the tokenizer and they only fight for the cores; set at most {most}, "
          "or 0 (one per core)")
-    need(0.0 < c.minhash_threshold <= 1.0, "curate.minhash_threshold", "must be in (0, 1], e.g. 0.7")
-    need(0.0 < cfg.split.val_fraction < 1.0, "split.val_fraction", "must be between 0 and 1, e.g. 0.1")
-    need(0.0 < cfg.split.leakage_threshold <= 1.0, "split.leakage_threshold", "must be in (0, 1], e.g. 0.5")
-    need(cfg.lora.r > 0, "lora.r", "must be positive, e.g. 16")
-    need(cfg.lora.alpha > 0, "lora.alpha", "must be positive, e.g. 16")
-    need(0.0 <= cfg.lora.dropout < 1.0, "lora.dropout", "must be in [0, 1), e.g. 0.0")
     need(bool(cfg.lora.target_modules), "lora.target_modules", "lists no module; e.g. [q_proj, v_proj]")
-    need(t.max_seq_length > 0, "train.max_seq_length", "must be positive, e.g. 512")
     need(t.max_steps == -1 or t.max_steps > 0, "train.max_steps", "must be positive, or -1 to use train.epochs")
-    need(t.epochs > 0, "train.epochs", "must be positive, e.g. 1")
-    for key in ("batch_size", "grad_accum", "logging_steps", "eval_steps", "save_steps"):
-        need(getattr(t, key) > 0, f"train.{key}", "must be positive")
-    need(t.learning_rate > 0, "train.learning_rate", "must be positive, e.g. 1e-3")
-    need(0.0 <= t.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1), e.g. 0.05")
-    need(t.weight_decay >= 0, "train.weight_decay", "must be 0 or positive")
-    need(t.early_stopping_patience >= 0, "train.early_stopping_patience", "must be 0 (off) or positive")
-    need(cfg.eval.max_new_tokens > 0, "eval.max_new_tokens", "must be positive, e.g. 64")
-    need(cfg.eval.batch_size > 0, "eval.batch_size", "must be positive, e.g. 32")
-    need(cfg.eval.max_samples >= 0, "eval.max_samples", "must be 0 (the whole val split) or positive")
-    need(cfg.eval.probe_prompts >= 0, "eval.probe_prompts", "must be 0 (all) or positive")
-    need(cfg.review.sample_size >= 0, "review.sample_size", "must be 0 (automatic) or positive, e.g. 50")
-    need(0 < cfg.review.port < 65536, "review.port", "must be a TCP port, e.g. 8501")
-    need(e.roundtrip_prompts > 0, "export.roundtrip_prompts", "must be positive, e.g. 20")
-    need(0.0 <= e.min_f16_exact <= 1.0, "export.min_f16_exact", "must be between 0 and 1, e.g. 0.9")
-    need(0.0 <= e.max_quantized_run_on < 1.0, "export.max_quantized_run_on", "must be in [0, 1), e.g. 0.1")
     return out
 
 

@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from common.chat_template import derive
 from common.errors import UserError, exits_cleanly
 from common.jinja import render_jinja
 
 SENTINEL = "DOCTOR_SENTINEL_7f3a"
+# A neutral conversation of the three roles, for rendering a template (no task of this project's sample data: the
+# doctor checks any model's template)
 SAMPLE_CONVERSATION = [
-    {"role": "system", "content": "You triage support messages."},
-    {"role": "user", "content": "My invoice is wrong."},
-    {"role": "assistant", "content": '{"category": "billing"}'},
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is two plus two?"},
+    {"role": "assistant", "content": "Two plus two is four."},
 ]
 
 
@@ -246,7 +248,7 @@ def diagnose(facts: Facts) -> Report:
 def _shape(facts: Facts) -> str:
     try:
         w = derive(facts.render)
-    except Exception as e:  # noqa: BLE001  (training does not need the shape; only export's TEMPLATE does)
+    except Exception as e:
         return f"not derivable for an Ollama TEMPLATE ({str(e)[:160]}); training is unaffected"
     if w.fold is not None:
         return (f"no system turn: an opening system message is folded into the {w.fold.into} user turn "
@@ -258,7 +260,7 @@ def _loss_text(facts: Facts, eot: str | None) -> str:
     try:
         prompt = facts.render(SAMPLE_CONVERSATION[:-1], True)
         full = facts.render(SAMPLE_CONVERSATION, False)
-    except Exception:  # noqa: BLE001  (reported by _check_generation_prompt)
+    except Exception:
         return ""
     if not full.startswith(prompt):
         return ""

@@ -65,14 +65,9 @@ def read_metadata(path: str | Path, keys: set[str] | None = None) -> dict:
     return read_header(path, keys, tensors=False)[0]
 
 
-def read_tensor_shapes(path: str | Path) -> dict[str, list[int]]:
-    """{tensor name: dims in ggml order (ne0 first)}, as GGUFReader's `tensors[i].shape`, without its metadata."""
-    return read_header(path, set())[1]
-
-
 def read_header(path: str | Path, keys: set[str] | None = None, tensors: bool = True) -> tuple[dict, dict]:
-    """(read_metadata's dict, read_tensor_shapes' dict) in one walk of the header; ValueError for a file that is
-    not a GGUF or is cut short."""
+    """(read_metadata's dict, {tensor name: dims in ggml order (ne0 first)} as GGUFReader's `tensors[i].shape`) in
+    one walk of the header; ValueError for a file that is not a GGUF or is cut short."""
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         if buf[:4] != b"GGUF":
             raise ValueError(f"{path} is not a GGUF file (no GGUF magic)")

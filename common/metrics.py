@@ -33,7 +33,7 @@ def _json_object(text: str):
     return obj if isinstance(obj, dict) else None
 
 
-TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
+TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 
 
 def _tool_calls(text: str) -> list | None:
@@ -69,7 +69,7 @@ def score(output: str, reference: str) -> dict:
         got = _tool_calls(output) or []
         out["tool_call_valid"] = float(bool(got) and _tool_calls(output) is not None)
         out["tool_name_match"] = float(sorted(c["name"] for c in got) == sorted(c["name"] for c in want))
-        canon = lambda calls: sorted(json.dumps(c, sort_keys=True) for c in calls)  # noqa: E731
+        canon = lambda calls: sorted(json.dumps(c, sort_keys=True) for c in calls)
         out["tool_call_match"] = float(canon(got) == canon(want))
     ref = _json_object(reference)
     if ref is not None:

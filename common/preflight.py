@@ -20,8 +20,8 @@ def missing_tool(command: str, package: str, why: str) -> list[str]:
     """[problem] if `command` is not on PATH."""
     if shutil.which(command):
         return []
-    return [f"`{command}` not found on PATH: it is needed for {why}; install it with `sudo apt-get install -y {package}` "
-            "(or `bash scripts/prereqs.sh`, which installs every missing system package as root or with sudo)"]
+    return [(f"`{command}` not found on PATH: it is needed for {why}; install it with `sudo apt-get install -y {package}` "
+            "(or `bash scripts/prereqs.sh`, which installs every missing system package as root or with sudo)")]
 
 
 def existing_ancestor(path: Path) -> Path:

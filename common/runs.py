@@ -9,10 +9,11 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from common.config import Config, dump_config
 
@@ -45,6 +46,21 @@ def read_jsonl(path: Path) -> list[dict]:
     """The records of a JSONL file this project wrote (blank lines skipped). Split on "\n" only:
     str.splitlines() also breaks at U+0085/U+2028, which JSON strings may hold unescaped."""
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
+def read_split(cfg: Config, split: str, why: str, required: bool = True) -> list[dict]:
+    """curate's `train` or `val` rows for a later stage. With `required`, none is a UserError saying why (`why`: what
+    the rows are for) and what to do: the file missing (run curate), or empty (curate's report says why)."""
+    from common.errors import UserError
+
+    path = cfg.run_dir / "curate" / f"{split}.jsonl"
+    rows = read_jsonl(path) if path.is_file() else None
+    if required and rows is None:
+        raise UserError(f"{path} not found; {why}: run `make curate` first")
+    if required and not rows:
+        what = "curate kept no training rows" if split == "train" else "curate held out no validation rows (split.val_fraction)"
+        raise UserError(f"{path} is empty: {what}, and {why}; see {cfg.run_dir / 'curate' / 'report.html'} for why")
+    return rows or []
 
 
 def json_text(obj: Any, **kwargs) -> str:
@@ -133,6 +149,23 @@ def remove_path(path: Path) -> None:
         path.unlink()
     elif path.is_dir():
         shutil.rmtree(path)
+
+
+@contextmanager
+def written_whole(path: Path) -> Iterator[Path]:
+    """`with written_whole(path) as partial:` write one file or folder at `partial` (`<name>.partial` beside it,
+    emptied first); when the block ends without an error it replaces `path` (a file in one rename, a folder removed
+    then renamed in); on an error `path` is as it was and the partial is removed."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    remove_path(partial)
+    try:
+        yield partial
+        if partial.is_dir():
+            remove_path(path)
+        os.replace(partial, path)
+    finally:
+        remove_path(partial)
 
 
 def staging_dir(out: Path) -> Path:

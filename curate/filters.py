@@ -1,25 +1,21 @@
-"""Normalisation and the filters: small blocks `(Conversation) -> None | detail`, each with a reason name.
+"""The filters: small blocks `(Conversation, FilterContext) -> None | detail`, each with a reason name.
 
-The pipeline (curate/pipeline.py) runs the enabled filters in `curate.filters` order; the first that
-returns a detail rejects the row with that filter's name as the reason. Counting, rejected.jsonl and the
-report are written once, there.
+curate.filtering runs the enabled filters in `curate.filters` order; the first that returns a detail rejects the
+row with that filter's name as the reason. Counting, rejected.jsonl and the report are written once, elsewhere.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import re
-import unicodedata
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from curate.formats import RecordError
+from common.config import CurateSection
+from curate.conversation import PLACEHOLDER, Conversation, token_pattern
 
 # A fence line: optional horizontal indentation, then ```. Not `^\s*`: with re.M, \s also eats newlines, so on
 # a message of many blank lines every line start would rescan all the blank lines after it (quadratic time).
-CODE_FENCE = re.compile(r"^[^\S\n]*```", re.M)
+CODE_FENCE = re.compile(r"^[^\S\n]*```", re.MULTILINE)
 TAIL_SHOWN = 40  # characters of a reply's end quoted in a rejection detail
 MIN_NGRAMS_FOR_REPETITION = 8  # a reply with fewer word n-grams is too short to call repetitive
 MIN_WORDS_FOR_LANGUAGE = 3  # fewer words (and fewer letters than below): language `und`, which passes the filter
@@ -28,110 +24,21 @@ NO_SPACE_SCRIPT = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\uf
 MIN_UNSPACED_LETTERS = 5  # that many such letters are judged like 3 words
 EN_FUNCTION_WORD_SHARE = 0.2  # ASCII texts with at least this share of English function words are `en` at once
 
-ROLE_MAP = {
-    "system": "system", "user": "user", "human": "user", "prompter": "user", "question": "user",
-    "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "model": "assistant",
-    "chatgpt": "assistant", "ai": "assistant", "answer": "assistant",
-}
-
-
-@dataclass(slots=True)
-class Conversation:
-    messages: list[dict]
-    tokens: int | None = None  # of the chat-template render (set by the pipeline before token filters)
-    own_tokens: int | None = None  # of the row's own turns apart from the system prompt (too_short counts these); for a
-    # row with at least curate.min_tokens words, its word count (a lower bound: pipeline.count_own_tokens)
-    text: str | None = None  # the chat-template render
-    lang: str | None = None
-    render_error: str | None = None  # why the chat template refused to render it (set by the pipeline)
-    dropped_turns: list[int] = field(default_factory=list)  # turns whose content the render leaves out
-
-    @property
-    def id(self) -> str:
-        return content_id(self.messages)
-
-    def turns(self, role: str) -> list[str]:
-        return [m["content"] for m in self.messages if m["role"] == role]
-
-
-def content_id(messages: list[dict]) -> str:
-    canonical = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
-
-
-def clean_text(text: str) -> str:
-    """NFC, trailing whitespace off every line, blank lines off both ends; leading indentation kept."""
-    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
-    lines = [ln.rstrip() for ln in text.split("\n")]
-    while lines and not lines[0]:
-        lines.pop(0)
-    while lines and not lines[-1]:
-        lines.pop()
-    return "\n".join(lines)
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def normalize(raw: list[dict], default_system: str | None) -> list[dict]:
-    msgs = []
-    for i, m in enumerate(raw):
-        bad = _SURROGATE.search(m["role"] + m["content"])
-        if bad:  # e.g. "\ud83d" escaped in JSON without its pair: not Unicode, cannot be encoded or tokenized
-            raise RecordError("bad_encoding", f"turn {i + 1} holds a lone UTF-16 surrogate (U+{ord(bad.group()):04X}); "
-                              "the text is not valid Unicode (often an emoji escaped as half a \\uD83D\\uDE00 pair)")
-        role = ROLE_MAP.get(m["role"].strip().lower())
-        if role is None:
-            raise RecordError("unknown_role", f"turn {i + 1} has role {m['role']!r}; known roles: {', '.join(sorted(ROLE_MAP))}")
-        msgs.append({"role": role, "content": clean_text(m["content"])})
-    if default_system and not (msgs and msgs[0]["role"] == "system"):
-        msgs.insert(0, {"role": "system", "content": clean_text(default_system)})
-    return msgs
-
-
-ZERO_WIDTH_SPACE = "\u200b"
-
-
-@functools.lru_cache(maxsize=4)
-def _token_pattern(tokens: tuple[str, ...]) -> re.Pattern:
-    return re.compile("|".join(map(re.escape, tokens)))  # tokens come longest first: the longest match wins
-
-
-def escape_control_tokens(messages: list[dict], tokens: tuple[str, ...]) -> list[dict]:
-    """curate.control_tokens=escape: a zero-width space after the first character of every control token in
-    a message, so the text reads the same but no longer tokenizes as the token."""
-    if not tokens:
-        return messages
-    pattern = _token_pattern(tokens)
-    return [{**m, "content": pattern.sub(lambda t: t.group()[0] + ZERO_WIDTH_SPACE + t.group()[1:], m["content"])}
-            for m in messages]
-
-
-PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")  # {{name}}, {{ author }}
-
-
-def fill_variables(messages: list[dict], variables: dict[str, str]) -> list[dict]:
-    """data.variables fills {{name}}-style placeholders (identity data: "I am {{name}}, made by {{author}}")."""
-    if not variables:
-        return messages
-    fill = lambda m: variables.get(m.group(1), m.group())  # noqa: E731  (unknown names stay, for the filter)
-    return [{**m, "content": PLACEHOLDER.sub(fill, m["content"])} for m in messages]
-
 
 # ------------------------------------------------------------------------------------------- filters
 @dataclass
 class FilterContext:
     """What a filter may read: the curate section of the config, the model's control tokens."""
 
-    curate: object
+    curate: CurateSection
     control_tokens: tuple[str, ...] = ()
 
 
-def control_tokens(c: Conversation, cfg) -> str | None:
-    tokens = getattr(cfg, "control_tokens", ())
+def control_tokens(c: Conversation, ctx: FilterContext) -> str | None:
+    tokens = ctx.control_tokens
     if not tokens:
         return None
-    pattern = _token_pattern(tokens)
+    pattern = token_pattern(tokens)
     for i, m in enumerate(c.messages):
         found = pattern.search(m["content"])
         if found:
@@ -140,7 +47,7 @@ def control_tokens(c: Conversation, cfg) -> str | None:
     return None
 
 
-def unfilled_placeholder(c: Conversation, cfg) -> str | None:
+def unfilled_placeholder(c: Conversation, ctx: FilterContext) -> str | None:
     names = sorted({m for msg in c.messages for m in PLACEHOLDER.findall(msg["content"])})
     if names:
         return (f"unfilled placeholder(s) {', '.join('{{' + n + '}}' for n in names)}: the model would learn to say them; "
@@ -148,14 +55,14 @@ def unfilled_placeholder(c: Conversation, cfg) -> str | None:
     return None
 
 
-def empty_message(c: Conversation, cfg) -> str | None:
+def empty_message(c: Conversation, ctx: FilterContext) -> str | None:
     for i, m in enumerate(c.messages):
         if m["role"] != "system" and not m["content"].strip():
             return f"turn {i + 1} ({m['role']}) is empty"
     return None
 
 
-def roles_do_not_alternate(c: Conversation, cfg) -> str | None:
+def roles_do_not_alternate(c: Conversation, ctx: FilterContext) -> str | None:
     roles = [m["role"] for m in c.messages]
     body = roles[1:] if roles and roles[0] == "system" else roles
     expected = ["user", "assistant"] * (len(body) // 2 + 1)
@@ -164,7 +71,7 @@ def roles_do_not_alternate(c: Conversation, cfg) -> str | None:
     return None
 
 
-def unbalanced_code_fence(c: Conversation, cfg) -> str | None:
+def unbalanced_code_fence(c: Conversation, ctx: FilterContext) -> str | None:
     for i, m in enumerate(c.messages):
         if len(CODE_FENCE.findall(m["content"])) % 2:
             return f"turn {i + 1} ({m['role']}) opens a ``` code fence it never closes"
@@ -195,7 +102,7 @@ def _json_depth(text: str) -> int:
     return depth + in_str
 
 
-def truncated_ending(c: Conversation, cfg) -> str | None:
+def truncated_ending(c: Conversation, ctx: FilterContext) -> str | None:
     reply = c.messages[-1]["content"] if c.messages else ""
     body = re.sub(r"^```\w*\n?", "", reply.strip())
     if body[:1] in _CLOSERS and _json_depth(body) > 0:
@@ -212,11 +119,11 @@ REFUSAL = re.compile(
     r"\bi apologi[sz]e,? but i (?:can(?:no|')t|am unable)\b|"
     r"\bi (?:cannot|can't|am unable to) (?:help|assist) with (?:that|this)\b|"
     r"\b(?:developed|created|trained) by openai\b|\bi am chatgpt\b",
-    re.I,
+    re.IGNORECASE,
 )
 
 
-def refusal(c: Conversation, cfg) -> str | None:
+def refusal(c: Conversation, ctx: FilterContext) -> str | None:
     for text in c.turns("assistant"):
         m = REFUSAL.search(text)
         if m:
@@ -224,8 +131,8 @@ def refusal(c: Conversation, cfg) -> str | None:
     return None
 
 
-def repetition(c: Conversation, cfg) -> str | None:
-    n, limit = cfg.curate.repetition_ngram, cfg.curate.max_repeated_ngram_ratio
+def repetition(c: Conversation, ctx: FilterContext) -> str | None:
+    n, limit = ctx.curate.repetition_ngram, ctx.curate.max_repeated_ngram_ratio
     for text in c.turns("assistant"):
         words = text.lower().split()
         grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
@@ -237,24 +144,24 @@ def repetition(c: Conversation, cfg) -> str | None:
     return None
 
 
-def too_short(c: Conversation, cfg) -> str | None:
+def too_short(c: Conversation, ctx: FilterContext) -> str | None:
     """What the row itself brings, its user/assistant/tool turns: the template's markup and its default system
     prompt (~30 tokens for the embedded model) would make every row long enough."""
-    if c.own_tokens is not None and c.own_tokens < cfg.curate.min_tokens:
-        return f"{c.own_tokens} tokens in its own turns (system prompt and template markup not counted) < curate.min_tokens {cfg.curate.min_tokens}"
+    if c.own_tokens is not None and c.own_tokens < ctx.curate.min_tokens:
+        return f"{c.own_tokens} tokens in its own turns (system prompt and template markup not counted) < curate.min_tokens {ctx.curate.min_tokens}"
     return None
 
 
-def too_long(c: Conversation, cfg) -> str | None:
-    if c.tokens is not None and c.tokens > cfg.curate.max_tokens:
-        return f"{c.tokens} tokens > curate.max_tokens {cfg.curate.max_tokens}"
+def too_long(c: Conversation, ctx: FilterContext) -> str | None:
+    if c.tokens is not None and c.tokens > ctx.curate.max_tokens:
+        return f"{c.tokens} tokens > curate.max_tokens {ctx.curate.max_tokens}"
     return None
 
 
-def language(c: Conversation, cfg) -> str | None:
+def language(c: Conversation, ctx: FilterContext) -> str | None:
     """langdetect's regional codes match their base: `zh-cn` and `zh-tw` pass `languages: [zh]`."""
-    if c.lang and c.lang != "und" and c.lang not in cfg.curate.languages and c.lang.split("-")[0] not in cfg.curate.languages:
-        return f"language {c.lang} not in curate.languages {cfg.curate.languages}"
+    if c.lang and c.lang != "und" and c.lang not in ctx.curate.languages and c.lang.split("-")[0] not in ctx.curate.languages:
+        return f"language {c.lang} not in curate.languages {ctx.curate.languages}"
     return None
 
 
@@ -276,9 +183,7 @@ FILTER_NEEDS = {"language": "language", "too_short": "own_tokens", "too_long": "
 
 # ------------------------------------------------------------------------------------------ language
 _EN_FUNCTION_WORDS = frozenset(
-    "the a an and or but to of in on at for with from by is are was were be been it this that these those i you "
-    "he she we they my your our their me him her us them not no do does did have has had can could will would "
-    "should please thanks thank hi hello".split())
+    ["the", "a", "an", "and", "or", "but", "to", "of", "in", "on", "at", "for", "with", "from", "by", "is", "are", "was", "were", "be", "been", "it", "this", "that", "these", "those", "i", "you", "he", "she", "we", "they", "my", "your", "our", "their", "me", "him", "her", "us", "them", "not", "no", "do", "does", "did", "have", "has", "had", "can", "could", "will", "would", "should", "please", "thanks", "thank", "hi", "hello"])
 
 
 class LanguageDetector:

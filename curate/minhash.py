@@ -18,6 +18,7 @@ we compare them).
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import defaultdict
 
@@ -35,7 +36,7 @@ _ASCII_NON_WORD = str.maketrans({c: " " for c in map(chr, range(128)) if not (c.
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased `\w+` words."""
+    r"""Lower-cased `\w+` words."""
     if text.isascii():
         return text.lower().translate(_ASCII_NON_WORD).split()
     return WORD.findall(text.lower())
@@ -88,7 +89,7 @@ class MinHasher:
             # blocks of about `block` n-grams, so a block's matrix stays in cache
             cuts = np.unique(np.concatenate([[0], np.searchsorted(first, np.arange(self.block, len(hashes), self.block)), [len(batch)]]))
             with np.errstate(over="ignore"):
-                for d0, d1 in zip(cuts[:-1], cuts[1:]):
+                for d0, d1 in itertools.pairwise(cuts):
                     s0, s1 = first[d0], first[d1 - 1] + counts[d1 - 1]
                     # (num_perm, n-grams): the per-text minimum then runs along contiguous memory
                     x = np.bitwise_xor.outer(self.masks, hashes[s0:s1])

@@ -13,7 +13,7 @@ import numpy as np
 
 from common.config import dump_config
 from common.report import esc, img, png, subplots, table, write_page
-from curate.filters import PLACEHOLDER
+from curate.conversation import PLACEHOLDER
 from curate.tools import FALLBACK as TOOL_FORMAT
 
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
@@ -71,7 +71,6 @@ def build_report(cfg, rows, kept, train, val, clusters, stats, split_info, revie
         "rows_in": len(rows),
         "kept": len(kept),
         "rejected": len(rejected),
-        "accounting_ok": sum(stats.rows_per_file.values()) == len(rows) == len(kept) + len(rejected),
         "train": len(train),
         "val": len(val),
         "steps": [{"step": name, "rows": n} for name, n in stats.steps] + [{"step": "train", "rows": len(train)}, {"step": "val", "rows": len(val)}],

@@ -14,13 +14,16 @@ A corrupted line is reported and skipped; a decision for an id that no longer ex
 
 from __future__ import annotations
 
+import html
+import itertools
 import json
 import re
+from datetime import UTC
 from pathlib import Path
 
 from common.runs import json_text
-from curate.filters import Conversation, normalize
-from curate.formats import RecordError, _turn_list
+from curate.conversation import Conversation, normalize
+from curate.shapes import RecordError, turn_list
 
 ACTIONS = ("accept", "reject", "edit", "skip", "restore")
 
@@ -88,7 +91,7 @@ def _apply_one(r, d: dict, cfg, counts: dict, refused: list[str]) -> bool:
     action = d["action"]
     if action == "edit":
         try:
-            msgs = normalize(_turn_list(d["messages"], "messages", "role", "content"), cfg.data.system_prompt)
+            msgs = normalize(turn_list(d["messages"], "messages", "role", "content"), cfg.data.system_prompt)
         except RecordError as e:
             refused.append(f"{d['id']}: edit refused ({e.detail})")
             return False
@@ -116,7 +119,7 @@ def plain(value) -> str:
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", str(value))
 
 
-SEGMENT = re.compile(r"<(tool_call|tool_response|tools|think)>\n?(.*?)\n?</\1>", re.S)
+SEGMENT = re.compile(r"<(tool_call|tool_response|tools|think)>\n?(.*?)\n?</\1>", re.DOTALL)
 
 
 def segments(text: str) -> list[tuple[str, str]]:
@@ -153,11 +156,11 @@ def append_decision(path: Path, decision: dict) -> dict:
     and the write one step, so a writer that holds the lock (another append) is never split by this one."""
     import fcntl
     import os
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     if decision.get("action") not in ACTIONS or not isinstance(decision.get("id"), str):
         raise ValueError(f"a decision needs a string id and an action in {ACTIONS}: {decision!r}")
-    record = {"id": decision["id"], "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+    record = {"id": decision["id"], "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
               "action": decision["action"], "reason": decision.get("reason") or "", "note": decision.get("note") or "",
               "messages": decision.get("messages") if decision["action"] == "edit" else None}
     line = (json_text(record) + "\n").encode("utf-8")
@@ -231,3 +234,33 @@ def review_sample(records: list[dict], size: int, seed: int, max_len: int) -> li
     chosen = [i for k in keys for i in strata[k][: take[k]]]
     rng.shuffle(chosen)
     return chosen[:n]
+
+
+def render_html(text: str, messages: list[dict], specials: list[str], eot: str | None, cut_at: int | None) -> str:
+    """The template render: special tokens boxed, each assistant reply and its end-of-turn token (the span that
+    carries loss) highlighted, and a mark where train.max_seq_length cuts the row."""
+    spans, pos = [], 0
+    for m in messages:
+        k = text.find(m["content"], pos) if m["content"] else -1
+        if k < 0:
+            continue
+        end = k + len(m["content"])
+        if m["role"] == "assistant":
+            if eot and text.startswith(eot, end):
+                end += len(eot)
+            spans.append((k, end))
+        pos = end
+    out = []
+    marks = sorted({b for s in spans for b in s} | ({cut_at} if cut_at is not None else set()) | {0, len(text)})
+    for a, b in itertools.pairwise(marks):
+        piece = html.escape(text[a:b])
+        for t in sorted(specials, key=len, reverse=True):
+            piece = piece.replace(html.escape(t), f"<span class='special'>{html.escape(t)}</span>")
+        if a == cut_at:
+            out.append("<span class='cut'>✂ truncated here (train.max_seq_length)</span>")
+        in_loss = any(s <= a and b <= e for s, e in spans)
+        out.append(f"<span class='loss'>{piece}</span>" if in_loss else piece)
+    return ("<style>.render{white-space:pre-wrap;font-family:monospace;font-size:.85em;background:#f6f8fa;padding:8px;"
+            "border-radius:6px}.special{color:#8250df;border:1px solid #d0bfff;border-radius:3px;padding:0 2px}"
+            ".loss{background:#dafbe1}.cut{color:#fff;background:#cf222e;padding:0 4px}</style>"
+            f"<div class='render'>{''.join(out)}</div>")

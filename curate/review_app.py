@@ -11,23 +11,17 @@ runs/<name>/review/decisions.jsonl (format: curate/review.py), which the next `m
 
 from __future__ import annotations
 
-import html
 import os
 import shlex
 import sys
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from common.errors import UserError  # noqa: E402
-from common.runs import read_jsonl  # noqa: E402
-from curate.review import (REJECT_REASONS, append_decision, edit_problem, length_bucket, load_decisions,  # noqa: E402
-                           plain, review_sample, segments)
+from common.errors import UserError
+from common.runs import read_jsonl
+from curate.review import REJECT_REASONS, append_decision, edit_problem, length_bucket, load_decisions, plain, render_html, review_sample, segments
 
 QUEUES = {"to review": None, "accepted": "accept", "rejected": "reject", "edited": "edit", "skipped": "skip"}
 SHORTCUTS = "**a** accept · **x** reject · **e** edit · **s** skip · **j** next · **k** back"
@@ -43,7 +37,6 @@ def app_args() -> list[str]:
 @st.cache_resource(show_spinner="loading the config and tokenizer")
 def load_setup(args: tuple[str, ...]):
     from common.cli import config_from_args, parser
-
     from common.doctor import check
     from common.model import load_tokenizer, resolve_model
 
@@ -57,36 +50,6 @@ def load_curated(curate_dir: str, mtimes: tuple) -> tuple[list[dict], list[dict]
     kept = [dict(r, split=split) for split in ("train", "val") for r in read_jsonl(d / f"{split}.jsonl")]
     rejected = read_jsonl(d / "rejected.jsonl") if (d / "rejected.jsonl").is_file() else []
     return kept, rejected
-
-
-def render_html(text: str, messages: list[dict], specials: list[str], eot: str | None, cut_at: int | None) -> str:
-    """The template render: special tokens boxed, each assistant reply and its end-of-turn token (the span that
-    carries loss) highlighted, and a mark where train.max_seq_length cuts the row."""
-    spans, pos = [], 0
-    for m in messages:
-        k = text.find(m["content"], pos) if m["content"] else -1
-        if k < 0:
-            continue
-        end = k + len(m["content"])
-        if m["role"] == "assistant":
-            if eot and text.startswith(eot, end):
-                end += len(eot)
-            spans.append((k, end))
-        pos = end
-    out = []
-    marks = sorted({b for s in spans for b in s} | ({cut_at} if cut_at is not None else set()) | {0, len(text)})
-    for a, b in zip(marks, marks[1:]):
-        piece = html.escape(text[a:b])
-        for t in sorted(specials, key=len, reverse=True):
-            piece = piece.replace(html.escape(t), f"<span class='special'>{html.escape(t)}</span>")
-        if a == cut_at:
-            out.append("<span class='cut'>✂ truncated here (train.max_seq_length)</span>")
-        in_loss = any(s <= a and b <= e for s, e in spans)
-        out.append(f"<span class='loss'>{piece}</span>" if in_loss else piece)
-    return ("<style>.render{white-space:pre-wrap;font-family:monospace;font-size:.85em;background:#f6f8fa;padding:8px;"
-            "border-radius:6px}.special{color:#8250df;border:1px solid #d0bfff;border-radius:3px;padding:0 2px}"
-            ".loss{background:#dafbe1}.cut{color:#fff;background:#cf222e;padding:0 4px}</style>"
-            f"<div class='render'>{''.join(out)}</div>")
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ text, which the caller parses (README "Data formats"). data.tools: refuse reject
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -178,7 +179,7 @@ class TemplateForms:
         self.plain = lambda msgs, gen=False: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
         try:
             self.wraps = derive(self.plain)
-        except Exception:  # noqa: BLE001  (a template outside the wrap shape: the fallback for every row)
+        except Exception:
             self.wraps = None
         call = {"name": PROBE_SPEC["name"], "arguments": {}}
         self.tools = self.wraps is not None and self.convert(
@@ -198,13 +199,11 @@ class TemplateForms:
                                   {"role": "assistant", "content": "a", "reasoning": PROBE_REASONING}], self.role_map)
         found = set()
         for tools in ([{"type": "function", "function": PROBE_SPEC}], None):
-            try:
+            with contextlib.suppress(Exception):  # a template that refuses the probe writes none of its tags
                 found |= set(TAG.findall(self.tok.apply_chat_template(row, tokenize=False, tools=tools)))
-            except Exception:  # noqa: BLE001  (a template that refuses tools or reasoning writes no tags for them)
-                pass
         try:
             found -= set(TAG.findall(self.plain(plain)))
-        except Exception:  # noqa: BLE001
+        except Exception:
             return ()
         return tuple(sorted(t for t in found if t not in FORM_TAGS))
 
@@ -217,7 +216,7 @@ class TemplateForms:
         try:
             native = self.tok.apply_chat_template(_template_messages(msgs, self.role_map), tokenize=False,
                                                   tools=[{"type": "function", "function": s} for s in specs] or None)
-        except Exception:  # noqa: BLE001  (templates raise what they like on what they refuse)
+        except Exception:
             return None
         needed = [s["name"] for s in specs if isinstance(s.get("name"), str)] + [c["name"] for m in msgs for c in m.get("tool_calls") or []]
         needed += [m["content"] for m in msgs if m["role"] == "tool"] + [m["reasoning"] for m in msgs if m.get("reasoning")]
@@ -228,5 +227,5 @@ class TemplateForms:
             return None
         try:
             return turns if self.plain(turns) == native else None
-        except Exception:  # noqa: BLE001
+        except Exception:
             return None

@@ -22,7 +22,7 @@ from common.generate import generate
 from common.metrics import aggregate, main_metric, score
 from common.model import check_adapter_base, dtype_of, dtype_why, load_unsloth, resolve_model, trained_adapter
 from common.preflight import require, unwritable
-from common.runs import atomic_write_json, atomic_write_text, built_whole, jsonl_text, links_out, read_jsonl
+from common.runs import atomic_write_json, atomic_write_text, built_whole, jsonl_text, links_out, read_jsonl, read_split
 from evaluate.report import write_report
 
 PROBE_DIR = Path(__file__).resolve().parent / "probe"
@@ -117,13 +117,7 @@ def _setup_inputs(cfg: Config):
     """The config the adapter was trained with, the adapter (None before training), the val rows, the model dir."""
     cfg, adapter = trained_adapter(cfg, "eval")
     require(checks(cfg))
-    val_path = cfg.run_dir / "curate" / "val.jsonl"
-    if not val_path.is_file():
-        raise UserError(f"{val_path} not found; run `make curate` first")
-    records = read_jsonl(val_path)
-    if not records:
-        raise UserError(f"{val_path} is empty; curate held out no validation rows: see "
-                        f"{cfg.run_dir / 'curate' / 'report.html'} (split.val_fraction)")
+    records = read_split(cfg, "val", "eval scores base and tuned on them")
     if cfg.eval.max_samples:
         records = records[: cfg.eval.max_samples]
     model_dir = resolve_model(cfg.model.name)

@@ -16,7 +16,7 @@ from pathlib import Path
 from common.config import Config
 from common.errors import UserError
 from common.model import converter_view
-from common.runs import atomic_write_json
+from common.runs import atomic_write_json, written_whole
 from export import bases, lora_gguf
 from export.measure import run_measured
 
@@ -44,11 +44,10 @@ def write(cfg: Config, out: Path, name: str, adapter: Path, model_dir: str, sixt
         if st["reused"]:
             print(f"export: base {t} reused from {files[t]} (written by run {st.get('written_by_run', '?')})")
     lora = out / f"{name}-lora-{sixteen}.gguf"
-    partial = lora.with_name(lora.name + ".partial")
     print(f"export: writing {lora.name} (the LoRA as a GGUF adapter)")
-    stage = run_measured([sys.executable, "-m", "export.lora_gguf", str(adapter), str(model_dir), str(partial), sixteen, base_id],
-                         f"LoRA -> GGUF adapter for {adapter}")
-    partial.rename(lora)
+    with written_whole(lora) as partial:
+        stage = run_measured([sys.executable, "-m", "export.lora_gguf", str(adapter), str(model_dir), str(partial), sixteen,
+                              base_id], f"LoRA -> GGUF adapter for {adapter}")
     stage["bytes"] = lora.stat().st_size
     metadata = check_adapter_gguf(lora, adapter, files[sixteen])
     return {"gguf": lora, "base_id": base_id, "base_dir": folder, "bases": files, "base_stages": stages,

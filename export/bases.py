@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from common.runs import atomic_write_json
+from common.runs import atomic_write_json, written_whole
 
 BASES = "_bases"  # run names start with a letter or digit, so this folder is never a run's
 
@@ -75,9 +75,8 @@ def ensure(folder: Path, model_name: str, model_dir: str, types: list[str], run_
                 files[t] = path
                 stages[t] = {**recorded, "reused": True}
                 continue
-            partial = path.with_name(path.name + ".partial")
-            stage = make(t, partial, files)
-            partial.rename(path)
+            with written_whole(path) as partial:
+                stage = make(t, partial, files)
             files[t] = path
             stages[t] = {**stage, "bytes": path.stat().st_size, "reused": False}
             meta["files"][t] = {**stages[t], "written_by_run": run_name, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -75,9 +75,9 @@ def architecture_problems(base: Path) -> list[str]:
     arch = base_architecture(base)
     if arch in TEXT_MODEL_MAP:
         return []
-    return [f"{base / 'config.json'}: architecture {arch} is not one llama.cpp's converter knows, so no GGUF adapter "
+    return [(f"{base / 'config.json'}: architecture {arch} is not one llama.cpp's converter knows, so no GGUF adapter "
             "(nor merged GGUF) can be written for it; train a model of a supported architecture (e.g. LlamaForCausalLM, "
-            "Qwen2ForCausalLM)"]
+            "Qwen2ForCausalLM)")]
 
 
 def gguf_alpha(lc: dict) -> float:
@@ -177,13 +177,6 @@ def convert(adapter: Path, base: Path, out: Path, outtype: str = "f16", base_id:
 def _value(reader, key: str):
     field = reader.fields.get(key)
     return None if field is None else field.contents()
-
-
-def gguf_value(path: Path, key: str):
-    """One metadata value of a GGUF file (None if absent), read from the header alone (common/gguf_meta.py)."""
-    from common.gguf_meta import read_metadata
-
-    return read_metadata(path, {key}).get(key)
 
 
 def inspect(path: Path) -> dict:

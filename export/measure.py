@@ -35,6 +35,6 @@ def run_measured(cmd: list[str], what: str) -> dict:
         output = log.read().decode("utf-8", errors="replace")
     if proc.returncode != 0:
         lines = [ln for ln in output.strip().splitlines() if ln.strip()]
-        errors = [ln for ln in lines if re.search(r"error|not supported|exception", ln, re.I)]
+        errors = [ln for ln in lines if re.search(r"error|not supported|exception", ln, re.IGNORECASE)]
         raise UserError(f"{what} failed (exit {proc.returncode}): {(errors or lines or ['no output'])[-1].strip()}")
     return {"seconds": round(seconds, 1), "peak_rss_mib": _mib(peak_kib * 1024)}

@@ -70,8 +70,8 @@ def _go_template_folded(w: Wraps) -> str:
     system content is taken out of the loop, and written inside that user turn, ahead of its content."""
     f = w.fold
     lines = ['{{- $sys := "" }}{{- $hasSys := false }}{{- $target := -1 }}{{- $start := 0 }}',
-             '{{- range $i, $m := .Messages }}{{- if and (eq $i 0) (eq .Role "system") }}'
-             '{{- $sys = .Content }}{{- $hasSys = true }}{{- $start = 1 }}{{- end }}{{- end }}',
+             ('{{- range $i, $m := .Messages }}{{- if and (eq $i 0) (eq .Role "system") }}'
+             '{{- $sys = .Content }}{{- $hasSys = true }}{{- $start = 1 }}{{- end }}{{- end }}'),
              '{{- range $i, $m := .Messages }}{{- if eq .Role "user" }}'
              + ('{{- if eq $target -1 }}{{- $target = $i }}{{- end }}' if f.into == "first" else '{{- $target = $i }}')
              + '{{- end }}{{- end }}',
@@ -218,8 +218,3 @@ def template_of(modelfile: str) -> str:
     start = modelfile.index('TEMPLATE """') + len('TEMPLATE """')
     return modelfile[start:modelfile.index('"""', start)]
 
-
-def paths_of(modelfile: str) -> dict[str, str]:
-    """{"FROM": ..., "ADAPTER": ...}: the files a Modelfile points at, as written."""
-    return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in modelfile.splitlines()
-            if line.startswith(("FROM ", "ADAPTER "))}

@@ -14,6 +14,7 @@ compiled from the internet.
 from __future__ import annotations
 
 import json
+import math
 import re
 import resource
 import shutil
@@ -29,7 +30,7 @@ from common.errors import UserError
 from common.metrics import aggregate, score
 from common.model import check_adapter_base, load_causal_lm, load_tokenizer, resolve_model, save_tokenizer, trained_adapter
 from common.preflight import free_bytes, missing_tool, require, unwritable
-from common.runs import atomic_write_json, atomic_write_text, links_out, read_jsonl, stage_dir
+from common.runs import atomic_write_json, atomic_write_text, links_out, read_split, stage_dir, written_whole
 from export import adapter as adapter_export
 from export import lora_gguf
 from export.measure import _mib, run_measured
@@ -110,12 +111,8 @@ def count_params(model_dir: Path) -> int:
     total = 0
     for f in sorted(Path(model_dir).glob("*.safetensors")):
         with safe_open(str(f), "pt") as st:
-            for k in st.keys():
-                shape = st.get_slice(k).get_shape()
-                n = 1
-                for d in shape:
-                    n *= d
-                total += n
+            for k in st.keys():  # noqa: SIM118  (safe_open has no __iter__)
+                total += math.prod(st.get_slice(k).get_shape())
     if not total:
         raise UserError(f"{model_dir}: no *.safetensors weights found to merge the adapter into")
     return total
@@ -126,14 +123,11 @@ def merge(model_dir: str, adapter: Path, out: Path, dtype: str) -> dict:
     import torch
 
     t0 = time.time()
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged = load_causal_lm(model_dir, "float32", adapter).merge_and_unload()
-    merged = merged.to(getattr(torch, dtype))
-    merged.save_pretrained(str(tmp), safe_serialization=True)
-    save_tokenizer(load_tokenizer(model_dir), model_dir, tmp)  # with tokenizer.model: the converter needs it
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with written_whole(out) as tmp:
+        merged = load_causal_lm(model_dir, "float32", adapter).merge_and_unload()
+        merged = merged.to(getattr(torch, dtype))
+        merged.save_pretrained(str(tmp), safe_serialization=True)
+        save_tokenizer(load_tokenizer(model_dir), model_dir, tmp)  # with tokenizer.model: the converter needs it
     return {"seconds": round(time.time() - t0, 1), "dtype": dtype,
             "peak_rss_mib_process": _mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
             "bytes": sum(f.stat().st_size for f in out.iterdir())}
@@ -262,12 +256,7 @@ def _setup_inputs(cfg: Config):
     check_adapter_base(adapter, model_dir, "export")
     if cfg.export.mode != "merged":
         require(lora_gguf.problems(adapter, Path(model_dir)))
-    val_path = cfg.run_dir / "curate" / "val.jsonl"
-    if not val_path.is_file():
-        raise UserError(f"{val_path} not found; the round trip answers val prompts: run `make curate` first")
-    records = read_jsonl(val_path)[: cfg.export.roundtrip_prompts]
-    if not records:
-        raise UserError(f"{val_path} is empty: the round trip needs val prompts (see split.val_fraction)")
+    records = read_split(cfg, "val", "the round trip answers val prompts")[: cfg.export.roundtrip_prompts]
     return cfg, adapter, model_dir, records
 
 
@@ -297,10 +286,9 @@ def _write_ggufs(cfg: Config, out: Path, name: str, types: list[str], stages: di
     files: dict[str, Path] = {}
     for t in types:
         path = out / f"{name}-{t}.gguf"
-        partial = path.with_name(path.name + ".partial")
         print(f"export: writing {path.name}")
-        stages[t] = gguf_file(t, out / "merged", files.get(types[0]), partial, f"model {cfg.model.name}", cfg.model.name)
-        partial.rename(path)
+        with written_whole(path) as partial:
+            stages[t] = gguf_file(t, out / "merged", files.get(types[0]), partial, f"model {cfg.model.name}", cfg.model.name)
         stages[t]["bytes"] = path.stat().st_size
         files[t] = path
         doctor[t] = require_healthy(path)

@@ -48,13 +48,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_common import spread  # noqa: E402
+from bench_common import spread
 
-FUNCTION = ("the a an and or but to of in on at for with from by is are was were be it this that i you we they "
-            "my your our not no do does have has can will would should please thanks").split()
+FUNCTION = ["the", "a", "an", "and", "or", "but", "to", "of", "in", "on", "at", "for", "with", "from", "by", "is", "are", "was", "were", "be", "it", "this", "that", "i", "you", "we", "they", "my", "your", "our", "not", "no", "do", "does", "have", "has", "can", "will", "would", "should", "please", "thanks"]
 
 
 def make_rows(n: int, seed: int = 0) -> tuple[list[tuple[str, str]], list[tuple[int, int]]]:
@@ -176,8 +173,7 @@ def quality(sigs, texts, pairs, threshold: float = 0.7) -> dict:
 def write_jsonl(rows, path: Path) -> Path:
     """The (user, assistant) rows as OpenAI-messages JSONL: the input every whole-run variant reads."""
     with open(path, "w") as f:
-        for u, a in rows:
-            f.write(json.dumps({"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]}) + "\n")
+        f.writelines(json.dumps({"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]}) + "\n" for u, a in rows)
     return path
 
 
@@ -204,7 +200,8 @@ def tree_pss(pid: int) -> int:
     while todo:
         p = todo.pop()
         try:
-            total += next(int(line.split()[1]) * 1024 for line in open(f"/proc/{p}/smaps_rollup") if line.startswith("Pss:"))
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text().splitlines()
+            total += next(int(line.split()[1]) * 1024 for line in rollup if line.startswith("Pss:"))
             for task in Path(f"/proc/{p}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
         except (OSError, StopIteration, ValueError):
@@ -218,7 +215,7 @@ def one_curate(path: Path, root: Path, workers: int, tree: Path = ROOT) -> dict:
     import hashlib
     import subprocess
 
-    from curate.pipeline import OUTPUTS
+    from curate.outputs import OUTPUTS
 
     shutil.rmtree(root, ignore_errors=True)
     cmd = [sys.executable, "-m", "curate", f"run.root={root}", "run.name=bench", f"data.inputs=[{path}]",

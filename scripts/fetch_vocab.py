@@ -40,7 +40,7 @@ _RENAMED = {"llama-bpe": {128004: "<|finetune_right_pad_id|>", 128008: "<|eom_id
 
 
 def pinned_version() -> str:
-    found = re.search(r"^llama-cpp-python==(\S+)", (ROOT / "requirements.txt").read_text(), re.M)
+    found = re.search(r"^llama-cpp-python==(\S+)", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
     if not found:
         raise SystemExit("error: requirements.txt pins no llama-cpp-python version (llama-cpp-python==X.Y.Z)")
     return found.group(1)
@@ -95,7 +95,6 @@ def build_tokenizers() -> None:
 
 
 def main() -> int:
-    sys.path.insert(0, str(ROOT))
     todo = missing()
     if not todo:
         build_tokenizers()

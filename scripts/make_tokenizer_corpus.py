@@ -116,8 +116,7 @@ def main() -> int:
         rows.append(("random", "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     with open(OUT, "w", encoding="utf-8") as f:
-        for category, text in rows:
-            f.write(json.dumps({"category": category, "text": text}, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps({"category": category, "text": text}, ensure_ascii=False) + "\n" for category, text in rows)
     print(f"wrote {len(rows)} strings to {OUT}")
     return 0
 

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from common.cli import config_from_args, parser  # noqa: E402
-from common.errors import UserError, exits_cleanly  # noqa: E402
+from common.cli import config_from_args, parser
+from common.errors import UserError, exits_cleanly
 
 STAGES = ("curate", "train", "eval", "gguf")
 

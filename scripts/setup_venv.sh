@@ -12,11 +12,14 @@ PIP=".venv/bin/pip"
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
 "$PIP" install -r requirements.txt
 "$PIP" install --no-deps -r requirements-nodeps.txt
+# The project itself, editable and without dependencies (they are the pins above): `common`, `curate`, ... import
+# from any folder (scripts/, a Streamlit app), with no sys.path edits.
+"$PIP" install --quiet --no-deps --no-build-isolation -e .
 # Fail here, not in the first stage, if something does not import.
 HF_HUB_OFFLINE=1 .venv/bin/python - <<'PY'
 import importlib
 for m in ["unsloth", "torch", "transformers", "trl", "peft", "datasets", "datasketch", "langdetect", "pandas",
-          "streamlit", "gguf", "llama_cpp"]:
+          "streamlit", "gguf", "llama_cpp", "common.config", "curate.pipeline"]:
     importlib.import_module(m)
 print("setup: all packages import")
 PY

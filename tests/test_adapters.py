@@ -1,4 +1,4 @@
-"""Adapters as exports (issue 17): the run's LoRA as a GGUF adapter on a shared base GGUF, applied by llama.cpp,
+"""Adapters as exports: the run's LoRA as a GGUF adapter on a shared base GGUF, applied by llama.cpp,
 checked against the trained model; refusals for what llama.cpp cannot apply; two adapters on one base.
 
 Real throughout: the chain's trained adapter, llama.cpp's converter classes, llama-cpp-python applying the adapter,
@@ -14,17 +14,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import MODEL_DIR, ROOT, fake_ollama, paths_of
 
 from common.config import load_config
 from common.errors import UserError
+from common.gguf_meta import read_metadata
 from common.runs import read_jsonl
-from conftest import MODEL_DIR, ROOT, fake_ollama
 from export import bases, lora_gguf
 from export.catalog import catalog
-from export.modelfile import paths_of, template_of
+from export.modelfile import template_of
 from export.pipeline import roundtrip_failures
 from export.roundtrip import compare, gguf_answers, hf_answers
-from zoo import sample_rows
+from scripts.zoo import sample_rows
 
 PROMPTS = 2  # val prompts per wrong-base check: a wrong base answers differently on every one; the right base is
              # checked on the chain's own round trip (10 prompts)
@@ -44,7 +45,7 @@ def test_the_adapter_gguf_holds_one_pair_per_adapted_weight_with_type_and_alpha(
     assert meta["unpaired"] == [] and meta["other_tensors"] == []
     summary = json.loads((out / "summary.json").read_text())
     base_f16 = Path(summary["adapter"]["bases"]["f16"])
-    assert meta["architecture"] == lora_gguf.gguf_value(base_f16, "general.architecture") == "llama"
+    assert meta["architecture"] == read_metadata(base_f16, {"general.architecture"})["general.architecture"] == "llama"
     assert meta["base_id"] == base_f16.parent.name == summary["adapter"]["base_id"]
     assert base_f16.parent.parent == chain[0] / "_bases"
     # the point of an adapter: a few MB instead of a whole model
@@ -219,7 +220,7 @@ def test_make_adapters_lists_each_runs_adapter_on_its_base(chain):
     [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith("  t: t-lora-f16.gguf")]
     # The listing carries the export's own round-trip figures. Their value is the export's claim, checked there
     # against export.min_f16_exact: on a CPU that trains in bfloat16 the 20-step test adapter answered 9 of 10
-    # prompts like the merged model (float32: 10 of 10; issue 27), so no exact figure is asserted here.
+    # prompts like the merged model (float32: 10 of 10), so no exact figure is asserted here.
     gguf = json.loads((root / "t/export/roundtrip.json").read_text())["gguf"]
     lora = {k: v["exact_match_with_hf"] for k, v in gguf.items() if k.endswith("+lora")}
     assert "eval field_accuracy" in line and "steps" in line and f"round trip exact {lora}" in line, (line, lora)

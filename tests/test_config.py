@@ -8,33 +8,38 @@ from pathlib import Path
 
 import pytest
 
-from common.config import Config, all_key_paths, load_config
+from common.config import Config, leaf_fields, load_config, range_words
 from common.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("path", sorted(ROOT.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_config_parses(path):
-    cfg = load_config(path)
-    assert isinstance(cfg, Config)
-
-
-def test_shipped_config_sets_every_key_explicitly():
-    """config.yaml is the documentation of the config: every schema key appears in it."""
+def test_config_yaml_is_the_defaults_and_both_generated_files_are_current():
+    """One declaration per key (common/config.py): config.yaml holds exactly the defaults (every key, values equal),
+    and config.yaml and docs/config.md are what `python -m common.config_doc` writes from the schema now."""
     import yaml
 
+    assert load_config(ROOT / "config.yaml") == Config()
     raw = yaml.safe_load((ROOT / "config.yaml").read_text())
-    present = set()
+    present = {f"{section}.{k}" for section, keys in raw.items() for k in keys}
+    assert present == {path for path, _, _ in leaf_fields()}
+    proc = subprocess.run([sys.executable, "-m", "common.config_doc", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    reference = (ROOT / "docs" / "config.md").read_text()
+    for path, f, _ in leaf_fields():  # every key, its help line and its range are in the reference
+        assert f"`{path}`" in reference and f.metadata["help"].replace("|", "\\|") in reference, path
 
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            present.add(prefix + k)
-            if isinstance(v, dict) and prefix + k not in ("data.format", "data.variables"):
-                walk(v, prefix + k + ".")
 
-    walk(raw)
-    assert set(all_key_paths()) - present == set()
+def test_every_number_out_of_its_declared_range_is_refused_in_those_words():
+    """The range beside each key is the check: one step outside either end of it is refused, naming the key and
+    the range as docs/config.md words it."""
+    for path, f, _ in leaf_fields():
+        gt, ge, lt, le = f.metadata["range"]
+        for bad in [x for x in (gt, None if ge is None else ge - 1, lt, None if le is None else le + 1) if x is not None]:
+            bad = int(bad) if isinstance(f.default, int) and not isinstance(f.default, bool) else float(bad)
+            with pytest.raises(UserError) as e:
+                load_config(None, [f"{path}={bad}"])
+            assert any(f"`{path}` must be {range_words(f)}" in p for p in e.value.problems), (path, bad, e.value.problems)
 
 
 def write(tmp_path, text: str) -> Path:

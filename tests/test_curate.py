@@ -71,7 +71,7 @@ def test_accounting_and_manifest_cover_every_input_row(sample_run):
     rows_per_file = json.loads(MANIFEST.read_text())["rows_per_file"]
     manifest = read_jsonl(out / "manifest.jsonl")
     assert report["rows_in"] == sum(rows_per_file.values()) == len(manifest)
-    assert report["rows_in"] == report["kept"] + report["rejected"] and report["accounting_ok"]
+    assert report["rows_in"] == report["kept"] + report["rejected"]  # and on the files (curate.outputs.check_accounting)
     train, val, rejected = (read_jsonl(out / f) for f in ("train.jsonl", "val.jsonl", "rejected.jsonl"))
     assert len(train) + len(val) == report["kept"] and len(rejected) == report["rejected"]
     assert sum(report["rejected_by_reason"].values()) == report["rejected"]
@@ -95,7 +95,7 @@ def test_split_is_leakage_free_and_sized(sample_run):
     from curate.minhash import SEGMENT, ShingleSets
 
     train, val = read_jsonl(out / "train.jsonl"), read_jsonl(out / "val.jsonl")
-    text = lambda r: SEGMENT.join(m["content"] for m in r["messages"] if m["role"] != "system")  # noqa: E731
+    text = lambda r: SEGMENT.join(m["content"] for m in r["messages"] if m["role"] != "system")
     sets = ShingleSets([text(r) for r in val + train], 3)
     worst = max(sets.jaccard(i, j) for i in range(len(val)) for j in range(len(val), len(val) + len(train)))
     assert worst < 0.5  # brute force over every val x train pair, not LSH
@@ -262,7 +262,7 @@ def test_glob_that_matches_nothing_is_a_one_line_error(tmp_path, model_dir):
 def test_review_decisions_flow_back(tmp_path, model_dir):
     data = tmp_path / "data"
     data.mkdir()
-    msgs = lambda q, a: {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}  # noqa: E731
+    msgs = lambda q, a: {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
     recs = [msgs("What colour is the clear sky at noon?", "The sky is blue at noon."),
             msgs("Name a large animal living in the ocean.", "The blue whale lives in the ocean."),
             msgs("Give me a word that rhymes with cat.", "Hat rhymes with cat, as does bat."),

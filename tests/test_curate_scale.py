@@ -14,11 +14,14 @@ import pytest
 from common.config import load_config
 from common.errors import UserError
 from common.runs import read_jsonl
-from curate import formats, pipeline, run
+from curate import ingest, outputs, readers, run
+from curate.readers import base as reader_base
+from curate.readers import jsonl as jsonl_reader
+from curate.readers import parquet as parquet_reader
 from curate.review import append_decision
 
 ROOT = Path(__file__).resolve().parent.parent
-OUTPUTS = pipeline.OUTPUTS
+OUTPUTS = outputs.OUTPUTS
 
 
 def _curate(root: Path, *overrides: str) -> dict:
@@ -46,7 +49,7 @@ def test_outputs_do_not_depend_on_workers_or_chunks(tmp_path, monkeypatch, model
     append_decision(decisions, {"id": "0" * 16, "action": "accept"})
 
     one = _curate(root, "curate.workers=1")
-    monkeypatch.setattr(pipeline, "CHUNK_ROWS", 37)
+    monkeypatch.setattr(ingest, "CHUNK_ROWS", 37)
     two = _curate(root, "curate.workers=2")
     assert one["files"] == two["files"]
     assert one["report"] == two["report"]
@@ -64,17 +67,17 @@ def test_outputs_do_not_depend_on_workers_or_chunks(tmp_path, monkeypatch, model
 def test_jsonl_streamed_in_blocks_reads_as_whole(tmp_path, monkeypatch):
     """Line ends \\n, \\r\\n and a lone \\r, a \\r\\n cut between two blocks, blank lines, a byte-order mark,
     no final line end: the streamed reader gives the lines and line numbers bytes.splitlines() gives."""
-    data = (formats.UTF8_BOM + b'{"a": 1}\r\n\r\n{"a": 2}\r{"a": 3}\n\n  \n{"a": "\xc3\xa9"}\r\n{bad\n'
+    data = (reader_base.UTF8_BOM + b'{"a": 1}\r\n\r\n{"a": 2}\r{"a": 3}\n\n  \n{"a": "\xc3\xa9"}\r\n{bad\n'
             + b'{"a": 5}\r\n' * 7 + b'{"a": 6}')
     path = tmp_path / "x.jsonl"
     path.write_bytes(data)
-    whole = [(n, raw) for n, raw in enumerate(data[len(formats.UTF8_BOM):].splitlines(), start=1) if raw.strip()]
+    whole = [(n, raw) for n, raw in enumerate(data[len(reader_base.UTF8_BOM):].splitlines(), start=1) if raw.strip()]
     for block in (1, 2, 3, 7, 8, 9, 1 << 20):
-        monkeypatch.setattr(formats, "JSONL_BLOCK", block)
-        lines = list(formats.jsonl_lines(path, "x.jsonl"))
+        monkeypatch.setattr(jsonl_reader, "JSONL_BLOCK", block)
+        lines = list(jsonl_reader.jsonl_lines(path, "x.jsonl"))
         assert [(x.line, x.data) for x in lines] == whole, block
         assert [x.row for x in lines] == list(range(1, len(whole) + 1))
-    rows = list(formats.read_file(path, "x.jsonl"))
+    rows = list(readers.read_file(path, "x.jsonl"))
     assert [r.record for r in rows[:4]] == [{"a": 1}, {"a": 2}, {"a": 3}, {"a": "é"}]
     assert rows[4].error.startswith("invalid JSON") and rows[4].line == 8
 
@@ -85,8 +88,8 @@ def test_parquet_streamed_by_batches_reads_as_whole(tmp_path, monkeypatch):
 
     records = [{"prompt": f"question {i} é", "completion": f"answer {i}", "n": i} for i in range(23)]
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "x.parquet", row_group_size=5)
-    monkeypatch.setattr(formats, "PARQUET_BATCH", 3)
-    rows = list(formats.read_file(tmp_path / "x.parquet", "x.parquet"))
+    monkeypatch.setattr(parquet_reader, "PARQUET_BATCH", 3)
+    rows = list(readers.read_file(tmp_path / "x.parquet", "x.parquet"))
     assert [r.record for r in rows] == pq.read_table(tmp_path / "x.parquet").to_pylist() == records
     assert [r.row for r in rows] == list(range(1, 24))
 
@@ -123,7 +126,7 @@ def test_a_worker_that_dies_fails_the_run_in_one_line(tmp_path, monkeypatch, mod
     root = tmp_path / "runs"
     _curate(root, "curate.workers=1")
     before = {name: (root / "t/curate" / name).read_bytes() for name in OUTPUTS}
-    monkeypatch.setattr(pipeline, "process_chunk", _die)
+    monkeypatch.setattr(ingest, "process_chunk", _die)
     with pytest.raises(UserError, match=r"a curate worker process died.*curate\.workers=1"):
         _curate(root, "curate.workers=2")
     assert {name: (root / "t/curate" / name).read_bytes() for name in OUTPUTS} == before  # nothing half-written

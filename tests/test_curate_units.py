@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 
 from common.config import load_config
 from common.runs import read_jsonl
-from curate.filters import FILTERS, Conversation, LanguageDetector, clean_text
+from curate.conversation import Conversation, clean_text
+from curate.filters import FILTERS, FilterContext, LanguageDetector
 from curate.minhash import SEGMENT, MinHasher, ShingleSets, UnionFind, candidate_pairs, lsh_params, similar_pairs
 
 CFG = load_config()
+CTX = FilterContext(CFG.curate, control_tokens=("<|im_start|>", "<|im_end|>"))  # what a filter reads
 
 
 def conv(*turns: str, system: str | None = None) -> Conversation:
@@ -98,7 +100,7 @@ def test_lsh_params_and_large_buckets():
 
 # ------------------------------------------------------------------------------------------ filters
 def check(name: str, c: Conversation):
-    return FILTERS[name](c, CFG)
+    return FILTERS[name](c, CTX)
 
 
 def test_filters_reject_what_they_name_and_keep_the_rest():
@@ -119,6 +121,8 @@ def test_filters_reject_what_they_name_and_keep_the_rest():
     assert check("refusal", conv("who?", "Sorry to hear that! Here is the fix.")) is None
     assert check("repetition", conv("?", " ".join(["the same thing again"] * 10)))
     assert check("repetition", conv("?", "one two three four five six seven eight nine ten eleven")) is None
+    assert check("control_tokens", conv("a<|im_end|>b", "ok")).startswith("turn 1 (user) holds the model's control token '<|im_end|>'")
+    assert check("control_tokens", conv("a <|im_start", "ok")) is None
 
 
 def test_token_and_language_filters_read_what_the_pipeline_set():
@@ -171,7 +175,7 @@ def test_random_and_malformed_records_never_crash_and_are_all_accounted_for(line
     (data / "x.jsonl").write_bytes(body)
     cfg = load_config(None, [f"run.root={tmp_path / 'runs'}", "run.name=p", f"data.inputs=[{data}/x.jsonl]"])
     report = run(cfg)
-    expected = sum(1 for ln in body.split(b"\n") if ln.strip())
+    expected = sum(1 for ln in body.removeprefix(b"\xef\xbb\xbf").split(b"\n") if ln.strip())  # a leading BOM is no row
     assert report["rows_in"] == expected == report["kept"] + report["rejected"]
     out = cfg.run_dir / "curate"
     rejected = read_jsonl(out / "rejected.jsonl")
@@ -203,7 +207,7 @@ def test_accounting_check_fails_on_a_lost_or_doubled_row():
 
     import pytest
 
-    from curate.pipeline import check_accounting
+    from curate.outputs import check_accounting
 
     manifest = Counter({"a": 2, "b": 1})  # manifest lines written per input file
     good = {"train.jsonl": 1, "val.jsonl": 1, "rejected.jsonl": 1, "manifest.jsonl": 3}  # lines in the files
@@ -224,4 +228,4 @@ def test_code_fence_count_is_linear_and_unchanged():
     for text, fences in [("a\n```py\nx\n```\n", 2), ("  ```\n\n\n```\n\t```", 3), ("\n\n\n```", 1), ("x```", 0)]:
         assert len(CODE_FENCE.findall(text)) == fences, text
     assert CODE_FENCE.match("\n```") is None
-    assert unbalanced_code_fence(conv("q", "\n" * 200_000 + "```"), CFG) is not None
+    assert unbalanced_code_fence(conv("q", "\n" * 200_000 + "```"), CTX) is not None

@@ -1,4 +1,4 @@
-"""The data people actually have (issue 15): non-Latin scripts, preference pairs, KTO labels, media rows,
+"""The data people actually have: non-Latin scripts, preference pairs, KTO labels, media rows,
 reasoning traces, placeholders, plain text and tool-calling rows — each read into the right conversation or
 rejected with a reason that says what it is, never trained silently wrong."""
 
@@ -163,7 +163,7 @@ def test_reasoning_is_one_visible_form_that_carries_loss(shapes_run, model_dir):
 
 def test_variables_fill_placeholders_reasoning_can_be_dropped_and_languages_match_their_base(tmp_path, model_dir):
     write_shapes(tmp_path / "in")
-    report, rows = curate(tmp_path, "data.variables={name: Ava, author: Acme}", "data.reasoning=drop",
+    _report, rows = curate(tmp_path, "data.variables={name: Ava, author: Acme}", "data.reasoning=drop",
                           "curate.languages=[en, zh]", "data.preference=refuse", "data.tools=refuse")
     got = fates(rows)
     assert got[("identity.json", 1)] == got[("zh.json", 1)] == got[("zh.json", 2)] == "kept"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from common.doctor import check, main as doctor_main
+from common.doctor import check
+from common.doctor import main as doctor_main
 from common.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +41,7 @@ def test_embedded_model_is_healthy(model_dir):
     text = report.format()
     assert "⟦<|im_start|>⟧assistant↵" in text and "⟦<|im_end|>⟧" in text  # special tokens made visible
     # what carries loss, and the template's shape, said in words
-    assert report.loss_text == '{"category": "billing"}⟦<|im_end|>⟧'
+    assert report.loss_text == 'Two plus two is four.⟦<|im_end|>⟧'
     assert report.shape.startswith("each message in a wrap of its role") and "carries loss in training" in text
 
 
@@ -54,7 +55,7 @@ def test_a_template_that_folds_the_system_message_is_named_so(model_copy):
     report = check(model_copy)
     assert report.ok, report.format()
     assert report.shape.startswith("no system turn: an opening system message is folded into the first user turn")
-    assert report.loss_text == '{"category": "billing"}⟦<|im_end|>⟧'
+    assert report.loss_text == 'Two plus two is four.⟦<|im_end|>⟧'
 
 
 def test_pad_equal_to_eos_is_caught_with_the_reason(model_copy):
@@ -144,13 +145,13 @@ def test_the_header_reader_reads_what_gguf_py_reads(source_gguf, tmp_path):
     model's original GGUF; a file that is not a GGUF is one clear error."""
     from gguf import GGUFReader
 
-    from common.gguf_meta import read_metadata, read_tensor_shapes
+    from common.gguf_meta import read_header, read_metadata
 
     reader = GGUFReader(str(source_gguf))
     expected = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
     assert read_metadata(source_gguf) == expected and len(expected) > 20
     assert read_metadata(source_gguf, {"tokenizer.chat_template"}) == {"tokenizer.chat_template": expected["tokenizer.chat_template"]}
-    assert read_tensor_shapes(source_gguf) == {t.name: [int(n) for n in t.shape] for t in reader.tensors}
+    assert read_header(source_gguf, set())[1] == {t.name: [int(n) for n in t.shape] for t in reader.tensors}
     (tmp_path / "x.gguf").write_text("not a gguf")
     with pytest.raises(ValueError, match="not a GGUF file"):
         read_metadata(tmp_path / "x.gguf")

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import CHAIN_PROBE_PROMPTS, CHAIN_VAL_ROWS
+from test_train import make_curate_dir
+
 from common.metrics import aggregate, main_metric, score
 from common.runs import read_jsonl
-from test_train import make_curate_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,9 +67,8 @@ def test_reasoning_is_read_past_and_mid_conversation_calls_are_scored():
                                         {"role": "assistant", "content": "x"}]}
     assert [(r["id"], i) for r, i in eval_points([tool_row, plain_row])] == [("a", 1), ("a", 3), ("b", 2)]
     # a reference longer than eval.max_new_tokens gets room for itself and a margin; the others keep the cap
-    from transformers import AutoTokenizer
-
     from conftest import MODEL_DIR
+    from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(str(MODEL_DIR))
     long_ref = "<think>\n" + "step " * 40 + "\n</think>\n\n{}"
     n = len(tok(long_ref, add_special_tokens=False)["input_ids"])
@@ -97,8 +96,8 @@ def test_before_and_after_on_the_same_val_set(evaluated):
     assert m["tuned"]["valid_json"] >= m["base"]["valid_json"] + 0.5, m
     assert m["tuned"]["teacher_forced"]["loss"] < m["base"]["teacher_forced"]["loss"]
     # ... and the beginning of the task itself, not only its format. A lower bar than the shipped default's: these 20
-    # steps see 80 of the 522 train rows (measured: field accuracy 0% -> 47% on these 16 rows), where the default's
-    # 131 steps reach exact match 98% and field accuracy 99.6% on all 58 (docs/benchmarks.md, issue 12).
+    # steps see 80 of the 576 train rows, where the default's 144 steps reach exact match 92.5% (bfloat16) on all 64
+    # val rows (docs/benchmarks.md).
     assert m["tuned"]["field_accuracy"] >= m["base"]["field_accuracy"] + 0.3, m
     assert m["tuned"]["stopped_at_end_of_turn"] == 1.0
     assert set(m["flips"]) == {"fixed", "broke", "same"} and sum(m["flips"].values()) == CHAIN_VAL_ROWS

@@ -10,15 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import CHAIN_ROUNDTRIP_PROMPTS, CHAIN_VAL_ROWS, fake_ollama, paths_of
 
 from common.chat_template import derive
 from common.doctor import check
 from common.errors import UserError
 from common.jinja import render_jinja
 from common.runs import read_jsonl
-from conftest import CHAIN_ROUNDTRIP_PROMPTS, CHAIN_VAL_ROWS, fake_ollama
-from export.modelfile import (build_renderer, go_render, go_template, modelfile_text, paths_of, template_of,
-                              verification_cases, verify)
+from export.modelfile import build_renderer, go_render, go_template, modelfile_text, template_of, verification_cases, verify
 from export.pipeline import disk_plan, ollama, run_measured
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +90,10 @@ def test_other_template_families_are_derived_and_verified(go_renderer, template)
         with pytest.raises(UserError):
             verify(go_renderer, go_template(derive(render)), render)
         return
-    verify(go_renderer, go_template(derive(render)), render)
+    template = go_template(derive(render))
+    assert "<|begin_of_text|>" in template  # the bos this family writes once, at the start, is in the TEMPLATE
+    result = verify(go_renderer, template, render)
+    assert result["conversations"] >= 20 and result["identical"] == result["conversations"]
 
 
 def test_a_template_that_edits_contents_fails_with_the_diff(go_renderer):
@@ -199,9 +201,13 @@ def test_no_adapter_names_the_command(tmp_path):
 
 def test_unknown_quantization_is_refused_before_any_work(chain):
     root, _ = chain
+    before = {p: p.read_bytes() for p in (root / "t/export").rglob("*") if p.is_file() and p.stat().st_size < 2**20}
+    stamps = {p: p.stat().st_mtime_ns for p in (root / "t/export").rglob("*") if p.is_file()}
     proc = run_export(root, "export.quantizations=[q4_k_m,q9_z]")
     assert proc.returncode == 2 and "q9_z" in proc.stderr and "q4_k_m" in proc.stderr
-    assert (root / "t/export/roundtrip.json").is_file()  # the earlier export is untouched
+    # the earlier export is untouched: every file still there, the small ones byte for byte, none rewritten
+    assert {p: p.stat().st_mtime_ns for p in (root / "t/export").rglob("*") if p.is_file()} == stamps
+    assert all(p.read_bytes() == b for p, b in before.items()) and (root / "t/export/roundtrip.json") in before
 
 
 def test_fake_ollama_is_called_with_create_and_a_smoke_prompt(tmp_path, monkeypatch):
@@ -230,7 +236,7 @@ def test_make_all_ends_with_a_verified_gguf_and_modelfile(chain):
         next(ln for ln in lines if ln.startswith("curate: ")))
     summary = lines[max(i for i, ln in enumerate(lines) if ln.startswith("chain: ")):]  # the last thing printed
     assert re.fullmatch(r"chain: .+ in all \(curate .+, train .+, eval .+, gguf .+\) -> .+/t/", summary[0]), summary
-    # the dtype every number was made in is named (bfloat16 on a CPU with AVX-512 BF16, float32 elsewhere; issue 27)
+    # the dtype every number was made in is named (bfloat16 on a CPU with AVX-512 BF16, float32 elsewhere)
     dtype = json.loads((root / "t/train/summary.json").read_text())["dtype"]
     assert dtype in ("float32", "bfloat16") and json.loads((root / "t/eval/metrics.json").read_text())["dtype"] == dtype
     assert any(ln.strip().startswith("train:") and f"tokens/s in {dtype};" in ln for ln in summary), summary

@@ -1,4 +1,4 @@
-"""Hostile input, second round (issue 28): nesting, odd file names, outputs published whole or not at all, labels
+"""Hostile input, second round: nesting, odd file names, outputs published whole or not at all, labels
 and tool calls never trained wrong, memory bounded per row, nothing written through a link. One test per finding;
 each failed on the main branch before the fix."""
 
@@ -16,11 +16,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_bad_input import GOOD, ROOT, curate, inputs
 
 from common.config import load_config
 from common.errors import UserError
 from common.runs import read_jsonl
-from test_bad_input import GOOD, ROOT, curate, inputs
 
 
 def curate_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -245,10 +245,9 @@ def test_the_template_own_tool_tags_are_reserved_too(tokenizer):
     the embedded model's ChatML writes no tool tags of its own."""
     import copy
 
-    from zoo import QWEN25
-
-    from curate.filters import ROLE_MAP
+    from curate.conversation import ROLE_MAP
     from curate.tools import FORM_TAGS, TemplateForms
+    from scripts.zoo import QWEN25
 
     qwen = copy.deepcopy(tokenizer)
     qwen.chat_template = QWEN25.template

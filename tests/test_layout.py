@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,38 @@ def test_big_local_folders_are_ignored_even_as_symlinks():
     for path in (".venv", "models", "runs"):
         proc = subprocess.run(["git", "check-ignore", "--no-index", "-v", path], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 0 and not proc.stdout.split("\t")[0].endswith("/"), (path, proc.stdout)
+
+
+MAX_CURATE_MODULE_LINES = 300  # one responsibility per module: a file past this holds more than one
+
+
+def test_no_curate_module_holds_more_than_one_responsibility():
+    long = {str(p.relative_to(ROOT)): n for p in sources("curate")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_CURATE_MODULE_LINES}
+    assert not long, long
+
+
+def repository_paths(text: str) -> set[str]:
+    """Repository paths a document names: `a/b.py`-like words under a top-level folder of this repository, or a
+    top-level file name, in backticks, link targets or a code block."""
+    tops = {p.name for p in ROOT.iterdir() if not p.name.startswith(".")} | {".ci", ".streamlit"}
+    found = set()
+    for word in re.findall(r"[\w./-]+", text):
+        word = word.rstrip(".,:;")
+        head = word.split("/")[0]
+        if head in tops and "/" in word and "<" not in word and "*" not in word and word.split("/")[-1]:
+            found.add(word)
+    return found
+
+
+def test_readme_is_short_and_every_path_it_names_exists():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 250
+    ignored = ("runs/", "models/")  # made by the commands the README shows, git-ignored
+    missing = sorted(p for p in repository_paths(text) if not p.startswith(ignored) and not (ROOT / p).exists())
+    assert not missing, missing
+    assert len(repository_paths(text)) > 10  # the check sees the paths (docs/, scripts/, curate/ ...)
+
+
+def test_the_path_check_sees_a_missing_path():
+    assert "docs/gone.md" in repository_paths("see [x](docs/gone.md) and `scripts/preflight.py`.")

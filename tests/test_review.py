@@ -46,6 +46,12 @@ def kept_records(root: Path) -> list[dict]:
     return read_jsonl(root / "t/curate/train.jsonl") + read_jsonl(root / "t/curate/val.jsonl")
 
 
+@pytest.fixture(autouse=True)
+def _restore_review_args(monkeypatch):
+    """app() points the app under test at a run through REVIEW_ARGS; the environment is restored after each test."""
+    monkeypatch.setenv("REVIEW_ARGS", "")
+
+
 def app(root: Path):
     from streamlit.testing.v1 import AppTest
 

@@ -50,7 +50,7 @@ def to_messages(rec) -> list[dict] | None:
         roles = {"human": "user", "gpt": "assistant"}
         return [{"role": roles.get(t["from"], t["from"]), "content": t["value"]} for t in rec["conversations"]]
     if "text" in rec:
-        return [{"role": r, "content": c} for r, c in re.findall(r"<\|im_start\|>(\w+)\n(.*?)<\|im_end\|>", rec["text"], re.S)]
+        return [{"role": r, "content": c} for r, c in re.findall(r"<\|im_start\|>(\w+)\n(.*?)<\|im_end\|>", rec["text"], re.DOTALL)]
     pairs = [("instruction", "input", "output"), ("instruction", "context", "response")]
     for ins, inp, out in pairs:
         if ins in rec and out in rec:
@@ -146,7 +146,7 @@ def test_every_listed_defect_is_really_there(records, manifest, tokenizer):
         elif kind == "over_long":
             assert len(tokenizer.apply_chat_template(msgs, tokenize=True)["input_ids"]) > 2048, where
         elif kind == "refusal":
-            assert re.search(r"\b(sorry|apologize|as an ai|language model)\b", reply, re.I), where
+            assert re.search(r"\b(sorry|apologize|as an ai|language model)\b", reply, re.IGNORECASE), where
         elif kind == "truncated_ending":
             with pytest.raises(json.JSONDecodeError):
                 json.loads(reply)
@@ -199,7 +199,7 @@ def test_clean_rows_are_valid_distinct_triage_answers(records, manifest):
 def test_clean_rows_of_the_other_shapes_read_as_the_task(records, manifest):
     """Tool calls (OpenAI and Glaive), preference pairs, KTO labels and reasoning traces, read by curate's own
     reader: each clean row holds the task's answer in its shape."""
-    from curate.formats import to_messages as curate_messages
+    from curate.records import to_messages as curate_messages
 
     planted = {(d["file"], d["row"]) for d in manifest["defects"]}
     seen = {}

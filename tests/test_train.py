@@ -20,7 +20,7 @@ from common.runs import read_jsonl
 ROOT = Path(__file__).resolve().parent.parent
 # The claims here are about arithmetic (a resumed run = an uninterrupted one, two processes = one, per step), so
 # the dtype is pinned: float32. With model.dtype auto, a CPU with AVX-512 bf16 trains in bfloat16, where two
-# processes sum gradients in another order and per-step losses differ by ~2e-3 (measured; issue 27), not 1e-4.
+# processes sum gradients in another order and per-step losses differ by ~2e-3 (measured), not 1e-4.
 # The chain (conftest) trains with the shipped `auto`, so the bfloat16 path is exercised there on such a CPU.
 TRAIN_ARGS = ["train.max_steps=6", "train.batch_size=2", "train.max_seq_length=256", "train.logging_steps=1",
               "train.save_steps=2", "train.eval_steps=6", "train.learning_rate=5e-4", "train.warmup_ratio=0",
@@ -125,6 +125,8 @@ def test_a_short_run_learns_and_writes_its_outputs(trained):
     assert s["steps"] == 6 and s["tokens_seen"] > 0 and s["tokens_per_second"] > 0
     assert (s["processes"], s["global_batch"]) == (1, 2)
     assert s["backend"]["device"] == "cpu" and s["backend"]["load_in_4bit"] is False
+    # the "why" is what Unsloth detected, not a fixed sentence
+    assert s["backend"]["unsloth_device_type"] == "cpu" and s["backend"]["why"].startswith("Unsloth found no GPU")
     assert s["backend"]["dtype"] == "float32" and s["backend"]["dtype_setting"] == "float32"  # pinned, on any CPU
     assert 0 < s["peak_memory_gib"] < s["memory_estimate_gib"]["total"] * 1.5
     assert s["examples_with_end_of_turn_loss"] == s["examples"] == 48
@@ -317,3 +319,13 @@ def test_a_checkpoint_of_another_dtype_is_not_resumed(tmp_path):
         find_checkpoint(tmp_path, fp)
     (ckpt / COMPLETE).write_text(json.dumps({"fingerprint": {k: v for k, v in fp.items() if k != "dtype"}}))
     assert find_checkpoint(tmp_path, fp) == ckpt
+
+
+def test_backend_why_follows_what_unsloth_chose():
+    from train.pipeline import backend_why
+
+    assert backend_why("cpu", False, False).startswith("Unsloth found no GPU and chose its CPU backend")
+    assert "4-bit needs a GPU" in backend_why("cpu", True, False)
+    assert backend_why("cuda", True, True) == "Unsloth's cuda backend, the model loaded in 4-bit (QLoRA)"
+    assert backend_why("cuda", False, False) == "Unsloth's cuda backend"
+

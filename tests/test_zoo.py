@@ -1,4 +1,4 @@
-"""The template zoo (issue 16): six chat-template families on tiny models built here (tests/zoo.py) — Qwen 2.5
+"""The template zoo: six chat-template families on tiny models built here (scripts/zoo.py) — Qwen 2.5
 (ChatML with tools, Qwen2's own vocabulary), Llama 3 (its own vocabulary), Phi-3, Gemma (no system turn: folded
 into the first user turn), Mistral (folded into the last) and DeepSeek — through the doctor, assistant-only labels,
 the Ollama TEMPLATE verified by Go, tool rows in the template's own form, llama.cpp's prompt tokens, and (Phi-3)
@@ -16,7 +16,21 @@ from common.chat_template import derive
 from common.doctor import check
 from common.errors import UserError
 from export.modelfile import build_renderer, go_template, verify
-from zoo import CONVERSATION, QWEN25, DEEPSEEK, DEEPSEEK_R1, FAMILIES, GEMMA, LLAMA3, MISTRAL, PHI3, build, gguf_prompt_tokens_match, loss_spans, run_chain
+from scripts.zoo import (
+    CONVERSATION,
+    DEEPSEEK,
+    DEEPSEEK_R1,
+    FAMILIES,
+    GEMMA,
+    LLAMA3,
+    MISTRAL,
+    PHI3,
+    QWEN25,
+    build,
+    gguf_prompt_tokens_match,
+    loss_spans,
+    run_chain,
+)
 
 REPLIES = ["Billing, high.", "Shipping, medium."]
 
@@ -94,7 +108,7 @@ def test_tool_rows_take_the_templates_own_form(zoo, go_renderer):
     from transformers import AutoTokenizer
 
     from common.jinja import render_jinja
-    from curate.filters import ROLE_MAP
+    from curate.conversation import ROLE_MAP
     from curate.tools import TemplateForms
     from export.modelfile import go_render
 

@@ -58,7 +58,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def total(n: int | float) -> float:
+def total(n: float) -> float:
     """The sum of `n` over every rank (n itself alone)."""
     if world_size() == 1:
         return n

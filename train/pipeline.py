@@ -21,7 +21,7 @@ from common.config import Config, dump_config
 from common.errors import UserError
 from common.model import auto_cpu_dtype, dtype_of, dtype_why, load_unsloth, resolve_model, save_tokenizer, write_adapter_identity
 from common.preflight import require, unwritable
-from common.runs import atomic_write_json, links_out, package_versions, read_jsonl, stage_dir
+from common.runs import atomic_write_json, links_out, package_versions, read_split, stage_dir, written_whole
 from train import distributed
 
 # Keys whose change makes an existing checkpoint a different run (the rest: how long, how often to log).
@@ -139,16 +139,9 @@ def _run(cfg: Config, fresh: bool) -> dict:
 
 def _setup_inputs(cfg: Config) -> tuple[list[dict], list[dict], str]:
     """curate's train and val rows and the model directory, after every check of checks(cfg)."""
-    curate_dir = cfg.run_dir / "curate"
-    train_path, val_path = curate_dir / "train.jsonl", curate_dir / "val.jsonl"
-    problems = checks(cfg)
-    if not train_path.is_file():
-        problems.append(f"{train_path} not found; run `make curate` first")
-    require(problems)
-    train_records = read_jsonl(train_path)
-    if not train_records:
-        raise UserError(f"{train_path} is empty: curate kept no training rows; see {curate_dir / 'report.html'} for why")
-    val_records = read_jsonl(val_path) if val_path.is_file() else []
+    require(checks(cfg))
+    train_records = read_split(cfg, "train", "training learns from them")
+    val_records = read_split(cfg, "val", "val loss is measured on them", required=False)
     return train_records, val_records, resolve_model(cfg.model.name)
 
 
@@ -161,6 +154,17 @@ def _setup_checkpoints(cfg: Config, out: Path, fresh: bool) -> tuple[Path | None
     data_sha = hashlib.sha256((cfg.run_dir / "curate" / "train.jsonl").read_bytes()).hexdigest()
     fp = fingerprint(cfg, data_sha)
     return (find_checkpoint(ckpt_dir, fp) if ckpt_dir.exists() else None), fp
+
+
+def backend_why(device_type: str, asked_4bit: bool, loaded_4bit: bool) -> str:
+    """What Unsloth chose, in words, from what it detected (unsloth_zoo's DEVICE_TYPE) and how the model loaded."""
+    if device_type == "cpu":
+        why = "Unsloth found no GPU and chose its CPU backend (stock transformers + PEFT + TRL, chunked cross-entropy)"
+    else:
+        why = f"Unsloth's {device_type} backend" + (", the model loaded in 4-bit (QLoRA)" if loaded_4bit else "")
+    if asked_4bit and not loaded_4bit:
+        why += "; model.load_in_4bit was asked for, but 4-bit needs a GPU: the model loaded in full precision"
+    return why
 
 
 def _setup_model(cfg: Config, model_dir: str, est) -> tuple:
@@ -181,12 +185,13 @@ def _setup_model(cfg: Config, model_dir: str, est) -> tuple:
     # Packed rows are kept apart by the position ids only when no KV cache is built (transformers'
     # masking_utils looks for packed sequences only then); training never needs the cache.
     model.config.use_cache = False
-    dtype = dtype_of(model)
-    backend = {"device": est.device, "dtype": dtype, "dtype_setting": cfg.model.dtype,
-               "dtype_why": dtype_why(cfg.model.dtype, dtype, gpu),
-               "load_in_4bit": bool(cfg.model.load_in_4bit and gpu), "gradient_checkpointing": est.gradient_checkpointing,
-               "why": ("GPU found" if gpu else "no GPU: Unsloth's CPU backend (stock transformers + PEFT + TRL, chunked CE); "
-                       "4-bit needs a GPU")}
+    from unsloth_zoo.device_type import DEVICE_TYPE
+
+    dtype, loaded_4bit = dtype_of(model), bool(getattr(model, "is_loaded_in_4bit", False))
+    backend = {"device": est.device, "unsloth_device_type": DEVICE_TYPE, "dtype": dtype, "dtype_setting": cfg.model.dtype,
+               "dtype_why": dtype_why(cfg.model.dtype, dtype, gpu), "load_in_4bit": loaded_4bit,
+               "gradient_checkpointing": est.gradient_checkpointing,
+               "why": backend_why(DEVICE_TYPE, cfg.model.load_in_4bit, loaded_4bit)}
     if cfg.model.load_in_4bit and not gpu:
         print("train: model.load_in_4bit=true needs a GPU; training in full precision on the CPU")
     print(f"train: backend {backend}")
@@ -288,13 +293,10 @@ def _check_targets(model, targets: list[str], model_dir: str) -> None:
 def _save_adapter(cfg: Config, out: Path, model, tokenizer, model_dir: str) -> Path:
     """adapter/ (PEFT weights, tokenizer, the resolved config and base identity), renamed into place whole."""
     adapter = out / "adapter"
-    tmp = out / "adapter.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    save_tokenizer(tokenizer, model_dir, tmp)
-    write_adapter_identity(tmp, cfg, model_dir)
-    shutil.rmtree(adapter, ignore_errors=True)
-    tmp.rename(adapter)
+    with written_whole(adapter) as tmp:
+        model.save_pretrained(str(tmp))
+        save_tokenizer(tokenizer, model_dir, tmp)
+        write_adapter_identity(tmp, cfg, model_dir)
     return adapter
 
 

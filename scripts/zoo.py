@@ -107,8 +107,8 @@ MISTRAL = Family(
     "{% if loop.index0 == ns.last and sys %}{{ '[INST]' + sys + '\\n\\n' + m['content'] + '[/INST]' }}"
     "{% else %}{{ '[INST]' + m['content'] + '[/INST]' }}{% endif %}{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}",
     "</s>", ("<s>", "</s>", "[INST]", "[/INST]"), bos="<s>", eos="</s>", system="fold-last",
-    notes=("the system message goes into the last user turn, so a multi-turn row with a system message renders its "
-           "earlier prompts differently when cut: training refuses such rows (common/chat.py)",))
+    notes=(("the system message goes into the last user turn, so a multi-turn row with a system message renders its "
+           "earlier prompts differently when cut: training refuses such rows (common/chat.py)"),))
 DEEPSEEK = Family(
     "deepseek (V3 / R1)", "Llama",
     _OPEN + "{{ bos_token + sys }}{% for m in msgs %}" + _NO_LATER_SYSTEM + "{% if m['role'] == 'user' %}"
@@ -175,7 +175,7 @@ def _pretrain(model, tok, steps: int, batch: int = 4, lr: float = 3e-3) -> None:
     for row in sample_rows("support_openai.jsonl"):
         try:
             rows.append(tok.apply_chat_template(row["messages"], tokenize=False))
-        except Exception:  # the sample data's planted defects: missing messages, roles the template refuses
+        except Exception:  # noqa: S112  the sample data's planted defects: missing messages, roles the template refuses
             continue
     seqs = [tok(text, add_special_tokens=False)["input_ids"][:192] for text in rows]
     opt = torch.optim.AdamW(model.parameters(), lr=lr)

@@ -1,0 +1,186 @@
+"""Ingest: every input row read, parsed, given its review decision, filtered, rendered and MinHash-signed, in chunks
+of CHUNK_ROWS on curate.workers processes (curate.parallel), in input order. Input is streamed (a JSONL file is
+never held whole); every row's outcome depends on that row alone, so the result is the same for any number of
+workers and any chunk size (tests/test_curate_scale.py)."""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from common.config import Config
+from common.errors import UserError
+from curate import parallel
+from curate import review as review_mod
+from curate.conversation import ROLE_MAP
+from curate.dedup import dedup_text
+from curate.filtering import apply_filters, load_tokenizer, special_tokens
+from curate.minhash import MinHasher
+from curate.parse import parse_row
+from curate.readers import FileError, read_file
+from curate.readers.jsonl import RawLine, decode_line
+from curate.rows import Row, Stats
+from curate.tools import TemplateForms
+
+
+def input_files(cfg: Config) -> list[tuple[Path, str, str | None]]:
+    """(path, display name, forced format) for every file matched by data.inputs, sorted, de-duplicated."""
+    found: dict[str, tuple[Path, str, str | None]] = {}
+    misses = []
+    for pattern in cfg.data.inputs:
+        matches = sorted(glob.glob(pattern, recursive=True))
+        files = [m for m in matches if Path(m).is_file()]
+        if not files:
+            misses.append(f"data.inputs: `{pattern}` matches no file; fix the glob (paths are relative to {Path.cwd()})")
+        for m in files:
+            forced = next((fmt for g, fmt in cfg.data.format.items() if fnmatch.fnmatch(m, g) or Path(m).match(g)), None)
+            found.setdefault(str(Path(m)), (Path(m), display_name(Path(m)), forced))
+    if misses:
+        raise UserError(*misses)
+    return [found[k] for k in sorted(found)]
+
+
+def display_name(path: Path) -> str:
+    """The path as text every output can hold: bytes of a file name that are not UTF-8 (Python carries them as lone
+    surrogates) written as \\xNN escapes, so reports, plots and JSON show the name instead of failing on it."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+CHUNK_ROWS = 1000  # rows per unit of work; fixed, so that the outputs do not depend on the number of workers
+
+
+@dataclass
+class ChunkContext:
+    """What processing a chunk needs, set before the workers fork (curate.parallel)."""
+    cfg: Config
+    tokenizer: object
+    control_tokens: tuple[str, ...]
+    forms: TemplateForms | None
+    latest: dict  # review decisions: content id -> the latest decision
+    hashers: tuple[MinHasher, MinHasher]  # near-dedup signatures, and the leakage check's (other hash functions)
+
+
+@dataclass
+class Chunk:
+    """A chunk's rows after parse, review and filters, what it adds to the run's tallies, and the MinHash
+    signatures (both hashers) of its rows the filters kept, in row order."""
+    rows: list[Row]
+    stats: Stats
+    review: dict
+    sigs: np.ndarray
+    check_sigs: np.ndarray
+
+
+_CONTEXT: ChunkContext | None = None
+
+
+def chunks(cfg: Config, stats: Stats) -> Iterator[tuple[str | None, list]]:
+    """(forced format, up to CHUNK_ROWS rows of one file) for every input file in order; JSONL and Parquet
+    streamed, JSONL lines undecoded (the workers decode them). A file that cannot be read is one rejected row,
+    so it is counted and listed like any other; a streamed file found corrupt part-way keeps the rows before
+    the damage, and the error row stands for the rest."""
+    for path, display, forced in input_files(cfg):
+        stats.rows_per_file.setdefault(display, 0)  # an empty file is a source too (0 rows in)
+        batch: list = []
+        error = None
+        try:
+            items = read_file(path, display, lazy=True)
+            if path.suffix.lower() not in (".jsonl", ".parquet"):
+                items = iter(list(items))  # read whole first: a bad file costs itself, not half its rows
+            for item in items:
+                batch.append(item)
+                if len(batch) == CHUNK_ROWS:
+                    stats.rows_per_file[display] += len(batch)
+                    yield forced, batch
+                    batch = []
+        except (FileError, OSError) as e:
+            error = e
+        if batch:  # the rest, and the rows read before a streamed file turned out corrupt
+            stats.rows_per_file[display] += len(batch)
+            yield forced, batch
+        if error is not None:
+            stats.file_errors.append({"file": display, "error": str(error)})
+            r = Row(display, 0, None)
+            r.reject("unreadable_file", str(error))
+            stats.rows_per_file[display] += 1
+            yield None, [r]
+
+
+def process_chunk(job: tuple[str | None, list]) -> Chunk:
+    """Parse -> review decisions -> filters (language, render, token counts) -> signatures, for one chunk, in
+    a worker (or in this process with one worker)."""
+    ctx, (forced, items) = _CONTEXT, job
+    stats = Stats()
+    rows = [it if isinstance(it, Row) else
+            parse_row(decode_line(it) if isinstance(it, RawLine) else it, forced, ctx.cfg, ctx.control_tokens, ctx.forms)
+            for it in items]
+    stats.steps.append(("rows in", len(rows)))
+    stats.step("parsed", rows)
+    tally = review_mod.apply_rows(rows, ctx.latest, ctx.cfg)
+    stats.step("after review rejections", rows)
+    apply_filters(rows, ctx.cfg, ctx.tokenizer, stats, ctx.control_tokens)
+    kept = [r for r in rows if r.kept]
+    texts = [dedup_text(r.conv) for r in kept]
+    return Chunk(rows, stats, tally, ctx.hashers[0].signatures(texts), ctx.hashers[1].signatures(texts))
+
+
+def ingest(cfg: Config, ctx: ChunkContext, stats: Stats) -> tuple[list[Row], np.ndarray, np.ndarray, list[dict]]:
+    """Every input row through process_chunk, on curate.workers processes, in input order: the rows, the
+    signature arrays (Row.sig_row indexes them) and the review tallies."""
+    global _CONTEXT
+    _CONTEXT = ctx
+    rows: list[Row] = []
+    sigs, check_sigs, tallies = [], [], []
+    n_sigs = 0
+    bar = tqdm(desc="curate rows", unit="row", leave=False, mininterval=1)
+    try:
+        for chunk in parallel.ordered_map(process_chunk, chunks(cfg, stats), parallel.workers(cfg.curate.workers)):
+            for r in chunk.rows:
+                if r.kept:
+                    r.sig_row, n_sigs = n_sigs, n_sigs + 1
+            rows += chunk.rows
+            sigs.append(chunk.sigs)
+            check_sigs.append(chunk.check_sigs)
+            tallies.append(chunk.review)
+            _add_stats(stats, chunk.stats)
+            bar.update(len(chunk.rows))
+        if not tallies:  # no rows at all: the steps are still reported, at 0
+            _add_stats(stats, process_chunk((None, [])).stats)
+    finally:
+        bar.close()
+        _CONTEXT = None
+    empty = np.empty((0, cfg.curate.minhash_num_perm), dtype=np.uint32)
+    return rows, np.concatenate(sigs or [empty]), np.concatenate(check_sigs or [empty]), tallies
+
+
+def _add_stats(total: Stats, part: Stats) -> None:
+    """A chunk's steps (same names, same order in every chunk) and counters added to the run's."""
+    if not total.steps:
+        total.steps = [(name, 0) for name, _ in part.steps]
+    total.steps = [(name, n + m) for (name, n), (_, m) in zip(total.steps, part.steps)]
+    for key, value in part.counters.items():
+        if isinstance(value, dict):
+            mine = total.counters.setdefault(key, {})
+            for k, v in value.items():
+                mine[k] = mine.get(k, 0) + v
+        else:
+            total.counters[key] = total.counters.get(key, 0) + value
+
+
+
+
+def chunk_context(cfg: Config, latest: dict) -> ChunkContext:
+    """The tokenizer, its control tokens, the template's tool/reasoning forms (data.tools: auto), the review
+    decisions (`latest`) and both MinHashers."""
+    tokenizer = load_tokenizer(cfg.model.name)
+    c = cfg.curate
+    forms = TemplateForms(tokenizer, ROLE_MAP) if cfg.data.tools == "auto" else None
+    return ChunkContext(cfg, tokenizer, special_tokens(tokenizer), forms, latest,
+                        (MinHasher(c.minhash_num_perm, c.minhash_ngram), MinHasher(c.minhash_num_perm, c.minhash_ngram, seed=2)))
