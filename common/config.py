@@ -82,11 +82,11 @@ class CurateSection:
     minhash_threshold: float = key(0.7, "estimated Jaccard at which two rows are near-duplicates", gt=0, le=1)
     minhash_bands: int = key(0, "LSH bands; 0: chosen for the threshold (tuned 0.2 below the threshold, then exact "
                              "Jaccard)", ge=0, must="0 (automatic) or at most curate.minhash_num_perm")
+    control_tokens: Literal["reject", "escape"] = key("reject", "the model's own control tokens (<|im_end|>, ...) inside "
+                                                      "content: reject the row, or escape them")
     workers: int = key(0, "processes for the per-row work (parse, filters, render, MinHash); 0: one per core (<= 16); "
                        "same outputs for any number", ge=0, must="0 (one per CPU core) or a number of processes",
                        example=2)
-    control_tokens: Literal["reject", "escape"] = key("reject", "the model's own control tokens (<|im_end|>, ...) inside "
-                                                      "content: reject the row, or escape them")
 
 
 @dataclass

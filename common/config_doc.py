@@ -52,6 +52,11 @@ def config_yaml() -> str:
     return "\n".join(lines) + "\n"
 
 
+def cell(text) -> str:
+    """Text as one Markdown table cell that renders as written: `|` escaped, `<...>` not taken for HTML."""
+    return str(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def reference() -> str:
     out = ["# Config reference", "",
            "Generated from common/config.py by `python -m common.config_doc`; config.yaml holds every default. Override a",
@@ -62,8 +67,8 @@ def reference() -> str:
         out += [f"## {section}: {SECTION_HELP[section]}", "", "| key | type | default | range | what it does |",
                 "|---|---|---|---|---|"]
         for path, f, tp in leaf_fields(hints[section], f"{section}."):
-            cell = lambda s: str(s).replace("|", "\\|")
-            out.append(f"| `{path}` | {cell(_type_name(tp))} | `{cell(yaml_value(default_of(f)))}` | "
+            default = yaml_value(default_of(f)).replace("|", "\\|")  # in backticks: only the cell border escaped
+            out.append(f"| `{path}` | {cell(_type_name(tp))} | `{default}` | "
                        f"{cell(range_words(f) or '')} | {cell(f.metadata['help'])} |")
         out.append("")
     return "\n".join(out)

@@ -136,7 +136,7 @@ def auto_cpu_dtype() -> str:
 
 
 def dtype_why(setting: str, dtype: str, gpu: bool) -> str:
-    """Why the model computes in `dtype`: model.dtype set, or what `auto` found (README "Train": what auto picks)."""
+    """Why the model computes in `dtype`: model.dtype set, or what `auto` found (docs/train.md: what auto picks)."""
     if setting != "auto":
         return f"model.dtype: {setting}"
     if gpu:

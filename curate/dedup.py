@@ -18,7 +18,7 @@ def dedup_text(conv: Conversation) -> str:
 
 
 def quality(r: Row, order: int) -> tuple:
-    """Which member of a near-duplicate cluster is kept (highest wins), documented in the README:
+    """Which member of a near-duplicate cluster is kept (highest wins), documented in docs/curate.md:
     reviewed-accepted/edited first, then not SHOUTED (letters mostly upper case), then without doubled
     punctuation or spaces, then the longer assistant reply, then the earlier input row."""
     text = dedup_text(r.conv)

@@ -13,7 +13,9 @@ from curate.tools import FORM_TAGS, TemplateForms
 
 
 def parse_row(raw: RawRow, forced: str | None, cfg: Config, control_tokens: tuple[str, ...] = (),
-           forms: TemplateForms | None = None) -> Row:
+              forms: TemplateForms | None = None) -> Row:
+    """The row of one raw record: its conversation normalised (roles, text, system prompt, variables, control
+    tokens), a preference pair's rejected reply, its tool/reasoning form; or rejected with the reason."""
     r = Row(raw.file, raw.row, raw.line)
     if raw.error is not None:
         r.reject("malformed_json" if raw.file.endswith((".json", ".jsonl")) else "malformed_row", raw.error)

@@ -22,7 +22,7 @@ read them). The fallback:
     tool result     a user turn "<tool_response>\n{result}\n</tool_response>" (consecutive results share one)
 So the calls are assistant text (they carry loss, the model learns to emit them) and the results are user
 text (no loss). Ollama's native tool API does not parse this form: a served model answers tool calls as this
-text, which the caller parses (README "Data formats"). data.tools: refuse rejects tool rows as `tool_call`.
+text, which the caller parses (docs/curate.md "Data formats"). data.tools: refuse rejects tool rows as `tool_call`.
 """
 
 from __future__ import annotations

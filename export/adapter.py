@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import Config
@@ -21,12 +22,25 @@ from export import bases, lora_gguf
 from export.measure import run_measured
 
 
+@dataclass
+class AdapterGGUF:
+    """What the adapter export wrote: the adapter GGUF, the base GGUFs it goes on (by type), and how each was made."""
+    gguf: Path
+    base_id: str
+    base_dir: Path
+    bases: dict[str, Path]
+    base_stages: dict[str, dict]  # per base type: seconds, peak memory, bytes, reused
+    stage: dict  # the adapter GGUF's: seconds, peak memory, bytes
+    metadata: dict  # what llama.cpp checks before applying it, read back from the file
+
+
 def base_types(sixteen: str, served: str) -> list[str]:
     """The base GGUFs an adapter is checked and served on: the 16-bit file and the type the Modelfile serves."""
     return [sixteen] + ([served] if served != sixteen else [])
 
 
-def write(cfg: Config, out: Path, name: str, adapter: Path, model_dir: str, sixteen: str, served: str, gguf_file) -> dict:
+def write(cfg: Config, out: Path, name: str, adapter: Path, model_dir: str, sixteen: str, served: str,
+          gguf_file) -> AdapterGGUF:
     """Base GGUFs (reused when present), the adapter GGUF (checked as llama.cpp will check it), and their stages.
     gguf_file(type, hf_dir, sixteen_file, partial, what, model_name) writes one GGUF and returns its stage dict."""
     root = Path(cfg.run.root)
@@ -50,8 +64,7 @@ def write(cfg: Config, out: Path, name: str, adapter: Path, model_dir: str, sixt
                               base_id], f"LoRA -> GGUF adapter for {adapter}")
     stage["bytes"] = lora.stat().st_size
     metadata = check_adapter_gguf(lora, adapter, files[sixteen])
-    return {"gguf": lora, "base_id": base_id, "base_dir": folder, "bases": files, "base_stages": stages,
-            "stage": stage, "metadata": metadata}
+    return AdapterGGUF(lora, base_id, folder, files, stages, stage, metadata)
 
 
 def check_adapter_gguf(lora: Path, adapter: Path, base_gguf: Path) -> dict:
@@ -74,13 +87,13 @@ def check_adapter_gguf(lora: Path, adapter: Path, base_gguf: Path) -> dict:
     return meta
 
 
-def modelfile_paths(out: Path, result: dict, served: str) -> tuple[str, str]:
+def modelfile_paths(out: Path, result: AdapterGGUF, served: str) -> tuple[str, str]:
     """(FROM, ADAPTER) as written in Modelfile.adapter: paths relative to the export folder, which Ollama
     resolves against the Modelfile's own folder."""
-    return os.path.relpath(result["bases"][served], out), f"./{result['gguf'].name}"
+    return os.path.relpath(result.bases[served], out), f"./{result.gguf.name}"
 
 
-def record(cfg: Config, out: Path, name: str, result: dict, roundtrip: dict, commands: str) -> dict:
+def record(cfg: Config, out: Path, name: str, result: AdapterGGUF, roundtrip: dict, commands: str) -> dict:
     """adapter.json: one entry of `make adapters` (what it is, what it was trained on, how it scored)."""
     run_dir = cfg.run_dir
     lc = lora_gguf.adapter_config(run_dir / "train" / "adapter")
@@ -88,8 +101,8 @@ def record(cfg: Config, out: Path, name: str, result: dict, roundtrip: dict, com
     main = metrics.get("main_metric")
     train = _json(run_dir / "train" / "summary.json")
     rec = {
-        "run": cfg.run.name, "ollama_name": f"{name}-lora", "base_id": result["base_id"], "base_model": cfg.model.name,
-        "adapter_gguf": str(result["gguf"]), "bytes": result["gguf"].stat().st_size,
+        "run": cfg.run.name, "ollama_name": f"{name}-lora", "base_id": result.base_id, "base_model": cfg.model.name,
+        "adapter_gguf": str(result.gguf), "bytes": result.gguf.stat().st_size,
         "lora": {"r": lc["r"], "alpha": lc["lora_alpha"], "target_modules": sorted(lc["target_modules"])},
         "trained_on": {"inputs": cfg.data.inputs, "train_rows": train.get("rows"),
                        "steps": train.get("steps"), "tokens": train.get("tokens_seen")},

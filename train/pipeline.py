@@ -14,9 +14,11 @@ import math
 import resource
 import shutil
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from common.chat import Collator, pack, tokenize
+from common.chat import Collator, Tokenized, pack, tokenize
 from common.config import Config, dump_config
 from common.errors import UserError
 from common.model import auto_cpu_dtype, dtype_of, dtype_why, load_unsloth, resolve_model, save_tokenizer, write_adapter_identity
@@ -103,6 +105,45 @@ def checks(cfg: Config) -> list[str]:
     return problems
 
 
+@dataclass
+class Backend:
+    """What the model trains on and in, as detected (summary.json's `backend`)."""
+    device: str  # cpu, cuda:0, ...
+    unsloth_device_type: str  # what Unsloth detected (unsloth_zoo.device_type.DEVICE_TYPE)
+    dtype: str  # what the loaded model computes in
+    dtype_setting: str  # model.dtype as configured
+    dtype_why: str
+    load_in_4bit: bool  # whether the model did load in 4-bit
+    gradient_checkpointing: bool
+    why: str  # backend_why: what Unsloth chose, in words
+
+    @property
+    def gpu(self) -> bool:
+        return self.device != "cpu"
+
+
+@dataclass
+class TrainData:
+    """The train split tokenized (what was cut or left out), its training rows (packed or not) and the val rows."""
+    tokenized: Tokenized
+    rows: int
+    train: Any  # datasets.Dataset
+    val: Any  # datasets.Dataset, or None without val rows
+
+
+@dataclass
+class Setup:
+    """Everything the trainer and the summary need that the setup phases made."""
+    out: Path
+    model_dir: str
+    est: Any  # train.preflight's memory estimate
+    backend: Backend
+    data: TrainData
+    fingerprint: dict
+    resume_from: Path | None
+    t_start: float
+
+
 def run(cfg: Config, fresh: bool = False) -> dict:
     """The stage: inputs -> checkpoints -> model -> data -> trainer -> train -> outputs. Returns the summary (on
     every rank under torchrun; rank 0 prints and writes)."""
@@ -120,7 +161,8 @@ def _run(cfg: Config, fresh: bool) -> dict:
     print(est.line())
     model, tokenizer, end_of_turn_id, backend = _setup_model(cfg, model_dir, est)
     data = _setup_data(cfg, train_records, val_records, tokenizer, end_of_turn_id)
-    trainer, progress = _setup_trainer(cfg, out, model, tokenizer, data, fp, resume_from, backend)
+    setup = Setup(out, model_dir, est, backend, data, fp, resume_from, t_start)
+    trainer, progress = _setup_trainer(cfg, setup, model, tokenizer)
     if distributed.is_main():
         stage_dir(cfg, "train")  # config.yaml and versions.json once everything before training has worked
     if resume_from:
@@ -129,9 +171,9 @@ def _run(cfg: Config, fresh: bool) -> dict:
     if not distributed.is_main():
         return {"steps": int(result.global_step), "rank": distributed.rank()}
     adapter = _save_adapter(cfg, out, model, tokenizer, model_dir)
-    summary = _write_summary(cfg, out, result, progress, data, est, backend, model_dir, resume_from, t_start)
+    summary = _write_summary(cfg, setup, result, progress)
     print(f"train: {summary['steps']} steps, {summary['tokens_seen']} tokens at {summary['tokens_per_second']} tok/s "
-          f"({backend['dtype']}), "
+          f"({backend.dtype}), "
           f"final loss {summary['final_train_loss']}, val {summary['final_val_loss']}, peak {summary['peak_memory_gib']} GiB "
           f"(estimate {est.to_dict()['total']} GiB); adapter: {adapter}")
     return summary
@@ -188,13 +230,11 @@ def _setup_model(cfg: Config, model_dir: str, est) -> tuple:
     from unsloth_zoo.device_type import DEVICE_TYPE
 
     dtype, loaded_4bit = dtype_of(model), bool(getattr(model, "is_loaded_in_4bit", False))
-    backend = {"device": est.device, "unsloth_device_type": DEVICE_TYPE, "dtype": dtype, "dtype_setting": cfg.model.dtype,
-               "dtype_why": dtype_why(cfg.model.dtype, dtype, gpu), "load_in_4bit": loaded_4bit,
-               "gradient_checkpointing": est.gradient_checkpointing,
-               "why": backend_why(DEVICE_TYPE, cfg.model.load_in_4bit, loaded_4bit)}
+    backend = Backend(est.device, DEVICE_TYPE, dtype, cfg.model.dtype, dtype_why(cfg.model.dtype, dtype, gpu), loaded_4bit,
+                      est.gradient_checkpointing, backend_why(DEVICE_TYPE, cfg.model.load_in_4bit, loaded_4bit))
     if cfg.model.load_in_4bit and not gpu:
         print("train: model.load_in_4bit=true needs a GPU; training in full precision on the CPU")
-    print(f"train: backend {backend}")
+    print(f"train: backend {asdict(backend)}")
     return model, tokenizer, end_of_turn_id, backend
 
 
@@ -220,11 +260,10 @@ def _setup_data(cfg: Config, train_records, val_records, tokenizer, end_of_turn_
     val_rows = tok_val.examples  # unpacked: val loss per example as in the eval stage
     print(f"train: {len(tok_train.examples)} examples ({tok_train.tokens} tokens, {tok_train.loss_tokens} with loss) "
           f"-> {len(train_rows)} rows{' packed' if cfg.train.packing else ''}; {tok_train.truncated} truncated; val {len(val_rows)}")
-    return {"tokenized": tok_train, "rows": len(train_rows), "train": Dataset.from_list(train_rows),
-            "val": Dataset.from_list(val_rows) if val_rows else None}
+    return TrainData(tok_train, len(train_rows), Dataset.from_list(train_rows), Dataset.from_list(val_rows) if val_rows else None)
 
 
-def _setup_trainer(cfg: Config, out: Path, model, tokenizer, data: dict, fp: dict, resume_from, backend: dict):
+def _setup_trainer(cfg: Config, setup: Setup, model, tokenizer):
     """TRL's SFTTrainer on the prepared rows, with the progress/log and checkpoint-completion callbacks."""
     import torch
     from transformers import EarlyStoppingCallback
@@ -233,8 +272,9 @@ def _setup_trainer(cfg: Config, out: Path, model, tokenizer, data: dict, fp: dic
 
     from train.callbacks import CompletionMarker, ProgressAndLog
 
-    gpu, val_ds, t = backend["device"] != "cpu", data["val"], cfg.train
-    steps_per_epoch = math.ceil(data["rows"] / (t.batch_size * t.grad_accum))
+    out, data, fp, resume_from, backend = setup.out, setup.data, setup.fingerprint, setup.resume_from, setup.backend
+    gpu, val_ds, t = backend.gpu, data.val, cfg.train
+    steps_per_epoch = math.ceil(data.rows / (t.batch_size * t.grad_accum))
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
     early_stopping = t.early_stopping_patience > 0 and val_ds is not None
     args = SFTConfig(
@@ -247,7 +287,7 @@ def _setup_trainer(cfg: Config, out: Path, model, tokenizer, data: dict, fp: dic
         logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps,
         eval_strategy="steps" if val_ds is not None else "no", eval_steps=t.eval_steps,
         load_best_model_at_end=early_stopping, metric_for_best_model="eval_loss", greater_is_better=False,
-        gradient_checkpointing=backend["gradient_checkpointing"], bf16=gpu and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=backend.gradient_checkpointing, bf16=gpu and torch.cuda.is_bf16_supported(),
         max_length=t.max_seq_length, packing=False, remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True}, report_to="none", disable_tqdm=True,
         save_only_model=False, dataloader_num_workers=0, use_cpu=not gpu,
@@ -270,7 +310,7 @@ def _setup_trainer(cfg: Config, out: Path, model, tokenizer, data: dict, fp: dic
             for obj, name in ((self.optimizer, "optimizer.pt"), (self.lr_scheduler, "scheduler.pt")):
                 obj.load_state_dict(torch.load(Path(checkpoint) / name, map_location="cpu", weights_only=True))
 
-    trainer = Trainer(model=model, args=args, train_dataset=data["train"], eval_dataset=val_ds, processing_class=tokenizer,
+    trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=val_ds, processing_class=tokenizer,
                       data_collator=Collator(tokenizer.pad_token_id), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # the progress bar and train_log.jsonl say it already
     return trainer, progress
@@ -300,30 +340,30 @@ def _save_adapter(cfg: Config, out: Path, model, tokenizer, model_dir: str) -> P
     return adapter
 
 
-def _write_summary(cfg: Config, out: Path, result, progress, data: dict, est, backend: dict, model_dir: str,
-                   resume_from, t_start: float) -> dict:
+def _write_summary(cfg: Config, setup: Setup, result, progress) -> dict:
     import torch
 
     from train.callbacks import plot_loss
 
+    out, est, backend, resume_from = setup.out, setup.est, setup.backend, setup.resume_from
     plot_loss(out / "train_log.jsonl", out / "loss.png")
-    gpu = backend["device"] != "cpu"
+    gpu = backend.gpu
     peak = torch.cuda.max_memory_allocated() if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    tok = data["tokenized"]
+    tok = setup.data.tokenized
     summary = {
         "steps": int(result.global_step), "resumed_from": str(resume_from) if resume_from else None,
         "processes": distributed.world_size(),
         "global_batch": cfg.train.batch_size * distributed.world_size() * cfg.train.grad_accum,
-        "examples": len(tok.examples), "rows": data["rows"], "packing": cfg.train.packing,
+        "examples": len(tok.examples), "rows": setup.data.rows, "packing": cfg.train.packing,
         "truncated_rows": tok.truncated, "fully_masked_rows": tok.fully_masked,
         "examples_with_end_of_turn_loss": tok.with_end_of_turn_loss,
         "tokens_seen": progress.tokens_seen, "loss_tokens_seen": progress.loss_tokens_seen,
         "tokens_per_second": round(progress.tokens_seen / max(1e-9, progress.train_seconds), 1),
         "steady_tokens_per_second": progress.steady_tokens_per_second(),
-        "train_seconds": round(progress.train_seconds, 1), "wall_seconds": round(time.time() - t_start, 1),
+        "train_seconds": round(progress.train_seconds, 1), "wall_seconds": round(time.time() - setup.t_start, 1),
         "final_train_loss": progress.last_loss, "final_val_loss": progress.last_val_loss,
         "peak_memory_gib": round(peak / 1024**3, 3), "peak_memory_kind": ("cuda max_memory_allocated" if gpu else "process max RSS") + (", rank 0" if distributed.world_size() > 1 else ""),
-        "memory_estimate_gib": est.to_dict(), "dtype": backend["dtype"], "backend": backend, "model_dir": model_dir,
+        "memory_estimate_gib": est.to_dict(), "dtype": backend.dtype, "backend": asdict(backend), "model_dir": setup.model_dir,
         "versions": package_versions(), "config": dump_config(cfg),
     }
     atomic_write_json(out / "summary.json", summary)
