@@ -18,7 +18,7 @@
 #   make preflight check what every stage needs (tools, run folder, disk, memory) before anything long starts
 #   make test      ruff, then the test suite (sets up first; installs Debian chromium for the browser test and fetches
 #                  llama.cpp's Llama 3 / Qwen2 test vocabularies for the template zoo: scripts/fetch_vocab.py)
-#   make sample-data   regenerate data/sample/ and data/sample_defects.json (seeded, committed)
+#   make sample-data   regenerate data/sample/, data/sample_defects.json and data/privacy/ (seeded, committed)
 
 PYTHON ?= python3.11
 VENV := .venv
@@ -76,6 +76,7 @@ test: setup
 
 sample-data: $(VENV_STAMP)
 	$(PY) scripts/make_sample_data.py
+	$(PY) scripts/make_privacy_data.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -74,6 +74,9 @@ class CurateSection:
     min_tokens: int = key(8, "too_short: tokens of the row's own turns (not the system prompt or template markup)", ge=0)
     max_tokens: int = key(2048, "too_long: tokens of the whole chat-template render, as training sees it", gt=0)
     languages: list[str] = key(["en"], "langdetect allow-list (ISO 639-1 codes)")
+    undetermined_language: Literal["keep", "reject"] = key(
+        "keep", "language: a side too short to tell (\"ok\", \"Hi!\") passes, or is rejected; a short text of CJK or "
+        "Thai letters is its language however short")
     lang_seed: int = key(0, "langdetect is random; a fixed seed gives the same answer every run")
     max_repeated_ngram_ratio: float = key(0.3, "repetition: share of a reply's word n-grams that may repeat", ge=0, le=1)
     repetition_ngram: int = key(3, "repetition: n of the word n-grams", ge=1)
@@ -87,6 +90,16 @@ class CurateSection:
     workers: int = key(0, "processes for the per-row work (parse, filters, render, MinHash); 0: one per core (<= 16); "
                        "same outputs for any number", ge=0, must="0 (one per CPU core) or a number of processes",
                        example=2)
+    pii: Literal["redact", "reject", "report", "off"] = key(
+        "redact", "e-mails, phone numbers, public IPs, card numbers, IBANs, secrets in a row: redact to typed placeholders "
+        "(<EMAIL_1>), reject the row (`pii`), report only, or off (docs/curate.md)")
+    pii_regions: list[str] = key(["US", "GB", "DE"], "regions whose national phone formats are recognised (ISO 3166 "
+                                 "codes); international +NN numbers are recognised anywhere")
+    pii_allow: list[str] = key([], "values never redacted, e.g. [support@acme.com]")
+    pii_deny: list[str] = key([], "extra patterns (Python regular expressions) redacted as CUSTOM, e.g. ['ACME-\\d{6}']")
+    decontaminate: list[str] = key([], "globs of test sets (any format curate reads): rows sharing a word n-gram with "
+                                   "any of their prompts or answers are rejected as `contaminated`")
+    decontaminate_ngram: int = key(13, "words per n-gram of the contamination check (the GPT-3 paper's 13)", ge=1)
 
 
 @dataclass
@@ -315,6 +328,9 @@ def _convert(value: Any, tp: Any, path: str, problems: _Problems) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _convert(value, inner, path, problems)
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads `off`, `no`, `on`, `yes` as booleans: take the word back
+            words = ("off", "no", "false") if value is False else ("on", "yes", "true")
+            value = next((w for w in words if w in typing.get_args(tp)), value)
         if value not in typing.get_args(tp):
             bad()
         return value
@@ -449,6 +465,15 @@ def langdetect_languages() -> set[str]:
     return codes | {c.split("-")[0] for c in codes}
 
 
+def phone_regions() -> set[str]:
+    """The region codes libphonenumber knows (empty where phonenumbers is not installed)."""
+    try:
+        import phonenumbers
+    except ImportError:
+        return set()
+    return set(phonenumbers.SUPPORTED_REGIONS)
+
+
 WORKERS_PER_CORE = 4  # curate.workers beyond this many per core: memory spent, nothing gained
 
 
@@ -502,6 +527,15 @@ def _semantic_problems(cfg: Config) -> list[tuple[str, str]]:
     need(c.workers <= most, "curate.workers", f"({c.workers}) is more than {WORKERS_PER_CORE} processes per CPU core "
          f"here ({cpu_cores()} cores): each holds the tokenizer and they only fight for the cores; set at most {most}, "
          "or 0 (one per core)")
+    regions = phone_regions()
+    bad_regions = [r for r in c.pii_regions if regions and r not in regions]
+    need(not bad_regions, "curate.pii_regions", f"names regions libphonenumber does not know: {bad_regions}; use ISO 3166 "
+         "codes such as US, GB, DE, IN")
+    for i, pattern in enumerate(c.pii_deny):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            need(False, f"curate.pii_deny[{i}]", f"is not a regular expression ({e}): {pattern!r}")
     need(bool(cfg.lora.target_modules), "lora.target_modules", "lists no module; e.g. [q_proj, v_proj]")
     need(t.max_steps == -1 or t.max_steps > 0, "train.max_steps", "must be positive, or -1 to use train.epochs")
     return out

@@ -27,7 +27,8 @@ class Conversation:
     own_tokens: int | None = None  # of the row's own turns apart from the system prompt (too_short counts these); for a
     # row with at least curate.min_tokens words, its word count (a lower bound: pipeline.count_own_tokens)
     text: str | None = None  # the chat-template render
-    lang: str | None = None
+    lang: str | None = None  # of the user turns
+    reply_lang: str | None = None  # of the assistant turns' prose (code, JSON and tool calls left out)
     render_error: str | None = None  # why the chat template refused to render it (set by the pipeline)
     dropped_turns: list[int] = field(default_factory=list)  # turns whose content the render leaves out
 

@@ -6,6 +6,7 @@ row with that filter's name as the reason. Counting, rejected.jsonl and the repo
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,9 +160,15 @@ def too_long(c: Conversation, ctx: FilterContext) -> str | None:
 
 
 def language(c: Conversation, ctx: FilterContext) -> str | None:
-    """langdetect's regional codes match their base: `zh-cn` and `zh-tw` pass `languages: [zh]`."""
-    if c.lang and c.lang != "und" and c.lang not in ctx.curate.languages and c.lang.split("-")[0] not in ctx.curate.languages:
-        return f"language {c.lang} not in curate.languages {ctx.curate.languages}"
+    """The user turns and the assistant turns (what is trained) are each judged: both must be in curate.languages
+    (langdetect's regional codes match their base: `zh-cn` and `zh-tw` pass `languages: [zh]`). An undetermined
+    language (too few words to tell) passes unless curate.undetermined_language is `reject`."""
+    allowed = ctx.curate.languages
+    for side, lang in (("user turns", c.lang), ("assistant turns", c.reply_lang)):
+        if lang == "und" and ctx.curate.undetermined_language == "reject":
+            return f"the {side}' language cannot be told (too few words) and curate.undetermined_language is reject"
+        if lang and lang != "und" and lang not in allowed and lang.split("-")[0] not in allowed:
+            return f"language {lang} ({side}) not in curate.languages {allowed}"
     return None
 
 
@@ -192,9 +199,11 @@ class LanguageDetector:
     langdetect costs milliseconds per text; most rows of an English data set are ASCII with many English
     function words, for which its answer is always `en`. Those skip it; everything else goes to langdetect.
     Texts with fewer than MIN_WORDS_FOR_LANGUAGE words and fewer than MIN_UNSPACED_LETTERS letters are `und`
-    (undetermined) and pass the language filter: scripts written without spaces between words (Chinese,
-    Japanese, Thai, ...) are judged by their letters, so a long sentence is never `und`. A row mixing languages
-    is judged by the dominant one of its user turns (langdetect's most probable language).
+    (undetermined; the filter passes them unless curate.undetermined_language is `reject`), except a short text
+    mostly of a script one language writes (kana, Hangul, Han, Thai, ...), which is that language however short
+    (`script_language`); scripts written without spaces between words are judged by their letters, so a long
+    sentence is never `und`. The user turns and the assistant turns are judged apart (language_text,
+    reply_language_text), each by its dominant language (langdetect's most probable).
     """
 
     def __init__(self, seed: int):
@@ -208,7 +217,7 @@ class LanguageDetector:
 
         words = re.findall(r"[^\W\d_]+", text.lower())
         if len(words) < MIN_WORDS_FOR_LANGUAGE and len(NO_SPACE_SCRIPT.findall(text)) < MIN_UNSPACED_LETTERS:
-            return "und"
+            return script_language(text) or "und"
         if text.isascii() and sum(w in _EN_FUNCTION_WORDS for w in words) / len(words) >= EN_FUNCTION_WORD_SHARE:
             self.fast_path_hits += 1
             return "en"
@@ -218,6 +227,41 @@ class LanguageDetector:
             return "und"
 
 
+SCRIPTS = (("ja", re.compile("[\u3040-\u30ff]")), ("ko", re.compile("[\uac00-\ud7af\u1100-\u11ff]")),
+           ("zh", re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")), ("th", re.compile("[\u0e00-\u0e7f]")),
+           ("lo", re.compile("[\u0e80-\u0eff]")), ("my", re.compile("[\u1000-\u109f]")), ("km", re.compile("[\u1780-\u17ff]")))
+
+
+def script_language(text: str) -> str | None:
+    """A short text's language from its letters, where at least half of them are of a script one language (or, for
+    Han, one family) writes: kana -> ja (before Han: Japanese mixes both), Hangul -> ko, Han -> zh, Thai, Lao,
+    Myanmar, Khmer. None otherwise."""
+    letters = sum(ch.isalpha() for ch in text)
+    for lang, pattern in SCRIPTS:
+        found = len(pattern.findall(text))
+        if found and (found * 2 >= letters or (lang == "ja" and found + len(SCRIPTS[2][1].findall(text)) >= letters / 2)):
+            return lang
+    return None
+
+
 def language_text(c: Conversation) -> str:
-    """What language is judged on: the user turns (assistant turns may be code or JSON)."""
+    """What the row's language (`lang` in the outputs) is judged on: the user turns."""
     return "\n".join(c.turns("user"))
+
+
+NOT_PROSE = re.compile(r"```.*?(?:```|$)|<(tool_call|tool_response|tools)>.*?(?:</\1>|$)", re.DOTALL)
+
+
+def reply_language_text(c: Conversation) -> str:
+    """The assistant turns' prose: code blocks, tool calls and results, and replies that are JSON left out (their
+    keys and values are not a language)."""
+    prose = []
+    for text in c.turns("assistant"):
+        if text.lstrip()[:1] in ("{", "["):
+            try:
+                json.loads(text)
+                continue
+            except ValueError:
+                pass
+        prose.append(NOT_PROSE.sub(" ", text))
+    return "\n".join(prose)

@@ -19,11 +19,13 @@ from common.config import Config
 from common.errors import UserError
 from curate import parallel
 from curate import review as review_mod
-from curate.conversation import ROLE_MAP
+from curate.conversation import ROLE_MAP, Conversation
+from curate.decontaminate import ContaminationIndex, build_index
 from curate.dedup import dedup_text
 from curate.filtering import apply_filters, load_tokenizer, special_tokens
 from curate.minhash import MinHasher
 from curate.parse import parse_row
+from curate.pii import Detector, kinds_of, redact
 from curate.readers import FileError, read_file
 from curate.readers.jsonl import RawLine, decode_line
 from curate.rows import Row, Stats
@@ -65,6 +67,9 @@ class ChunkContext:
     forms: TemplateForms | None
     latest: dict  # review decisions: content id -> the latest decision
     hashers: tuple[MinHasher, MinHasher]  # near-dedup signatures, and the leakage check's (other hash functions)
+    detector: Detector | None = None  # curate.pii (None: off)
+    test_index: ContaminationIndex | None = None  # curate.decontaminate (None: no test sets)
+    unredact: frozenset[str] = frozenset()  # ids of redacted rows whose redaction a reviewer undid
 
 
 @dataclass
@@ -119,16 +124,59 @@ def process_chunk(job: tuple[str | None, list]) -> Chunk:
     ctx, (forced, items) = _CONTEXT, job
     stats = Stats()
     rows = [it if isinstance(it, Row) else
-            parse_row(decode_line(it) if isinstance(it, RawLine) else it, forced, ctx.cfg, ctx.control_tokens, ctx.forms)
+            parse_row(decode_line(it) if isinstance(it, RawLine) else it, forced, ctx.cfg, ctx.control_tokens, ctx.forms,
+                      ctx.detector, ctx.unredact)
             for it in items]
     stats.steps.append(("rows in", len(rows)))
     stats.step("parsed", rows)
     tally = review_mod.apply_rows(rows, ctx.latest, ctx.cfg)
+    if ctx.detector is not None:
+        _redact_edits(rows, ctx)
+        _count_pii(rows, stats)
     stats.step("after review rejections", rows)
+    if ctx.test_index is not None:
+        _reject_contaminated(rows, ctx, stats)
+        stats.step("decontamination", rows)
     apply_filters(rows, ctx.cfg, ctx.tokenizer, stats, ctx.control_tokens)
     kept = [r for r in rows if r.kept]
     texts = [dedup_text(r.conv) for r in kept]
     return Chunk(rows, stats, tally, ctx.hashers[0].signatures(texts), ctx.hashers[1].signatures(texts))
+
+
+def _redact_edits(rows: list[Row], ctx: ChunkContext) -> None:
+    """A reviewer's edit is redacted like the data (it gets a new id if it held something)."""
+    for r in rows:
+        if r.review == "edit" and r.kept:
+            redacted, where = redact(r.conv.messages, ctx.detector)
+            if where:
+                r.pii = where
+                if ctx.cfg.curate.pii != "report":
+                    r.conv = Conversation(redacted)
+                    r.id = r.conv.id
+                if ctx.cfg.curate.pii == "reject":
+                    r.reject("pii", f"the reviewer's edit holds {', '.join(kinds_of(where))}")
+
+
+def _count_pii(rows: list[Row], stats: Stats) -> None:
+    """Rows and distinct values per kind that curate.pii found, for the report."""
+    values = stats.counters.setdefault("pii_values", {})
+    stats.counters["pii_rows"] = stats.counters.get("pii_rows", 0) + sum(r.pii is not None for r in rows)
+    for r in rows:
+        for kind, n in kinds_of(r.pii or []).items():
+            values[kind] = values.get(kind, 0) + n
+
+
+def _reject_contaminated(rows: list[Row], ctx: ChunkContext, stats: Stats) -> None:
+    """Rows sharing an n-gram with a test set row: rejected `contaminated`, counted per test file."""
+    live = [r for r in rows if r.kept]
+    hits = ctx.test_index.first_hits([dedup_text(r.conv) for r in live], ctx.cfg.curate.decontaminate_ngram)
+    by_file = stats.counters.setdefault("contaminated_by_test_file", {})
+    for r, where in zip(live, hits):
+        if where is not None and r.review != "restore":
+            test_file = where.rsplit(":", 1)[0] if ":" in where else where.rsplit("#", 1)[0]
+            by_file[test_file] = by_file.get(test_file, 0) + 1
+            r.reject("contaminated", f"shares a {ctx.cfg.curate.decontaminate_ngram}-word sequence with the test set "
+                     f"row {where} (curate.decontaminate)")
 
 
 def ingest(cfg: Config, ctx: ChunkContext, stats: Stats) -> tuple[list[Row], np.ndarray, np.ndarray, list[dict]]:
@@ -182,5 +230,8 @@ def chunk_context(cfg: Config, latest: dict) -> ChunkContext:
     tokenizer = load_tokenizer(cfg.model.name)
     c = cfg.curate
     forms = TemplateForms(tokenizer, ROLE_MAP) if cfg.data.tools == "auto" else None
+    detector = Detector(tuple(c.pii_regions), tuple(c.pii_allow), tuple(c.pii_deny)) if c.pii != "off" else None
+    test_index = build_index(c.decontaminate, c.decontaminate_ngram) if c.decontaminate else None
     return ChunkContext(cfg, tokenizer, special_tokens(tokenizer), forms, latest,
-                        (MinHasher(c.minhash_num_perm, c.minhash_ngram), MinHasher(c.minhash_num_perm, c.minhash_ngram, seed=2)))
+                        (MinHasher(c.minhash_num_perm, c.minhash_ngram), MinHasher(c.minhash_num_perm, c.minhash_ngram, seed=2)),
+                        detector, test_index, frozenset(i for i, d in latest.items() if d["action"] == "unredact"))

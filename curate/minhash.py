@@ -42,6 +42,35 @@ def words(text: str) -> list[str]:
     return WORD.findall(text.lower())
 
 
+def ngram_hashes64(texts: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(64-bit hash of every word n-gram, number of n-grams per text), as MinHasher.shingle_hashes (a segment with
+    fewer words than n is one n-gram of all its words); 64 bits where a set of millions of n-grams is looked up."""
+    segments = [t.split(SEGMENT) for t in texts]
+    per_text = np.fromiter(map(len, segments), dtype=np.int64, count=len(texts))
+    word_hash, lens = _word_hashes([seg for segs in segments for seg in segs])
+    seg_counts = np.where(lens == 0, 0, np.maximum(1, lens - n + 1))
+    seg_text = np.repeat(np.arange(len(texts)), per_text)
+    text_counts = np.bincount(seg_text, weights=seg_counts, minlength=len(texts)).astype(np.int64)
+    first_seg = np.cumsum(per_text) - per_text
+    empty = text_counts == 0  # no word at all: one n-gram of "nothing" in its first segment
+    seg_counts[first_seg[empty]] = 1
+    text_counts[empty] = 1
+    starts = np.cumsum(lens) - lens
+    first = np.cumsum(seg_counts) - seg_counts
+    owner = np.repeat(np.arange(len(lens)), seg_counts)
+    pos = np.arange(int(seg_counts.sum())) - first[owner] + starts[owner]
+    end = (starts + lens)[owner]
+    padded = np.append(word_hash, np.uint64(0))  # index len(word_hash) reads as "no word"
+    h = np.zeros(len(pos), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            p = pos + k
+            h *= _MIX1
+            h ^= padded[np.where(p < end, p, len(word_hash))]
+        h = _mix(h)
+    return h, text_counts
+
+
 class MinHasher:
     def __init__(self, num_perm: int = 128, ngram: int = 3, seed: int = 1, block: int = 4096):
         rng = np.random.default_rng(seed)
@@ -52,31 +81,9 @@ class MinHasher:
     def shingle_hashes(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(32-bit hash of every word n-gram, number of n-grams per text). N-grams stay within a text's
         segments; a text without words gets one (empty) n-gram, so it is still compared."""
-        segments = [t.split(SEGMENT) for t in texts]
-        per_text = np.fromiter(map(len, segments), dtype=np.int64, count=len(texts))
-        word_hash, lens = _word_hashes([seg for segs in segments for seg in segs])
-        n = self.ngram
-        seg_counts = np.where(lens == 0, 0, np.maximum(1, lens - n + 1))
-        seg_text = np.repeat(np.arange(len(texts)), per_text)
-        text_counts = np.bincount(seg_text, weights=seg_counts, minlength=len(texts)).astype(np.int64)
-        first_seg = np.cumsum(per_text) - per_text
-        empty = text_counts == 0  # no word at all: one n-gram of "nothing" in its first segment
-        seg_counts[first_seg[empty]] = 1
-        text_counts[empty] = 1
-        starts = np.cumsum(lens) - lens
-        first = np.cumsum(seg_counts) - seg_counts
-        owner = np.repeat(np.arange(len(lens)), seg_counts)
-        pos = np.arange(int(seg_counts.sum())) - first[owner] + starts[owner]
-        end = (starts + lens)[owner]
-        padded = np.append(word_hash, np.uint64(0))  # index len(word_hash) reads as "no word"
-        h = np.zeros(len(pos), dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            for k in range(n):
-                p = pos + k
-                h *= _MIX1
-                h ^= padded[np.where(p < end, p, len(word_hash))]
-            h = _mix(h)
+        h, text_counts = ngram_hashes64(texts, self.ngram)
         return (h >> np.uint64(32)).astype(_U32), text_counts
+
 
     def signatures(self, texts: list[str], chunk: int = 8192) -> np.ndarray:
         """uint32 array (len(texts), num_perm). A text may hold several segments separated by SEGMENT

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from common.runs import json_text
+from curate.pii import kinds_of
 from curate.rows import Row, Stats
 
 
@@ -15,13 +16,18 @@ def canonical(r: Row) -> dict:
     return {"id": r.id, "messages": r.conv.messages, "text": r.conv.text,
             "source": {"file": r.file, "row": r.row, "line": r.line}, "format": r.format, "lang": r.conv.lang,
             "tokens": r.conv.tokens, "cluster": r.cluster, "cluster_size": r.cluster_size,
-            "review": r.review, **({"original_id": r.original_id} if r.original_id != r.id else {})}
+            "review": r.review, **({"original_id": r.original_id} if r.original_id != r.id else {}), **_pii(r)}
+
+
+def _pii(r: Row) -> dict:
+    """What curate.pii found in the row (kinds, and the placeholders' spans in the text as written), never a value."""
+    return {"pii": {"kinds": kinds_of(r.pii), "spans": r.pii}} if r.pii else {}
 
 
 def rejected_record(r: Row) -> dict:
     out = {"reason": r.reason, "detail": r.detail, "source": {"file": r.file, "row": r.row, "line": r.line},
            "where": r.where, "format": r.format, "id": r.id,
-           **({"original_id": r.original_id} if r.original_id != r.id else {})}
+           **({"original_id": r.original_id} if r.original_id != r.id else {}), **_pii(r)}
     if r.conv is not None:
         out["messages"] = r.conv.messages
         out["lang"], out["tokens"] = r.conv.lang, r.conv.tokens
@@ -41,7 +47,8 @@ def preference_record(r: Row) -> dict:
 def manifest_line(r: Row) -> dict:
     return {"id": r.original_id, "file": r.file, "row": r.row, "line": r.line, "format": r.format,
             "status": r.status, "cluster": r.cluster, "split": r.split, "review": r.review,
-            **({"edited_id": r.id} if r.id != r.original_id else {})}
+            **({"edited_id": r.id} if r.id != r.original_id else {}),
+            **({"pii": kinds_of(r.pii)} if r.pii else {})}
 
 
 OUTPUTS = ("train.jsonl", "val.jsonl", "rejected.jsonl", "manifest.jsonl", "preference.jsonl")

@@ -61,6 +61,17 @@ def _shapes(cfg, rows, kept, rejected, renders: dict) -> dict:
     }
 
 
+def _privacy(cfg, rows, kept, counters: dict) -> dict:
+    """What curate.pii found and did (kinds and counts only) and what curate.decontaminate rejected, per test file."""
+    return {
+        "pii": {"mode": cfg.curate.pii, "rows": counters.get("pii_rows", 0), "rows_kept": sum(r.pii is not None for r in kept),
+                "values_by_kind": dict(sorted(counters.get("pii_values", {}).items())),
+                "rejected": sum(r.reason == "pii" for r in rows)},
+        "decontamination": {"test_files": cfg.curate.decontaminate, "ngram": cfg.curate.decontaminate_ngram,
+                            "rejected_by_test_file": dict(sorted(counters.get("contaminated_by_test_file", {}).items()))},
+    }
+
+
 def build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary) -> dict:
     rejected = [r for r in rows if not r.kept]
     kept_per_file = Counter(r.file for r in kept)
@@ -84,6 +95,7 @@ def build_report(cfg, rows, kept, train, val, clusters, stats, split_info, revie
                         "kept_shapes": _kept_shapes([r for r in kept if r.file == f])}
                     for f, n in sorted(stats.rows_per_file.items())},
         **_shapes(cfg, rows, kept, rejected, stats.counters.get("template_renders", {})),
+        **_privacy(cfg, rows, kept, stats.counters),
         "languages": _counts(r.conv.lang for r in rows if r.conv is not None and r.conv.lang),
         "langdetect_fast_path_rows": stats.counters.get("langdetect_fast_path_rows", 0),
         # turns (by role) of kept rows whose content the chat template left out of the render
@@ -207,6 +219,11 @@ Reasoning traces: {report['reasoning']['rows_in']} rows read, {report['reasoning
 (trained on prompt + chosen; all kept pairs in <code>preference.jsonl</code>).
 {('Unfilled placeholders (set data.variables): ' + esc(_inline(report['unfilled_placeholders']))) if report['unfilled_placeholders'] else ''}</p>
 {table(['format', 'rows'], report['formats'].items())}
+<h2>Personal data and test-set overlap</h2><p>curate.pii {esc(report['pii']['mode'])}: {report['pii']['rows']} rows held
+personal data or secrets ({esc(_inline(report['pii']['values_by_kind'])) or 'none'}; values are never shown);
+{report['pii']['rows_kept']} kept{', redacted to typed placeholders' if report['pii']['mode'] == 'redact' else ''},
+{report['pii']['rejected']} rejected. Decontamination: {esc(', '.join(report['decontamination']['test_files'])) or 'no test sets given (curate.decontaminate)'}
+{('; rejected per test file: ' + esc(_inline(report['decontamination']['rejected_by_test_file']))) if report['decontamination']['rejected_by_test_file'] else ''}.</p>
 <h2>Duplicates</h2><p>{report['dedup']['exact_duplicates']} exact, {report['dedup']['near_duplicates']} near-duplicates in
 {report['dedup']['clusters_with_duplicates']} clusters (MinHash {esc(str(report['dedup']['minhash']))}).</p>{clusters}
 <h2>Review decisions</h2><p>{'applied: ' + esc(str(rv['applied'])) if rv['present'] else 'none yet (make review)'}

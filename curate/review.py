@@ -25,7 +25,7 @@ from common.runs import json_text
 from curate.conversation import Conversation, normalize
 from curate.shapes import RecordError, turn_list
 
-ACTIONS = ("accept", "reject", "edit", "skip", "restore")
+ACTIONS = ("accept", "reject", "edit", "skip", "restore", "unredact")
 
 
 def load_decisions(path: Path) -> dict:
@@ -65,6 +65,10 @@ def apply_rows(rows: list, latest: dict, cfg) -> dict:
     counts = {a: 0 for a in ACTIONS}
     refused: list[str] = []
     matched: set[str] = set()
+    for r in rows:  # an undone redaction was applied while parsing (curate.parse): the row carries the id decided on
+        if r.review == "unredact" and r.original_id in latest:
+            matched.add(r.original_id)
+            counts["unredact"] += 1
     for targets in by_id.values():
         for r in targets:
             seen = set()
@@ -107,7 +111,8 @@ def _apply_one(r, d: dict, cfg, counts: dict, refused: list[str]) -> bool:
     counts[action] += 1
     if action == "reject":
         r.reject("human_review", f"{d.get('reason') or 'rejected by a reviewer'}" + (f": {d['note']}" if d.get("note") else ""))
-    # "restore": the pipeline skips the filters for rows marked so; accept/skip: marked only
+    # "restore": the pipeline skips the filters for rows marked so; accept/skip: marked only; "unredact" is applied
+    # while parsing (curate.parse), and matches here only when nothing is redacted in the row any more
     return False
 
 
@@ -147,6 +152,7 @@ def segments(text: str) -> list[tuple[str, str]]:
     return out
 
 
+REDACTED = re.compile(r"&lt;(?:EMAIL|PHONE|IP|CARD|IBAN|SECRET|CUSTOM)_\d+&gt;")  # curate.pii's placeholders, escaped
 REJECT_REASONS = ("wrong answer", "bad format", "unsafe or private data", "off-task", "low quality", "duplicate", "other")
 
 
@@ -258,9 +264,11 @@ def render_html(text: str, messages: list[dict], specials: list[str], eot: str |
             piece = piece.replace(html.escape(t), f"<span class='special'>{html.escape(t)}</span>")
         if a == cut_at:
             out.append("<span class='cut'>✂ truncated here (train.max_seq_length)</span>")
+        piece = REDACTED.sub(lambda m: f"<span class='redacted'>{m.group()}</span>", piece)
         in_loss = any(s <= a and b <= e for s, e in spans)
         out.append(f"<span class='loss'>{piece}</span>" if in_loss else piece)
     return ("<style>.render{white-space:pre-wrap;font-family:monospace;font-size:.85em;background:#f6f8fa;padding:8px;"
             "border-radius:6px}.special{color:#8250df;border:1px solid #d0bfff;border-radius:3px;padding:0 2px}"
-            ".loss{background:#dafbe1}.cut{color:#fff;background:#cf222e;padding:0 4px}</style>"
+            ".loss{background:#dafbe1}.cut{color:#fff;background:#cf222e;padding:0 4px}"
+            ".redacted{background:#fff8c5;border:1px dashed #9a6700;border-radius:3px}</style>"
             f"<div class='render'>{''.join(out)}</div>")

@@ -23,7 +23,8 @@ from common.errors import UserError
 from common.runs import read_jsonl
 from curate.review import REJECT_REASONS, append_decision, edit_problem, length_bucket, load_decisions, plain, render_html, review_sample, segments
 
-QUEUES = {"to review": None, "accepted": "accept", "rejected": "reject", "edited": "edit", "skipped": "skip"}
+QUEUES = {"to review": None, "accepted": "accept", "rejected": "reject", "edited": "edit", "skipped": "skip",
+          "redaction undone": "unredact"}
 SHORTCUTS = "**a** accept · **x** reject · **e** edit · **s** skip · **j** next · **k** back"
 
 
@@ -111,6 +112,7 @@ def review(cfg, tok, eot, kept: list[dict], rejected: list[dict], sample: list[s
     with meta[0]:
         st.subheader(f"{pos + 1} / {len(ids)} in '{queue}' · {plain(cur)}")
         show_messages(rec["messages"])
+        redactions(path, rec, ids, pos)
     with meta[1]:
         record_facts(cfg, rec, latest.get(cur), rejected)
     cut_at = None
@@ -121,6 +123,17 @@ def review(cfg, tok, eot, kept: list[dict], rejected: list[dict], sample: list[s
     with st.expander("exact training render (special tokens boxed; green = the span that carries loss)", expanded=True):
         st.html(render_html(rec["text"], rec["messages"], specials, eot, cut_at))
     decision_forms(path, rec, ids, pos)
+
+
+def redactions(path: Path, rec: dict, ids: list[str], pos: int) -> None:
+    """What curate.pii replaced in this record (kinds only: the values never leave curate), marked in the render
+    below, and the way to undo it when it was no personal data (the next curate keeps the row's own text)."""
+    if not rec.get("pii"):
+        return
+    kinds = ", ".join(f"{n} {k}" for k, n in rec["pii"]["kinds"].items())
+    st.caption(f"Redacted before training: {plain(kinds)} (typed placeholders, marked in the render).")
+    if st.button("Undo redaction (not personal data)", key="unredact"):
+        decide(path, {"id": rec["id"], "action": "unredact"}, ids, pos)
 
 
 def navigation(path: Path, ids: list[str], pos: int) -> None:

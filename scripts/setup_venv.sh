@@ -19,7 +19,7 @@ export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON 
 HF_HUB_OFFLINE=1 .venv/bin/python - <<'PY'
 import importlib
 for m in ["unsloth", "torch", "transformers", "trl", "peft", "datasets", "datasketch", "langdetect", "pandas",
-          "streamlit", "gguf", "llama_cpp", "common.config", "curate.pipeline"]:
+          "streamlit", "gguf", "llama_cpp", "phonenumbers", "common.config", "curate.pipeline"]:
     importlib.import_module(m)
 print("setup: all packages import")
 PY
