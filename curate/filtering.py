@@ -7,7 +7,7 @@ import functools
 
 from common import model as common_model
 from common.config import Config
-from curate.filters import FILTER_NEEDS, FILTERS, FilterContext, LanguageDetector, language_text, reply_language_text
+from curate.filters import FILTER_NEEDS, FILTERS, REPLY_MIN_PROB, FilterContext, LanguageDetector, language_text, reply_language_text
 from curate.rows import Row, Stats
 
 
@@ -93,7 +93,7 @@ def _measure(need: str | None, rows: list[Row], detector: LanguageDetector, toke
         for r in rows:
             if r.conv.lang is None:
                 r.conv.lang = detector.detect(language_text(r.conv))
-                r.conv.reply_lang = detector.detect(reply_language_text(r.conv))
+                r.conv.reply_lang = detector.detect(reply_language_text(r.conv), REPLY_MIN_PROB)
     elif need == "tokens":
         render(rows, tokenizer)
     elif need == "own_tokens" and min_tokens > 0:  # with 0 nothing is too short

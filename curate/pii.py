@@ -40,6 +40,10 @@ SECRET_PATTERNS = (
     r"(?<=://)[^\s/:@]+:[^\s/@]+(?=@)",  # the user:password of a URL
 )
 SECRETS = re.compile("|".join(SECRET_PATTERNS))
+# a substring every secret pattern holds: texts without any skip the (slow) alternation
+SECRET_HINTS = ("AKIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "sk-", "sk_", "rk_", "xox", "AIza",
+                "glpat-", "hf_", "PRIVATE KEY", "eyJ", "://")
+DIGIT = re.compile(r"\d")
 # IBAN length per country (ISO 13616 registry), for the countries whose IBANs users paste most
 IBAN_LENGTH = {"AD": 24, "AE": 23, "AT": 20, "BE": 16, "BG": 22, "CH": 21, "CY": 28, "CZ": 24, "DE": 22, "DK": 18,
                "EE": 20, "ES": 24, "FI": 18, "FR": 27, "GB": 22, "GR": 27, "HR": 21, "HU": 28, "IE": 22, "IS": 26,
@@ -48,6 +52,7 @@ IBAN_LENGTH = {"AD": 24, "AE": 23, "AT": 20, "BE": 16, "BG": 22, "CH": 21, "CY":
 
 
 MIN_PHONE_DIGITS = 7  # shorter "valid" numbers (service and short codes) are mostly ticket and order numbers in chats
+MAX_PHONE_DIGITS = 15  # E.164's longest; more digits are a card or an account number read as a national number
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +119,10 @@ class Detector:
         spans = []
         if "@" in text:
             spans += [Found(m.start(), m.end(), "email") for m in EMAIL.finditer(text) if not reserved_domain(m.group())]
-        spans += [Found(m.start(), m.end(), "secret") for m in SECRETS.finditer(text)]
-        spans += [Found(m.start(), m.end(), "iban") for m in IBAN.finditer(text) if iban_valid(m.group())]
-        if any(c.isdigit() for c in text):
+        if any(h in text for h in SECRET_HINTS):
+            spans += [Found(m.start(), m.end(), "secret") for m in SECRETS.finditer(text)]
+        if DIGIT.search(text):
+            spans += [Found(m.start(), m.end(), "iban") for m in IBAN.finditer(text) if iban_valid(m.group())]
             spans += [Found(m.start(), m.end(), "card") for m in CARD.finditer(text) if card_number(m.group())]
             spans += [Found(m.start(), m.end(), "ip") for m in IPV4.finditer(text) if public_ip(m.group())]
             spans += self._phones(text)
@@ -132,7 +138,9 @@ class Detector:
         found = []
         for region in self.regions:
             for m in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
-                if sum(c.isdigit() for c in m.raw_string) >= MIN_PHONE_DIGITS:
+                digits = sum(c.isdigit() for c in m.raw_string)
+                reference = m.start > 0 and text[m.start - 1] == "#"  # "#16892279": an order or ticket number
+                if MIN_PHONE_DIGITS <= digits <= MAX_PHONE_DIGITS and not reference:
                     found.append(Found(m.start, m.end, "phone"))
         return found
 

@@ -169,3 +169,32 @@ def test_a_chinese_data_set_is_rejected_by_languages_en_and_english_quoting_fore
     from curate.filters import script_language
 
     assert [script_language(t) for t in ("你好", "ありがとう", "안녕", "สวัสดี", "ok")] == ["zh", "ja", "ko", "th", None]
+
+
+def test_the_generator_reproduces_the_committed_privacy_sample(tmp_path):
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "scripts/make_privacy_data.py", "--out", str(tmp_path)], cwd=ROOT, check=True,
+                   capture_output=True)
+    for name in ("tickets.jsonl", "test_set.jsonl", "planted.json"):
+        assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), f"{name} differs: run `make sample-data`"
+
+
+def test_the_review_app_says_what_was_redacted_and_undoes_it(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    lines = (DATA / "tickets.jsonl").read_text().splitlines()
+    pii_lines = sorted({p["line"] for p in PLANTED["pii"]})
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "pii.jsonl").write_text("".join(lines[n - 1] + "\n" for n in pii_lines))
+    _, out = curate(tmp_path, inputs=str(tmp_path / "in" / "pii.jsonl"))
+    monkeypatch.setenv("REVIEW_ARGS", f"run.root={tmp_path / 'runs'} run.name=p")
+    at = AppTest.from_file(str(ROOT / "curate" / "review_app.py"), default_timeout=180)
+    at.run()
+    assert not at.exception, at.exception
+    assert any(c.value.startswith("Redacted before training:") for c in at.caption)
+    shown = next(h for h in at.subheader if "in 'to review'" in h.value).value.rsplit("· ", 1)[1]
+    at.button(key="unredact").click().run()
+    decisions = [json.loads(x) for x in (out.parent / "review" / "decisions.jsonl").read_text().splitlines()]
+    assert [(d["id"], d["action"]) for d in decisions] == [(shown, "unredact")]
