@@ -69,7 +69,7 @@ def apply_filters(rows: list[Row], cfg: Config, tokenizer, stats: Stats, control
                     r.reject(name, detail)
         stats.step(f"filter {name}", rows)
     kept = [r for r in live if r.kept]
-    for need in ("language", "tokens"):  # what the outputs, the report and the review app show
+    for need in ("user_language", "tokens"):  # what the outputs, the report and the review app show
         _measure(need, kept, detector, tokenizer)
     stats.counters["langdetect_fast_path_rows"] = detector.fast_path_hits
     audit = stats.counters.setdefault("render_audit_dropped_turns", {})
@@ -89,10 +89,11 @@ def apply_filters(rows: list[Row], cfg: Config, tokenizer, stats: Stats, control
 
 
 def _measure(need: str | None, rows: list[Row], detector: LanguageDetector, tokenizer, min_tokens: int = 0) -> None:
-    if need == "language":
+    if need in ("language", "user_language"):  # the filter judges both sides; the outputs show the user side's
         for r in rows:
             if r.conv.lang is None:
                 r.conv.lang = detector.detect(language_text(r.conv))
+            if need == "language" and r.conv.reply_lang is None:
                 r.conv.reply_lang = detector.detect(reply_language_text(r.conv), REPLY_MIN_PROB)
     elif need == "tokens":
         render(rows, tokenizer)
