@@ -293,7 +293,7 @@ def test_review_decisions_flow_back(tmp_path, model_dir):
     assert kept["Say something in German about the weather."]["review"] == "restore"
     assert kept["Name a large animal living in the ocean."]["review"] == "accept"
     rv = report["review"]
-    assert rv["applied"] == {"accept": 1, "reject": 1, "edit": 1, "skip": 0, "restore": 1}
+    assert rv["applied"] == {"accept": 1, "reject": 1, "edit": 1, "skip": 0, "restore": 1, "unredact": 0}
     assert rv["unknown_ids"] == ["0000000000000000"] and len(rv["corrupted_lines"]) == 1
     manifest = read_jsonl(out / "manifest.jsonl")
     assert sorted(m["review"] for m in manifest if m["review"]) == ["accept", "edit", "reject", "restore"]

@@ -132,7 +132,13 @@ def test_token_and_language_filters_read_what_the_pipeline_set():
     c.tokens = 5000
     assert check("too_long", c) == "5000 tokens > curate.max_tokens 2048"
     c.lang = "de"
-    assert "language de not in" in check("language", c)
+    assert check("language", c) == "language de (user turns) not in curate.languages ['en']"
+    c.lang, c.reply_lang = "en", "zh-cn"  # the trained side is judged too
+    assert check("language", c) == "language zh-cn (assistant turns) not in curate.languages ['en']"
+    c.reply_lang = "und"  # too short to tell: passes unless configured otherwise
+    assert check("language", c) is None
+    strict = FilterContext(load_config(None, ["curate.undetermined_language=reject"]).curate)
+    assert "cannot be told" in FILTERS["language"](c, strict)
 
 
 def test_language_detector_is_seeded_and_has_a_safe_fast_path():
