@@ -138,12 +138,22 @@ def build_weights(gguf_path: Path, ids: dict):
     return model
 
 
+def built_from_the_pinned_gguf(out: Path) -> bool:
+    """The checkpoint in `out` was built from the GGUF this script pins (its source.json says so)."""
+    try:
+        return json.loads((out / "source.json").read_text(encoding="utf-8")).get("gguf_sha256") == GGUF_SHA256
+    except (OSError, ValueError):
+        return False
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args()
     out: Path = args.out
     if (out / ".complete").is_file():
+        if built_from_the_pinned_gguf(out):  # make's stamp is older than this script after an edit of it: mark it current
+            (out / ".complete").touch()
         print(f"{out} is already built (delete it to rebuild)")
         return 0
 

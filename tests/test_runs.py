@@ -132,3 +132,26 @@ def test_read_split_says_why_there_are_no_rows(tmp_path):
         read_split(cfg, "train", "training learns from them")
     (tmp_path / "r/curate/train.jsonl").write_text('{"id": "a"}\n')
     assert read_split(cfg, "train", "training learns from them") == [{"id": "a"}]
+
+
+def test_an_edit_of_build_model_does_not_leave_setup_stale(tmp_path):
+    """The model's stamp depends on scripts/build_model.py: after an edit of the script, a built model from the same
+    pinned GGUF is marked current (not rebuilt), so `make setup` has nothing to do again."""
+    import os
+    import shutil
+    import sys
+
+    model = ROOT / "models" / "smollm2-135m-instruct"
+    out = tmp_path / "m"
+    out.mkdir()
+    shutil.copy(model / "source.json", out / "source.json")
+    (out / ".complete").write_text("")
+    os.utime(out / ".complete", (1, 1))
+    proc = subprocess.run([sys.executable, "scripts/build_model.py", "--out", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "already built" in proc.stdout
+    assert (out / ".complete").stat().st_mtime > (ROOT / "scripts" / "build_model.py").stat().st_mtime
+    (out / "source.json").write_text('{"gguf_sha256": "another"}')  # built from something else: left as it is
+    os.utime(out / ".complete", (1, 1))
+    subprocess.run([sys.executable, "scripts/build_model.py", "--out", str(out)], cwd=ROOT, capture_output=True, timeout=60)
+    assert (out / ".complete").stat().st_mtime == 1
