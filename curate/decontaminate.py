@@ -8,17 +8,14 @@ of 64-bit hashes (curate.minhash.ngram_hashes64), looked up per chunk of rows wi
 
 from __future__ import annotations
 
-import glob
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from common.errors import UserError
 from curate.conversation import clean_text
 from curate.minhash import SEGMENT, ngram_hashes64
-from curate.readers import RawLine, read_file
-from curate.readers.jsonl import decode_line
+from curate.readers import glob_files, read_file
 from curate.records import to_messages
 from curate.shapes import RecordError
 
@@ -31,7 +28,6 @@ class ContaminationIndex:
     hashes: np.ndarray  # uint64, sorted
     source: np.ndarray  # int32: index into `sources` of the first test row holding that n-gram
     sources: list[str]  # "file:line" of test rows
-    rows_per_file: dict[str, int]
 
     def first_hits(self, texts: list[str], n: int) -> list[str | None]:
         """For each text (turns joined by SEGMENT): the "file:line" of a test row it shares an n-gram with, or None."""
@@ -41,22 +37,12 @@ class ContaminationIndex:
         at = np.searchsorted(self.hashes, h)
         at[at == len(self.hashes)] = 0
         hit = self.hashes[at] == h
-        owner = np.repeat(np.arange(len(texts)), counts)
+        owner = np.repeat(np.arange(len(texts)), counts)[hit]  # non-decreasing: unique's index is each text's first hit
+        texts_hit, first = np.unique(owner, return_index=True)
         out: list[str | None] = [None] * len(texts)
-        for i, j in zip(owner[hit][::-1], at[hit][::-1]):  # reversed: the first hit of a text is written last
+        for i, j in zip(texts_hit, at[hit][first]):
             out[i] = self.sources[self.source[j]]
         return out
-
-
-def files_of(patterns: list[str]) -> list[Path]:
-    files = []
-    for pattern in patterns:
-        found = sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-        if not found:
-            raise UserError(f"curate.decontaminate: `{pattern}` matches no file; fix the glob (paths are relative to "
-                            f"{Path.cwd()})")
-        files += [Path(p) for p in found]
-    return files
 
 
 def texts_of(record) -> list[str]:
@@ -73,7 +59,7 @@ def texts_of(record) -> list[str]:
 def build_index(patterns: list[str], n: int) -> ContaminationIndex:
     """Every test file read like curate's inputs; rows that are not JSON or of no known shape give their string
     fields (a test set need not be chat-shaped: {"question", "answer", "id"} works)."""
-    sources, rows_per_file, chunks, owners = [], {}, [], []
+    sources, chunks, owners = [], [], []
     batch: list[str] = []
     batch_owner: list[int] = []
 
@@ -85,13 +71,10 @@ def build_index(patterns: list[str], n: int) -> ContaminationIndex:
             batch.clear()
             batch_owner.clear()
 
-    for path in files_of(patterns):
-        rows_per_file[str(path)] = 0
-        for item in read_file(path, str(path), lazy=True):
-            raw = decode_line(item) if isinstance(item, RawLine) else item
+    for path in map(Path, glob_files(patterns, "curate.decontaminate")):
+        for raw in read_file(path, str(path)):
             if raw.error is not None:
                 continue
-            rows_per_file[str(path)] += 1
             sources.append(raw.where)
             batch.append(SEGMENT.join(texts_of(raw.record)))
             batch_owner.append(len(sources) - 1)
@@ -104,4 +87,4 @@ def build_index(patterns: list[str], n: int) -> ContaminationIndex:
     hashes, owner = hashes[order], owner[order]
     first = np.ones(len(hashes), dtype=bool)
     first[1:] = hashes[1:] != hashes[:-1]
-    return ContaminationIndex(hashes[first], owner[first], sources, rows_per_file)
+    return ContaminationIndex(hashes[first], owner[first], sources)

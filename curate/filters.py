@@ -232,8 +232,8 @@ class LanguageDetector:
             return "und"
 
 
-SCRIPTS = (("ja", re.compile("[\u3040-\u30ff]")), ("ko", re.compile("[\uac00-\ud7af\u1100-\u11ff]")),
-           ("zh", re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")), ("th", re.compile("[\u0e00-\u0e7f]")),
+KANA, HAN = re.compile("[\u3040-\u30ff]"), re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+SCRIPTS = (("ko", re.compile("[\uac00-\ud7af\u1100-\u11ff]")), ("zh", HAN), ("th", re.compile("[\u0e00-\u0e7f]")),
            ("lo", re.compile("[\u0e80-\u0eff]")), ("my", re.compile("[\u1000-\u109f]")), ("km", re.compile("[\u1780-\u17ff]")))
 
 
@@ -242,11 +242,10 @@ def script_language(text: str) -> str | None:
     Han, one family) writes: kana -> ja (before Han: Japanese mixes both), Hangul -> ko, Han -> zh, Thai, Lao,
     Myanmar, Khmer. None otherwise."""
     letters = sum(ch.isalpha() for ch in text)
-    for lang, pattern in SCRIPTS:
-        found = len(pattern.findall(text))
-        if found and (found * 2 >= letters or (lang == "ja" and found + len(SCRIPTS[2][1].findall(text)) >= letters / 2)):
-            return lang
-    return None
+    kana = len(KANA.findall(text))
+    if kana and (kana + len(HAN.findall(text))) * 2 >= letters:
+        return "ja"
+    return next((lang for lang, pattern in SCRIPTS if len(pattern.findall(text)) * 2 >= max(1, letters)), None)
 
 
 def language_text(c: Conversation) -> str:

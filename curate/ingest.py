@@ -6,7 +6,6 @@ workers and any chunk size (tests/test_curate_scale.py)."""
 from __future__ import annotations
 
 import fnmatch
-import glob
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ import numpy as np
 from tqdm import tqdm
 
 from common.config import Config
-from common.errors import UserError
 from curate import parallel
 from curate import review as review_mod
 from curate.conversation import ROLE_MAP, Conversation
@@ -24,9 +22,9 @@ from curate.decontaminate import ContaminationIndex, build_index
 from curate.dedup import dedup_text
 from curate.filtering import apply_filters, load_tokenizer, special_tokens
 from curate.minhash import MinHasher
-from curate.parse import parse_row
-from curate.pii import Detector, kinds_of, redact
-from curate.readers import FileError, read_file
+from curate.parse import parse_row, redact_row, reject_pii
+from curate.pii import Detector, kinds_of
+from curate.readers import FileError, glob_files, read_file
 from curate.readers.jsonl import RawLine, decode_line
 from curate.rows import Row, Stats
 from curate.tools import TemplateForms
@@ -35,17 +33,9 @@ from curate.tools import TemplateForms
 def input_files(cfg: Config) -> list[tuple[Path, str, str | None]]:
     """(path, display name, forced format) for every file matched by data.inputs, sorted, de-duplicated."""
     found: dict[str, tuple[Path, str, str | None]] = {}
-    misses = []
-    for pattern in cfg.data.inputs:
-        matches = sorted(glob.glob(pattern, recursive=True))
-        files = [m for m in matches if Path(m).is_file()]
-        if not files:
-            misses.append(f"data.inputs: `{pattern}` matches no file; fix the glob (paths are relative to {Path.cwd()})")
-        for m in files:
-            forced = next((fmt for g, fmt in cfg.data.format.items() if fnmatch.fnmatch(m, g) or Path(m).match(g)), None)
-            found.setdefault(str(Path(m)), (Path(m), display_name(Path(m)), forced))
-    if misses:
-        raise UserError(*misses)
+    for m in glob_files(cfg.data.inputs, "data.inputs"):
+        forced = next((fmt for g, fmt in cfg.data.format.items() if fnmatch.fnmatch(m, g) or Path(m).match(g)), None)
+        found.setdefault(str(Path(m)), (Path(m), display_name(Path(m)), forced))
     return [found[k] for k in sorted(found)]
 
 
@@ -145,16 +135,14 @@ def process_chunk(job: tuple[str | None, list]) -> Chunk:
 
 def _redact_edits(rows: list[Row], ctx: ChunkContext) -> None:
     """A reviewer's edit is redacted like the data (it gets a new id if it held something)."""
+    mode = ctx.cfg.curate.pii
     for r in rows:
         if r.review == "edit" and r.kept:
-            redacted, where = redact(r.conv.messages, ctx.detector)
-            if where:
-                r.pii = where
-                if ctx.cfg.curate.pii != "report":
-                    r.conv = Conversation(redacted)
-                    r.id = r.conv.id
-                if ctx.cfg.curate.pii == "reject":
-                    r.reject("pii", f"the reviewer's edit holds {', '.join(kinds_of(where))}")
+            msgs, _, _ = redact_row(r, r.conv.messages, None, ctx.detector, mode)
+            if msgs is not r.conv.messages:
+                r.conv = Conversation(msgs)
+                r.id = r.conv.id
+            reject_pii(r, mode)
 
 
 def _count_pii(rows: list[Row], stats: Stats) -> None:

@@ -38,7 +38,7 @@ def parse_row(raw: RawRow, forced: str | None, cfg: Config, control_tokens: tupl
         if "rejected" in extra:
             rejected = fill_variables([{"role": "assistant", "content": clean_text(extra["rejected"])}],
                                       cfg.data.variables)[0]["content"]
-        msgs, rejected, decided_on = _redact(r, msgs, rejected, detector, cfg.curate.pii, unredact)  # before anything keeps it
+        msgs, rejected, decided_on = redact_row(r, msgs, rejected, detector, cfg.curate.pii, unredact)  # before anything keeps it
         r.conv, r.rejected_reply = Conversation(msgs), rejected
         if rejected is not None:
             _refuse_degenerate_pair(msgs[-1]["content"], rejected)
@@ -48,13 +48,18 @@ def parse_row(raw: RawRow, forced: str | None, cfg: Config, control_tokens: tupl
     r.id = r.original_id = r.conv.id
     if decided_on is not None:  # the reviewer undid the redaction of the row as shown, under the redacted row's id
         r.review, r.original_id = "unredact", decided_on
-    if r.pii and cfg.curate.pii == "reject":
-        r.reject("pii", f"holds {', '.join(f'{n} {k}' for k, n in kinds_of(r.pii).items())} (redacted here; "
-                 "curate.pii: redact would keep the row with typed placeholders)")
+    reject_pii(r, cfg.curate.pii)
     return r
 
 
-def _redact(r: Row, msgs: list[dict], rejected: str | None, detector: Detector | None,
+def reject_pii(r: Row, mode: str) -> None:
+    """curate.pii: reject, for a row in which something was found."""
+    if r.pii and mode == "reject":
+        r.reject("pii", f"holds {', '.join(f'{n} {k}' for k, n in kinds_of(r.pii).items())} (redacted here; "
+                 "curate.pii: redact would keep the row with typed placeholders)")
+
+
+def redact_row(r: Row, msgs: list[dict], rejected: str | None, detector: Detector | None,
             mode: str, unredact: frozenset[str] = frozenset()) -> tuple[list[dict], str | None, str | None]:
     """curate.pii on a row's turns and a preference pair's rejected reply (its turn number is len(msgs)): what was
     found goes to r.pii; the text comes back redacted unless the mode is `report`, or a reviewer undid the redaction

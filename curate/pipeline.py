@@ -22,6 +22,7 @@ from curate.dedup import exact_dedup, near_dedup
 from curate.filters import FILTERS
 from curate.ingest import chunk_context, ingest, input_files
 from curate.outputs import write_outputs
+from curate.readers import glob_files
 from curate.report import build_report, write_html
 from curate.rows import Clock, Stats
 from curate.shapes import CONVERTERS
@@ -40,10 +41,11 @@ def checks(cfg: Config) -> list[str]:
     for glob_, fmt in cfg.data.format.items():
         if fmt not in CONVERTERS:
             problems.append(f"data.format: `{glob_}: {fmt}` names an unknown format; known: {', '.join(CONVERTERS)}")
-    try:
-        input_files(cfg)
-    except UserError as e:
-        problems += e.problems
+    for find in (lambda: input_files(cfg), lambda: glob_files(cfg.curate.decontaminate, "curate.decontaminate")):
+        try:
+            find()
+        except UserError as e:
+            problems += e.problems
     return problems
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from common.runs import json_text
 from curate.conversation import Conversation, normalize
+from curate.pii import KINDS as PII_KINDS
 from curate.shapes import RecordError, turn_list
 
 ACTIONS = ("accept", "reject", "edit", "skip", "restore", "unredact")
@@ -152,7 +153,7 @@ def segments(text: str) -> list[tuple[str, str]]:
     return out
 
 
-REDACTED = re.compile(r"&lt;(?:EMAIL|PHONE|IP|CARD|IBAN|SECRET|CUSTOM)_\d+&gt;")  # curate.pii's placeholders, escaped
+REDACTED = re.compile(rf"&lt;(?:{'|'.join(k.upper() for k in PII_KINDS)})_\d+&gt;")  # curate.pii's placeholders, escaped
 REJECT_REASONS = ("wrong answer", "bad format", "unsafe or private data", "off-task", "low quality", "duplicate", "other")
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench_common import spread
 from bench_curate import make_rows, write_jsonl
-from make_privacy_data import make_lookalikes, make_values
+from make_privacy_data import make_lookalikes, make_values, sensitive_part
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,7 +61,7 @@ def quality() -> dict:
     for _ in range(50):
         for kind, vs in make_values(rng).items():
             for v in vs:
-                secret = v.split("://", 1)[1].split("@", 1)[0] if "://" in v else v
+                secret = sensitive_part(v)
                 text = f"Update from the customer: {v}; please keep it on file. Thanks!"
                 found = [text[f.start:f.end] for f in d.find(text) if f.kind == kind]
                 held.setdefault(kind, []).append(any(secret in x or x in secret for x in found))

@@ -40,6 +40,11 @@ def iban(country: str, bban: str) -> str:
     return " ".join(raw[i:i + 4] for i in range(0, len(raw), 4))
 
 
+def sensitive_part(value: str) -> str:
+    """What must not survive of a planted value: a URL's user:password, else the whole value."""
+    return value.split("://", 1)[1].split("@", 1)[0] if "://" in value else value
+
+
 def make_values(rng: random.Random) -> dict[str, list[str]]:
     """A few values of every kind, in the spellings people paste."""
     alnum = string.ascii_letters + string.digits
@@ -126,8 +131,7 @@ def main() -> int:
                 text = prompt(rng) + " " + SENTENCES[kind].format(v=value)
                 reply = answer(rng) + (f" I have noted {value} on the ticket." if kind in ("email", "phone") and rng.random() < 0.5 else "")
                 tickets.append({"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]})
-                secret_part = value.split("://", 1)[1].split("@", 1)[0] if "://" in value else value  # a URL's user:password
-                planted.append({"kind": kind, "value": secret_part, "line": len(tickets)})
+                planted.append({"kind": kind, "value": sensitive_part(value), "line": len(tickets)})
     for text, why in make_lookalikes(rng) + make_lookalikes(rng):
         tickets.append({"messages": [{"role": "user", "content": f"{prompt(rng)} The reference is {text}."},
                                      {"role": "assistant", "content": answer(rng)}]})

@@ -14,7 +14,7 @@ from common.config import load_config
 from common.errors import UserError
 from curate import run
 from curate.pii import KINDS, Detector, redact
-from scripts.make_privacy_data import make_lookalikes, make_values
+from scripts.make_privacy_data import make_lookalikes, make_values, sensitive_part
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "privacy"
@@ -64,7 +64,7 @@ def test_recall_and_look_alikes_on_rows_the_sample_did_not_plant(tmp_path):
     for _ in range(12):
         for kind, values in make_values(rng).items():
             for value in values:
-                secret = value.split("://", 1)[1].split("@", 1)[0] if "://" in value else value
+                secret = sensitive_part(value)
                 lines.append(json.dumps(f"Hi, it's me again ({kind}): {value} -- thanks!") + ","
                              + json.dumps(f"Got it, {value} is on file now."))
                 planted.append((kind, secret))

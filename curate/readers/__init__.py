@@ -5,9 +5,11 @@ message instead, so nothing is lost. What a record's shape means is curate.shape
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Iterator
 from pathlib import Path
 
+from common.errors import UserError
 from curate.readers.base import FileError, RawRow
 from curate.readers.csv import read_csv
 from curate.readers.json import read_json
@@ -15,7 +17,21 @@ from curate.readers.jsonl import RawLine, jsonl_lines, read_jsonl
 from curate.readers.parquet import read_parquet
 
 EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")
-__all__ = ["EXTENSIONS", "FileError", "RawLine", "RawRow", "read_file"]
+__all__ = ["EXTENSIONS", "FileError", "RawLine", "RawRow", "glob_files", "read_file"]
+
+
+def glob_files(patterns: list[str], key: str) -> list[str]:
+    """The files the globs match (`**` recursive), each pattern's sorted, as glob spells them; a UserError naming the
+    config key and every pattern that matches no file."""
+    files, misses = [], []
+    for pattern in patterns:
+        found = [m for m in sorted(glob.glob(pattern, recursive=True)) if Path(m).is_file()]
+        if not found:
+            misses.append(f"{key}: `{pattern}` matches no file; fix the glob (paths are relative to {Path.cwd()})")
+        files += found
+    if misses:
+        raise UserError(*misses)
+    return files
 
 
 def read_file(path: Path, display: str, lazy: bool = False) -> Iterator[RawRow | RawLine]:
