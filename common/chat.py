@@ -25,6 +25,7 @@ from common.errors import UserError
 @dataclass
 class Tokenized:
     examples: list[dict] = field(default_factory=list)  # {"input_ids", "labels"}
+    rows: list[int] = field(default_factory=list)  # the index in `records` of each example
     rows_in: int = 0
     truncated: int = 0  # longer than max_seq_length, cut at the end
     fully_masked: list[str] = field(default_factory=list)  # ids with no loss token left after truncation
@@ -35,7 +36,7 @@ class Tokenized:
 
 def tokenize(records: list[dict], tokenizer, max_seq_length: int, end_of_turn_id: int) -> Tokenized:
     out = Tokenized(rows_in=len(records))
-    for rec in records:
+    for index, rec in enumerate(records):
         msgs = rec["messages"]
         ids = tokenizer(tokenizer.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)["input_ids"]
         labels = [-100] * len(ids)
@@ -63,11 +64,13 @@ def tokenize(records: list[dict], tokenizer, max_seq_length: int, end_of_turn_id
         out.tokens += len(ids)
         out.loss_tokens += sum(t != -100 for t in labels)
         out.examples.append({"input_ids": ids, "labels": labels})
+        out.rows.append(index)
     return out
 
 
-def pack(examples: list[dict], max_seq_length: int) -> list[dict]:
-    """First-fit-decreasing bins of at most max_seq_length tokens; deterministic for the same input."""
+def pack(examples: list[dict], max_seq_length: int, carry: str | None = None) -> list[dict]:
+    """First-fit-decreasing bins of at most max_seq_length tokens; deterministic for the same input. `carry`: a
+    per-example key whose values a packed row lists in the order of its examples (the data map's row ids)."""
     order = sorted(range(len(examples)), key=lambda i: (-len(examples[i]["input_ids"]), i))
     bins: list[list[int]] = []
     space: list[int] = []
@@ -89,15 +92,19 @@ def pack(examples: list[dict], max_seq_length: int) -> list[dict]:
             "labels": [t for i in members for t in examples[i]["labels"]],
             "position_ids": [p for i in members for p in range(len(examples[i]["input_ids"]))],
         })
+        if carry:
+            rows[-1][carry] = [examples[i][carry] for i in members]
     return rows
 
 
 @dataclass
 class Collator:
     """Right-pads a batch. Packed rows carry position_ids and no attention mask (the padding becomes its
-    own segment, which no real token attends to); unpacked rows get an attention mask."""
+    own segment, which no real token attends to); unpacked rows get an attention mask. `carry`: a key of row ids
+    (an int, or a list for a packed row) passed on as a (batch, segments) tensor padded with -1."""
 
     pad_token_id: int
+    carry: str | None = None
 
     def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
         width = max(len(x["input_ids"]) for x in batch)
@@ -118,4 +125,9 @@ class Collator:
                 out["position_ids"][r, n:] = torch.arange(width - n)
             else:
                 out["attention_mask"][r, :n] = 1
+        if self.carry and self.carry in batch[0]:
+            ids_of = [x[self.carry] if isinstance(x[self.carry], list) else [x[self.carry]] for x in batch]
+            out[self.carry] = torch.full((len(batch), max(map(len, ids_of))), -1, dtype=torch.long)
+            for r, v in enumerate(ids_of):
+                out[self.carry][r, :len(v)] = torch.tensor(v)
         return out

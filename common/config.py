@@ -149,6 +149,11 @@ class TrainSection:
     save_steps: int = key(50, "a checkpoint (to resume from) every this many steps", gt=0)
     early_stopping_patience: int = key(0, "evaluations without val-loss improvement before stopping; 0: off", ge=0,
                                        must="0 (off) or positive")
+    data_map: bool = key(True, "record per-row training dynamics and score every train row with the base and the tuned "
+                         "model: runs/<name>/train/data_map.jsonl, the suspects in the train report, `make suspects`")
+    data_map_passes: int = key(2, "scoring passes over the train rows during training, at evenly spaced steps: with "
+                               "each epoch's training forward and the end, the data map's points (each pass costs "
+                               "~10% of one epoch's training: docs/benchmarks.md)", ge=0)
 
 
 @dataclass
@@ -167,6 +172,8 @@ class ReviewSection:
     sample_size: int = key(0, "records to spot-check in `make review`; 0: 50 or 5% of the kept rows, whichever is larger",
                            ge=0, must="0 (automatic) or positive", example=50)
     seed: int = key(0, "which records the sample draws")
+    suspects: int = key(50, "rows in the 'suspects first' view: the train rows the data map finds most suspect "
+                        "(runs/<name>/train/data_map.jsonl)", gt=0)
     port: int = key(8501, "served on 127.0.0.1 only", gt=0, lt=65536, must="a TCP port")
 
 

@@ -199,6 +199,19 @@ def edit_problem(messages: list[dict]) -> str | None:
     return roles_do_not_alternate(Conversation(messages), None)
 
 
+def worst_span(text: str, line: dict) -> tuple[int, int, str] | None:
+    """Where in the rendered row the data map's worst token is: (start, end, "model says …"), found from the
+    decoded tokens around it; None when that text is not in the render (the data map is of another curate)."""
+    w = line.get("worst") or {}
+    ref = w.get("reference") or ""
+    at = text.find((w.get("before") or "") + ref + (w.get("after") or ""))
+    if not ref or at < 0:
+        return None
+    start = at + len(w.get("before") or "")
+    said = "agrees" if w.get("model") == ref else f'says "{w.get("model")}" (p={w.get("p_model", 0):.2f})'
+    return start, start + len(ref), f"◀ label p={w.get('p_reference', 0):.2f}; the model {said}"
+
+
 def length_bucket(tokens: int, max_len: int) -> str:
     if tokens > max_len:
         return "truncated"
@@ -243,9 +256,11 @@ def review_sample(records: list[dict], size: int, seed: int, max_len: int) -> li
     return chosen[:n]
 
 
-def render_html(text: str, messages: list[dict], specials: list[str], eot: str | None, cut_at: int | None) -> str:
+def render_html(text: str, messages: list[dict], specials: list[str], eot: str | None, cut_at: int | None,
+                worst: tuple[int, int, str] | None = None) -> str:
     """The template render: special tokens boxed, each assistant reply and its end-of-turn token (the span that
-    carries loss) highlighted, and a mark where train.max_seq_length cuts the row."""
+    carries loss) highlighted, and a mark where train.max_seq_length cuts the row. `worst`: (start, end, note) of
+    the token the data map found the model disputes most, outlined, the note after it."""
     spans, pos = [], 0
     for m in messages:
         k = text.find(m["content"], pos) if m["content"] else -1
@@ -258,7 +273,8 @@ def render_html(text: str, messages: list[dict], specials: list[str], eot: str |
             spans.append((k, end))
         pos = end
     out = []
-    marks = sorted({b for s in spans for b in s} | ({cut_at} if cut_at is not None else set()) | {0, len(text)})
+    bounds = set(worst[:2]) if worst else set()
+    marks = sorted({b for s in spans for b in s} | ({cut_at} if cut_at is not None else set()) | {0, len(text)} | bounds)
     for a, b in itertools.pairwise(marks):
         piece = html.escape(text[a:b])
         for t in sorted(specials, key=len, reverse=True):
@@ -267,9 +283,12 @@ def render_html(text: str, messages: list[dict], specials: list[str], eot: str |
             out.append("<span class='cut'>✂ truncated here (train.max_seq_length)</span>")
         piece = REDACTED.sub(lambda m: f"<span class='redacted'>{m.group()}</span>", piece)
         in_loss = any(s <= a and b <= e for s, e in spans)
+        if worst and worst[0] <= a and b <= worst[1]:
+            piece = f"<span class='worst'>{piece}</span><span class='why'>{html.escape(worst[2])}</span>"
         out.append(f"<span class='loss'>{piece}</span>" if in_loss else piece)
     return ("<style>.render{white-space:pre-wrap;font-family:monospace;font-size:.85em;background:#f6f8fa;padding:8px;"
             "border-radius:6px}.special{color:#8250df;border:1px solid #d0bfff;border-radius:3px;padding:0 2px}"
             ".loss{background:#dafbe1}.cut{color:#fff;background:#cf222e;padding:0 4px}"
-            ".redacted{background:#fff8c5;border:1px dashed #9a6700;border-radius:3px}</style>"
+            ".redacted{background:#fff8c5;border:1px dashed #9a6700;border-radius:3px}"
+            ".worst{outline:2px solid #cf222e;border-radius:2px}.why{color:#cf222e;font-size:.85em;padding-left:4px}</style>"
             f"<div class='render'>{''.join(out)}</div>")

@@ -21,7 +21,7 @@ import streamlit as st
 
 from common.errors import UserError
 from common.runs import read_jsonl
-from curate.review import REJECT_REASONS, append_decision, edit_problem, length_bucket, load_decisions, plain, render_html, review_sample, segments
+from curate.review import REJECT_REASONS, append_decision, edit_problem, length_bucket, load_decisions, plain, render_html, review_sample, segments, worst_span
 
 QUEUES = {"to review": None, "accepted": "accept", "rejected": "reject", "edited": "edit", "skipped": "skip",
           "redaction undone": "unredact"}
@@ -53,6 +53,14 @@ def load_curated(curate_dir: str, mtimes: tuple) -> tuple[list[dict], list[dict]
     return kept, rejected
 
 
+@st.cache_data(show_spinner="reading the data map")
+def load_suspects(path: str, mtime: float) -> list[dict]:
+    """The data map's scored lines, most suspect first (train/suspects.py)."""
+    from train.suspects import ranked
+
+    return ranked(Path(path))
+
+
 def main() -> None:
     st.set_page_config(page_title="chat-tune review", layout="wide")
     try:
@@ -76,20 +84,33 @@ def main() -> None:
         st.sidebar.warning(f"{len(orphans)} decision(s) match no row of the current curate output: "
                            + plain(", ".join(orphans[:10])) + (" …" if len(orphans) > 10 else ""))
     sample = review_sample(kept, cfg.review.sample_size, cfg.review.seed, cfg.train.max_seq_length)
-    view = st.sidebar.radio("view", ["review", "rejected by filters", "summary"], key="view")
+    view = st.sidebar.radio("view", ["review", "suspects first", "rejected by filters", "summary"], key="view")
     st.sidebar.markdown(f"run `{cfg.run_dir}`  \n{len(kept)} kept rows, {len(rejected)} rejected; sample {len(sample)} "
                         f"(seed {cfg.review.seed})  \ndecisions: `{decisions_path}`")
     if view == "rejected by filters":
         audit(rejected, decisions["latest"], decisions_path)
     elif view == "summary":
         summary(sample, {r["id"]: r for r in kept}, decisions["latest"])
+    elif view == "suspects first":
+        dm = cfg.run_dir / "train" / "data_map.jsonl"
+        if not dm.is_file():
+            st.info(f"No data map in `{dm}`: `make train` writes it (train.data_map: true); then the rows the model "
+                    "disputes most are listed here, most suspect first.")
+            return
+        ids = {r["id"] for r in kept}
+        lines = [ln for ln in load_suspects(str(dm), dm.stat().st_mtime) if ln["id"] in ids][:cfg.review.suspects]
+        st.sidebar.caption(f"suspects: the {len(lines)} train rows the model disputes most, from `{dm}`")
+        review(cfg, tok, eot, kept, rejected, [ln["id"] for ln in lines], decisions["latest"], decisions_path,
+               {ln["id"]: ln for ln in lines})
     else:
         review(cfg, tok, eot, kept, rejected, sample, decisions["latest"], decisions_path)
 
 
-def review(cfg, tok, eot, kept: list[dict], rejected: list[dict], sample: list[str], latest: dict, path: Path) -> None:
+def review(cfg, tok, eot, kept: list[dict], rejected: list[dict], sample: list[str], latest: dict, path: Path,
+           suspects: dict | None = None) -> None:
     """The spot-check page: progress, the queue's current record, its metadata and exact training render, and
-    the accept / reject / edit / skip decisions."""
+    the accept / reject / edit / skip decisions. `suspects`: the data map's line of each record (the suspects view),
+    shown above the record and marked in the render."""
     reviewed = sum(1 for i in sample if i in latest and latest[i]["action"] != "restore")
     st.progress(reviewed / max(1, len(sample)), text=f"reviewed {reviewed} / {len(sample)}")
     queue = st.sidebar.radio("queue", list(QUEUES), key="queue")
@@ -109,6 +130,13 @@ def review(cfg, tok, eot, kept: list[dict], rejected: list[dict], sample: list[s
     st.caption(SHORTCUTS)
     navigation(path, ids, pos)
     meta = st.columns([3, 2])
+    line = (suspects or {}).get(cur)
+    worst = worst_span(rec["text"], line) if line else None
+    if line:
+        from train.report import in_words
+
+        st.warning(f"**suspicion {line['suspicion']:.3f}** (#{sample.index(cur) + 1} of the data map) · region "
+                   f"{line['region']} · confidence {line['confidence']:.2f} — {plain(in_words(line))}")
     with meta[0]:
         st.subheader(f"{pos + 1} / {len(ids)} in '{queue}' · {plain(cur)}")
         show_messages(rec["messages"])
@@ -121,7 +149,7 @@ def review(cfg, tok, eot, kept: list[dict], rejected: list[dict], sample: list[s
         cut_at = enc["offset_mapping"][cfg.train.max_seq_length][0]
     specials = [t.content for t in tok.added_tokens_decoder.values() if t.special]
     with st.expander("exact training render (special tokens boxed; green = the span that carries loss)", expanded=True):
-        st.html(render_html(rec["text"], rec["messages"], specials, eot, cut_at))
+        st.html(render_html(rec["text"], rec["messages"], specials, eot, cut_at, worst))
     decision_forms(path, rec, ids, pos)
 
 

@@ -162,6 +162,7 @@ class Sample:
     labels: dict
     defect: dict | None = None  # {"defect", "detail", "of": Sample}
     raw: dict | str | None = None  # a record written as-is (malformed, unknown shape, wrong role order)
+    mislabel: dict | None = None  # a plausible wrong label planted in place: {"defect": "wrong_label", "detail"}
     instruction: str = INSTRUCTION  # for the formats that carry the instruction in the user turn
     file: str = ""
     row: int = 0
@@ -373,6 +374,27 @@ def plant_defects(rng: random.Random, clean: dict[str, list[Sample]]) -> dict[st
     return out
 
 
+# Files whose category labels are partly wrong, and how many of their clean rows: ~8% of each (30 rows, ~5% of the
+# triage rows). A wrong label is another real category: valid JSON, a known label, only wrong for that message, so no
+# rule of curate can see it; the data map of the train stage should (train/data_map.py).
+WRONG_LABEL_FILES = {"support_alpaca.json": 10, "support_openai.jsonl": 8, "support_prompt_completion.csv": 7,
+                     "support_chatml.jsonl": 5}
+
+
+def plant_wrong_labels(rng: random.Random, files: dict[str, list[Sample]]) -> None:
+    """Change the category of some clean rows in place (their position in the file stays). Rows that a planted
+    duplicate copies are left alone, so every duplicate stays a duplicate."""
+    copied = {id(s.defect["of"]) for samples in files.values() for s in samples if s.defect and s.defect["of"] is not None}
+    for name, n in WRONG_LABEL_FILES.items():
+        candidates = [s for s in files[name] if s.defect is None and s.raw is None and id(s) not in copied]
+        for s in rng.sample(candidates, n):
+            right = s.labels["category"]
+            wrong = rng.choice([c for c in CATEGORIES if c != right])
+            s.labels = {**s.labels, "category": wrong}
+            s.answer = answer_json(s.labels)
+            s.mislabel = {"defect": "wrong_label", "detail": f"category {right} -> {wrong}"}
+
+
 # ------------------------------------------------------------------------------------------ other shapes
 # The same task in the shapes real data sets come in (curate/formats.py): tool calls (OpenAI and Glaive/ShareGPT),
 # reasoning traces, preference pairs and KTO labels; with the defects those shapes bring (media rows, unfilled
@@ -527,6 +549,8 @@ def manifest(files: dict[str, list[Sample]]) -> dict:
     defects = []
     for samples in files.values():
         for s in samples:
+            if s.mislabel is not None:
+                defects.append({"file": s.file, "row": s.row, **s.mislabel})
             if s.defect is None:
                 continue
             entry = {"file": s.file, "row": s.row, "defect": s.defect["defect"], "detail": s.defect["detail"]}
@@ -573,6 +597,7 @@ def main() -> int:
     kept: list[set] = []
     clean = clean_rows(rng, FILES, kept)
     files = plant_defects(rng, clean)
+    plant_wrong_labels(random.Random(SEED + 2), files)  # its own generator: every other byte stays as it was
     write_files(rng, files, args.out)
     shapes_rng = random.Random(SEED + 1)
     shapes = plant_shape_defects(shapes_rng, clean_rows(shapes_rng, SHAPE_FILES, kept))

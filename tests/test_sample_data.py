@@ -161,6 +161,11 @@ def test_every_listed_defect_is_really_there(records, manifest, tokenizer):
             assert rec["label"] is False and list(json.loads(reply)) == KEYS, where  # a wrong triage, marked so
         elif kind == "unfilled_placeholder":
             assert re.search(r"\{\{\w+\}\}", reply), where
+        elif kind == "wrong_label":  # another real category, in a valid answer
+            right, wrong = re.fullmatch(r"category (\w+) -> (\w+)", d["detail"]).groups()
+            answer = json.loads(reply)
+            assert right != wrong and answer["category"] == wrong and wrong in manifest["labels"]["category"], where
+            assert list(answer) == KEYS, where
         elif kind == "bad_tool_call":
             args = [c["function"]["arguments"] for m in msgs for c in m.get("tool_calls") or []]
             assert len(args) == 1, where
@@ -175,7 +180,8 @@ SHAPE_FILES = {"support_tools_openai.jsonl", "support_tools_glaive.jsonl", "supp
 
 
 def test_clean_rows_are_valid_distinct_triage_answers(records, manifest):
-    planted = {(d["file"], d["row"]) for d in manifest["defects"]}
+    # a wrong label is a valid answer, only the wrong one for its message: checked here too
+    planted = {(d["file"], d["row"]) for d in manifest["defects"] if d["defect"] != "wrong_label"}
     labels = manifest["labels"]
     texts = []
     for name, recs in records.items():

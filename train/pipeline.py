@@ -25,6 +25,7 @@ from common.model import auto_cpu_dtype, dtype_of, dtype_why, load_unsloth, reso
 from common.preflight import require, unwritable
 from common.runs import atomic_write_json, links_out, package_versions, read_split, stage_dir, written_whole
 from train import distributed
+from train.recorder import ROW_KEY
 
 # Keys whose change makes an existing checkpoint a different run (the rest: how long, how often to log).
 RESUME_KEYS = ("model", "lora", "train.max_seq_length", "train.batch_size", "train.grad_accum", "train.learning_rate",
@@ -162,16 +163,18 @@ def _run(cfg: Config, fresh: bool) -> dict:
     model, tokenizer, end_of_turn_id, backend = _setup_model(cfg, model_dir, est)
     data = _setup_data(cfg, train_records, val_records, tokenizer, end_of_turn_id)
     setup = Setup(out, model_dir, est, backend, data, fp, resume_from, t_start)
-    trainer, progress = _setup_trainer(cfg, setup, model, tokenizer)
+    trainer, progress, recorder = _setup_trainer(cfg, setup, model, tokenizer)
     if distributed.is_main():
         stage_dir(cfg, "train")  # config.yaml and versions.json once everything before training has worked
     if resume_from:
         print(f"train: resuming from {resume_from}")
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    points = recorder.gathered() if recorder else None  # every rank's rows (a collective under torchrun)
     if not distributed.is_main():
         return {"steps": int(result.global_step), "rank": distributed.rank()}
     adapter = _save_adapter(cfg, out, model, tokenizer, model_dir)
-    summary = _write_summary(cfg, setup, result, progress)
+    data_map = _write_data_map(cfg, setup, model, tokenizer, train_records, points) if recorder else None
+    summary = _write_summary(cfg, setup, result, progress, data_map)
     print(f"train: {summary['steps']} steps, {summary['tokens_seen']} tokens at {summary['tokens_per_second']} tok/s "
           f"({backend.dtype}), "
           f"final loss {summary['final_train_loss']}, val {summary['final_val_loss']}, peak {summary['peak_memory_gib']} GiB "
@@ -256,7 +259,11 @@ def _setup_data(cfg: Config, train_records, val_records, tokenizer, end_of_turn_
     if not tok_train.examples:
         raise UserError(f"every training row lost its assistant tokens to truncation at train.max_seq_length={limit}; "
                         f"raise it (see {cfg.run_dir / 'curate' / 'report.html'} for the lengths)")
-    train_rows = pack(tok_train.examples, limit) if cfg.train.packing else tok_train.examples
+    if cfg.train.data_map:  # each example carries its index in train.jsonl for the recorder (train/recorder.py)
+        for ex, row in zip(tok_train.examples, tok_train.rows):
+            ex[ROW_KEY] = row
+    carry = ROW_KEY if cfg.train.data_map else None
+    train_rows = pack(tok_train.examples, limit, carry) if cfg.train.packing else tok_train.examples
     val_rows = tok_val.examples  # unpacked: val loss per example as in the eval stage
     print(f"train: {len(tok_train.examples)} examples ({tok_train.tokens} tokens, {tok_train.loss_tokens} with loss) "
           f"-> {len(train_rows)} rows{' packed' if cfg.train.packing else ''}; {tok_train.truncated} truncated; val {len(val_rows)}")
@@ -271,6 +278,7 @@ def _setup_trainer(cfg: Config, setup: Setup, model, tokenizer):
     from trl import SFTConfig, SFTTrainer
 
     from train.callbacks import CompletionMarker, ProgressAndLog
+    from train.recorder import Recorder, install
 
     out, data, fp, resume_from, backend = setup.out, setup.data, setup.fingerprint, setup.resume_from, setup.backend
     gpu, val_ds, t = backend.gpu, data.val, cfg.train
@@ -293,14 +301,27 @@ def _setup_trainer(cfg: Config, setup: Setup, model, tokenizer):
         save_only_model=False, dataloader_num_workers=0, use_cpu=not gpu,
         ddp_find_unused_parameters=False if distributed.world_size() > 1 else None)  # LoRA: every trained weight is used
     progress = ProgressAndLog(out / "train_log.jsonl", resume=resume_from is not None, main=distributed.is_main())
-    callbacks = [progress, CompletionMarker(fp)]
+    recorder = Recorder(data.tokenized.examples, t.data_map_passes, tokenizer.pad_token_id) if t.data_map else None
+    if recorder and resume_from:
+        print(f"train: data map: {recorder.load(resume_from)} row points recorded before {resume_from.name} kept")
+    callbacks = [progress] + ([recorder] if recorder else []) + [CompletionMarker(fp)]  # points saved before the mark
     if early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
 
-    class Trainer(SFTTrainer):  # counts real tokens per training step for tokens/s
+    class Trainer(SFTTrainer):  # counts real tokens per training step for tokens/s; hands row ids to the recorder
         def training_step(self, model, inputs, *a, **k):
             progress.count(inputs, tokenizer.pad_token_id)
             return super().training_step(model, inputs, *a, **k)
+
+        def compute_loss(self, model, inputs, *a, **k):
+            rows = inputs.pop(ROW_KEY, None)
+            if recorder and model.training:
+                recorder.rows = rows
+            try:
+                return super().compute_loss(model, inputs, *a, **k)
+            finally:
+                if recorder:
+                    recorder.rows = None
 
         def _load_optimizer_and_scheduler(self, checkpoint):
             if checkpoint is None or gpu or distributed.world_size() == 1:
@@ -311,9 +332,11 @@ def _setup_trainer(cfg: Config, setup: Setup, model, tokenizer):
                 obj.load_state_dict(torch.load(Path(checkpoint) / name, map_location="cpu", weights_only=True))
 
     trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=val_ds, processing_class=tokenizer,
-                      data_collator=Collator(tokenizer.pad_token_id), callbacks=callbacks)
+                      data_collator=Collator(tokenizer.pad_token_id, ROW_KEY), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # the progress bar and train_log.jsonl say it already
-    return trainer, progress
+    if recorder:
+        install(model, recorder)  # after the trainer has added its fused LM head
+    return trainer, progress, recorder
 
 
 def _check_targets(model, targets: list[str], model_dir: str) -> None:
@@ -340,7 +363,19 @@ def _save_adapter(cfg: Config, out: Path, model, tokenizer, model_dir: str) -> P
     return adapter
 
 
-def _write_summary(cfg: Config, setup: Setup, result, progress) -> dict:
+def _write_data_map(cfg: Config, setup: Setup, model, tokenizer, records: list[dict], points) -> dict:
+    """data_map.jsonl and the train report (train/data_map.py); what the summary keeps of it."""
+    from train import data_map
+
+    t0 = time.time()
+    info = data_map.write(setup.out, records, setup.data.tokenized, points, model, tokenizer)
+    info["seconds"] = round(time.time() - t0, 1)
+    print(f"train: data map of {info['rows']} rows in {info['seconds']} s -> {setup.out / data_map.FILE}; "
+          f"most suspect: {info['top'][0] if info['top'] else '-'} (`make suspects`)")
+    return info
+
+
+def _write_summary(cfg: Config, setup: Setup, result, progress, data_map: dict | None) -> dict:
     import torch
 
     from train.callbacks import plot_loss
@@ -363,7 +398,7 @@ def _write_summary(cfg: Config, setup: Setup, result, progress) -> dict:
         "train_seconds": round(progress.train_seconds, 1), "wall_seconds": round(time.time() - setup.t_start, 1),
         "final_train_loss": progress.last_loss, "final_val_loss": progress.last_val_loss,
         "peak_memory_gib": round(peak / 1024**3, 3), "peak_memory_kind": ("cuda max_memory_allocated" if gpu else "process max RSS") + (", rank 0" if distributed.world_size() > 1 else ""),
-        "memory_estimate_gib": est.to_dict(), "dtype": backend.dtype, "backend": asdict(backend), "model_dir": setup.model_dir,
+        "data_map": data_map, "memory_estimate_gib": est.to_dict(), "dtype": backend.dtype, "backend": asdict(backend), "model_dir": setup.model_dir,
         "versions": package_versions(), "config": dump_config(cfg),
     }
     atomic_write_json(out / "summary.json", summary)
