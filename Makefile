@@ -9,6 +9,7 @@
 #   make train     LoRA on runs/<name>/curate/train.jsonl -> runs/<name>/train/ (resumes; FRESH=1 starts over;
 #                  NPROC=N: N processes under torchrun, DDP, one per GPU; NNODES and TORCHRUN_ARGS for several machines,
 #                  e.g. TORCHRUN_ARGS="--node_rank=0 --rdzv_backend=c10d --rdzv_endpoint=host0:29500")
+#   make score     the base model's loss and IFD of every train row -> runs/<name>/score/scores.jsonl (curate.select_*)
 #   make suspects  the train rows the model disputes most (runs/<name>/train/data_map.jsonl), with file:line (TOP=20)
 #   make eval      base vs tuned on runs/<name>/curate/val.jsonl -> runs/<name>/eval/ (report.html)
 #   make review    Streamlit spot-check app on 127.0.0.1:<review.port> -> runs/<name>/review/decisions.jsonl (PORT= overrides)
@@ -44,7 +45,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: all setup preflight summary model doctor test sample-data clean-venv curate review train suspects eval gguf adapters
+.PHONY: all setup preflight summary model doctor test sample-data clean-venv curate review train score suspects eval gguf adapters
 
 # Serial make runs these in order; preflight stops the chain in seconds if a later stage could not finish.
 all: setup preflight curate train eval gguf summary
@@ -95,6 +96,9 @@ review: setup
 train: setup
 	$(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --nproc_per_node=$(NPROC) --nnodes=$(NNODES) $(if $(filter 1,$(NNODES)),--standalone) $(TORCHRUN_ARGS),$(PY)) \
 	  -m train --config $(CONFIG) $(if $(FRESH),--fresh) $(SET)
+
+score: setup
+	$(PY) -m train.score --config $(CONFIG) $(SET)
 
 suspects: setup
 	$(PY) -m train.suspects --config $(CONFIG) $(if $(TOP),--top $(TOP)) $(SET)

@@ -100,6 +100,15 @@ class CurateSection:
     decontaminate: list[str] = key([], "globs of test sets (any format curate reads): rows sharing a word n-gram with "
                                    "any of their prompts or answers are rejected as `contaminated`")
     decontaminate_ngram: int = key(13, "words per n-gram of the contamination check (the GPT-3 paper's 13)", ge=1)
+    select_scores: str = key("", "scores for curate.select_*: an earlier run's data map (runs/<run>/train/data_map.jsonl) "
+                             "or `make score`'s runs/<name>/score/scores.jsonl, matched by row id (docs/data_map.md)")
+    select_ifd: float = key(0.0, "keep the train rows with the highest IFD (Superfiltering): a fraction (0-1] or a count "
+                            "(> 1); rows with IFD >= 1 go first; 0: off", ge=0)
+    select_drop_hard: bool = key(False, "drop the train rows the data map puts in its hard region")
+    select_cap_per_file: int = key(0, "at most this many train rows per source file (highest IFD first); 0: off", ge=0)
+    select_cap_per_label: int = key(0, "at most this many train rows per label (select_label_key of a JSON answer); "
+                                    "0: off", ge=0)
+    select_label_key: str = key("category", "the key of a JSON answer whose value is the row's label")
 
 
 @dataclass
@@ -151,9 +160,9 @@ class TrainSection:
                                        must="0 (off) or positive")
     data_map: bool = key(True, "record per-row training dynamics and score every train row with the base and the tuned "
                          "model: runs/<name>/train/data_map.jsonl, the suspects in the train report, `make suspects`")
-    data_map_passes: int = key(2, "scoring passes over the train rows during training, at evenly spaced steps: with "
-                               "each epoch's training forward and the end, the data map's points (each pass costs "
-                               "~10% of one epoch's training: docs/benchmarks.md)", ge=0)
+    data_map_passes: int = key(1, "scoring passes over the train rows during training, at evenly spaced steps: with "
+                               "each epoch's training forward and the end, the data map's points (a pass costs ~9% of "
+                               "an epoch's training here: docs/data_map.md)", ge=0)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The curate stage, as its phases (`run` reads top to bottom): ingest (read -> parse -> normalise -> review
 decisions -> filters with the chat-template render -> MinHash signatures, per row, on curate.workers processes:
 curate.ingest) -> exact dedup -> MinHash near-dedup (curate.dedup) -> split -> leakage check (curate.split) ->
-outputs with the accounting check -> report (curate.outputs, curate.report).
+selection of train rows by model scores (curate.select, off by default) -> outputs with the accounting check ->
+report (curate.outputs, curate.report).
 
 Every input row ends as exactly one line in manifest.jsonl and either train/val.jsonl or rejected.jsonl;
 curate.outputs.check_accounting verifies that on the files written to a staging folder before the folder is
@@ -25,6 +26,8 @@ from curate.outputs import write_outputs
 from curate.readers import glob_files
 from curate.report import build_report, write_html
 from curate.rows import Clock, Stats
+from curate.select import problems as select_problems
+from curate.select import select
 from curate.shapes import CONVERTERS
 from curate.split import split
 
@@ -41,6 +44,7 @@ def checks(cfg: Config) -> list[str]:
     for glob_, fmt in cfg.data.format.items():
         if fmt not in CONVERTERS:
             problems.append(f"data.format: `{glob_}: {fmt}` names an unknown format; known: {', '.join(CONVERTERS)}")
+    problems += select_problems(cfg)
     for find in (lambda: input_files(cfg), lambda: glob_files(cfg.curate.decontaminate, "curate.decontaminate")):
         try:
             find()
@@ -73,10 +77,15 @@ def run(cfg: Config) -> dict:
     del sigs, check_sigs
     clock.lap("split and leakage check", len(kept))
     train, val = [r for r in kept if r.split == "train"], [r for r in kept if r.split == "val"]
+    train, selection = select(train, cfg)  # curate.select_* (off by default): train rows only, by an earlier run's scores
+    if selection["active"]:
+        kept = [r for r in kept if r.kept]
+        stats.step("selection", rows)
     with built_whole(cfg, "curate") as staging:  # a failure leaves an existing curate/ exactly as it was
         write_outputs(staging, rows, kept, train, val, stats)
         clock.lap("write outputs", len(rows))
         report = build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary)
+        report["selection"] = selection
         atomic_write_json(staging / "report.json", report)
         write_html(staging, report)
         clock.lap("report", len(rows))

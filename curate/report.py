@@ -185,6 +185,15 @@ def plots(report: dict) -> dict[str, bytes]:
     return out
 
 
+def _selection(sel: dict) -> str:
+    if not sel.get("active"):
+        return ""
+    return (f"<h2>Selection by model scores</h2><p>{sel['train_in']} train rows in, <b>{sel['kept']} selected</b>; "
+            f"{sel['unscored']} had no score in <code>{esc(sel['scores'])}</code> and were kept. Dropped as "
+            "<code>not_selected</code> (each with its score in rejected.jsonl):</p>"
+            + table(["rule", "rows"], sel["dropped"].items()))
+
+
 def write_html(out_dir: Path, report: dict) -> None:
     images = plots(report)
     t = report["tokens"]
@@ -200,6 +209,7 @@ def write_html(out_dir: Path, report: dict) -> None:
 <h2>Rows per step</h2>{img(images['steps.png'], 'rows per step')}
 {table(['step', 'rows'], [(s['step'], s['rows']) for s in report['steps']])}
 <h2>Rejected, by reason</h2>{table(['reason', 'rows'], report['rejected_by_reason'].items())}
+{_selection(report.get('selection') or {{}})}
 <p>Every rejected row, with its file:line and detail: <code>rejected.jsonl</code>. Every input row's fate: <code>manifest.jsonl</code>.</p>
 {table(['unreadable file', 'error'], [(e['file'], e['error']) for e in report['file_errors']]) if report['file_errors'] else ''}
 <h2>Token lengths</h2>{img(images['tokens.png'], 'token lengths')}

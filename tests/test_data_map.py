@@ -16,8 +16,8 @@ import torch
 from common.chat import Collator, pack, tokenize
 from tests.test_train import records
 from train.data_map import build, region
-from train.recorder import ROW_KEY, Recorder, label_log_probs
-from train.scoring import answer_alone, reply_header, score, spans
+from train.recorder import Recorder, label_log_probs
+from train.scoring import ROW_KEY, answer_alone, reply_header, score, spans
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,3 +137,80 @@ def test_make_suspects_prints_file_line_and_the_dispute(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "train.suspects", f"run.root={tmp_path}", "run.name=none"],
                              cwd=ROOT, capture_output=True, text=True)
     assert missing.returncode == 2 and "run `make train` first" in missing.stderr + missing.stdout
+
+
+# ------------------------------------------------------------------------------------------ selection
+def curate(root: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "curate", f"run.root={root}", "run.name=s",
+                           "data.inputs=[data/sample/support_openai.jsonl]", *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, model_dir):
+    """One sample file curated, then `make score` on its train split (the real base model)."""
+    from common.runs import read_jsonl
+
+    root = tmp_path_factory.mktemp("select")
+    assert curate(root).returncode == 0
+    proc = subprocess.run([sys.executable, "-m", "train.score", f"run.root={root}", "run.name=s"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, read_jsonl(root / "s/score/scores.jsonl"), proc
+
+
+def test_make_score_scores_every_train_row_with_the_base_model(scored):
+    from common.runs import read_jsonl
+
+    root, scores, proc = scored
+    train = read_jsonl(root / "s/curate/train.jsonl")
+    val_ids = {r["id"] for r in read_jsonl(root / "s/curate/val.jsonl")}
+    assert [s["id"] for s in scores] == [r["id"] for r in train] and not val_ids & {s["id"] for s in scores}
+    assert all(s["scored"] and s["loss_base"] > 0 and s["loss_alone"] > 0 and s["ifd"] == pytest.approx(s["loss_base"] / s["loss_alone"], rel=1e-4)
+               for s in scores)
+    assert "rows/s" in proc.stdout and (root / "s/score/config.yaml").is_file()
+
+
+def test_selection_by_ifd_and_caps_rejects_with_the_score_and_leaves_val_alone(scored, tmp_path):
+    from common.runs import read_jsonl
+
+    root, scores, _ = scored
+    before_val = (root / "s/curate/val.jsonl").read_bytes()
+    n = len(scores)
+    proc = curate(root, f"curate.select_scores={root}/s/score/scores.jsonl", "curate.select_ifd=0.5",
+                  "curate.select_cap_per_label=8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = root / "s/curate"
+    assert (out / "val.jsonl").read_bytes() == before_val  # selection never touches val
+    train = read_jsonl(out / "train.jsonl")
+    dropped = [r for r in read_jsonl(out / "rejected.jsonl") if r["reason"] == "not_selected"]
+    report = json.loads((out / "report.json").read_text())
+    sel = report["selection"]
+    assert sel["train_in"] == n and sel["kept"] == len(train) and len(dropped) == n - len(train) == sum(sel["dropped"].values())
+    assert sel["dropped"]["ifd"] == n - -(-n // 2) and all(r["detail"].startswith(("ifd: ", "cap per label: ")) for r in dropped)
+    ifd = {s["id"]: s["ifd"] for s in scores}
+    kept_ifd = [ifd[r["id"]] for r in train]
+    cut = [r for r in dropped if r["detail"].startswith("ifd: ")]
+    assert min(kept_ifd) >= max(ifd[r["id"]] for r in cut if ifd[r["id"]] < 1)  # the highest IFD stays
+    labels = [json.loads(r["messages"][-1]["content"])["category"] for r in train]
+    assert max(labels.count(c) for c in set(labels)) <= 8
+    assert report["rows_in"] == report["kept"] + report["rejected"]  # still adds up
+    assert "Selection by model scores" in (out / "report.html").read_text()
+
+
+def test_selection_drops_the_hard_region_of_a_data_map_and_needs_scores(scored, tmp_path):
+    from common.runs import read_jsonl
+
+    root, scores, _ = scored
+    hard = {s["id"] for s in scores[:3]}
+    dm = tmp_path / "data_map.jsonl"  # a data map's fields that selection reads (train/data_map.py writes them)
+    dm.write_text("".join(json.dumps({**s, "region": "hard" if s["id"] in hard else "easy", "worst_confidence": 0.1,
+                                      "suspicion": 1.2}) + "\n" for s in scores))
+    proc = curate(root, f"curate.select_scores={dm}", "curate.select_drop_hard=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dropped = [r for r in read_jsonl(root / "s/curate/rejected.jsonl") if r["reason"] == "not_selected"]
+    assert {r["id"] for r in dropped} == hard and all(r["detail"].startswith("hard region: ") for r in dropped)
+    missing = curate(root, "curate.select_ifd=0.5")
+    assert missing.returncode == 2 and "curate.select_scores is empty" in missing.stderr
+    no_region = curate(root, f"curate.select_scores={root}/s/score/scores.jsonl", "curate.select_drop_hard=true")
+    assert no_region.returncode == 2 and "needs a data map" in no_region.stderr

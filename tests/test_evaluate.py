@@ -82,7 +82,7 @@ def test_reasoning_is_read_past_and_mid_conversation_calls_are_scored():
 
 @pytest.fixture(scope="module")
 def evaluated(chain):
-    """The eval stage of `make all` on the sample data after 20 training steps (conftest.CHAIN_SET)."""
+    """The eval stage of `make all` on the sample data (conftest.CHAIN_SET)."""
     root, proc = chain
     return root, root / "t" / "eval", proc
 
@@ -92,13 +92,12 @@ def test_before_and_after_on_the_same_val_set(evaluated):
     m = json.loads((out / "metrics.json").read_text())
     assert m["main_metric"] == "field_accuracy" and m["val_rows"] == CHAIN_VAL_ROWS
     assert "eval: inherited from" in proc.stdout and "adapter/train_config.yaml" in proc.stdout
-    # even 20 steps teach the format: the tuned model answers with the JSON object, the base model chats
+    # one epoch teaches the format: the tuned model answers with the JSON object, the base model chats
     assert m["tuned"]["valid_json"] >= m["base"]["valid_json"] + 0.5, m
     assert m["tuned"]["teacher_forced"]["loss"] < m["base"]["teacher_forced"]["loss"]
-    # ... and the beginning of the task itself, not only its format. A lower bar than the shipped default's: these 20
-    # steps see 80 of the 576 train rows, where the default's 144 steps reach exact match 92.5% (bfloat16) on all 64
-    # val rows (docs/benchmarks.md).
-    assert m["tuned"]["field_accuracy"] >= m["base"]["field_accuracy"] + 0.3, m
+    # ... and the task itself, not only its format (the shipped default, max_seq_length 512, reaches exact match ~90%
+    # on all 64 val rows: docs/benchmarks.md)
+    assert m["tuned"]["field_accuracy"] >= m["base"]["field_accuracy"] + 0.5, m
     assert m["tuned"]["stopped_at_end_of_turn"] == 1.0
     assert set(m["flips"]) == {"fixed", "broke", "same"} and sum(m["flips"].values()) == CHAIN_VAL_ROWS
     fp = m["forgetting_probe"]

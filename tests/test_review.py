@@ -4,6 +4,7 @@ and edits, then checks that the next curate run applies all three."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -253,14 +254,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"), reason="needs Debian's chromium (.ci/run installs it); CI fails instead")
-def test_real_browser_accept_reject_edit_then_curate_applies_them(run_root, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+@contextlib.contextmanager
+def browser_on_app(root: Path):
+    """`make review` on run `t` under `root` as its own server process, and a page of Debian's chromium on it."""
+    from playwright.sync_api import sync_playwright
 
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", "127.0.0.1", "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", f"run.root={run_root}", "run.name=t"],
+         "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", f"run.root={root}", "run.name=t"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={k: v for k, v in os.environ.items() if k != "REVIEW_ARGS"})
     try:
         for _ in range(120):
@@ -274,24 +276,32 @@ def test_real_browser_accept_reject_edit_then_curate_applies_them(run_root, tmp_
                                         args=["--disable-background-networking", "--disable-component-update", "--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(f"http://127.0.0.1:{port}/")
-            n = len(review_sample(kept_records(run_root), 0, 0, 512))
-            expect(page.get_by_text(f"reviewed 0 / {n}")).to_be_visible(timeout=120_000)
-            page.get_by_role("button", name="Accept").click()
-            expect(page.get_by_text(f"reviewed 1 / {n}")).to_be_visible(timeout=30_000)
-            page.get_by_role("button", name="Reject").click()
-            page.get_by_label("note (optional)").fill("not a real ticket")
-            page.get_by_role("button", name="Confirm reject").click()
-            expect(page.get_by_text(f"reviewed 2 / {n}")).to_be_visible(timeout=30_000)
-            page.get_by_role("button", name="Edit").click()
-            last = page.get_by_label("turn 2 content") if page.get_by_label("turn 3 content").count() == 0 else page.get_by_label("turn 3 content")
-            last.fill('{"category": "billing", "priority": "low", "sentiment": "neutral", "product": null}')
-            page.get_by_role("button", name="Save edit").click()
-            expect(page.get_by_text(f"reviewed 3 / {n}")).to_be_visible(timeout=30_000)
-            page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+            yield page
             browser.close()
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"), reason="needs Debian's chromium (.ci/run installs it); CI fails instead")
+def test_real_browser_accept_reject_edit_then_curate_applies_them(run_root, tmp_path):
+    from playwright.sync_api import expect
+
+    with browser_on_app(run_root) as page:
+        n = len(review_sample(kept_records(run_root), 0, 0, 512))
+        expect(page.get_by_text(f"reviewed 0 / {n}")).to_be_visible(timeout=120_000)
+        page.get_by_role("button", name="Accept").click()
+        expect(page.get_by_text(f"reviewed 1 / {n}")).to_be_visible(timeout=30_000)
+        page.get_by_role("button", name="Reject").click()
+        page.get_by_label("note (optional)").fill("not a real ticket")
+        page.get_by_role("button", name="Confirm reject").click()
+        expect(page.get_by_text(f"reviewed 2 / {n}")).to_be_visible(timeout=30_000)
+        page.get_by_role("button", name="Edit").click()
+        last = page.get_by_label("turn 2 content") if page.get_by_label("turn 3 content").count() == 0 else page.get_by_label("turn 3 content")
+        last.fill('{"category": "billing", "priority": "low", "sentiment": "neutral", "product": null}')
+        page.get_by_role("button", name="Save edit").click()
+        expect(page.get_by_text(f"reviewed 3 / {n}")).to_be_visible(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
     assert (tmp_path / "review.png").stat().st_size > 10_000
     d = decisions(run_root)
     assert [x["action"] for x in d] == ["accept", "reject", "edit"], d
@@ -308,3 +318,42 @@ def test_real_browser_accept_reject_edit_then_curate_applies_them(run_root, tmp_
     kept = kept_records(run_root)
     assert any(r["messages"][-1]["content"].startswith('{"category": "billing", "priority": "low"') and r["review"] == "edit" for r in kept)
     assert any(r["id"] == d[0]["id"] and r["review"] == "accept" for r in kept)
+
+
+def test_real_browser_suspects_first_then_curate_applies_the_decision(chain, tmp_path):
+    """The data map of `make all` (a whole epoch on the sample data) finds the planted wrong labels: the top 2x
+    suspects hold >= 80% of those that reached train.jsonl, and every train row has a line. Its most suspect row
+    opens first in the review app's suspects view in a real browser, marked; rejecting it there makes the next
+    `make curate` reject it."""
+    from playwright.sync_api import expect
+
+    from scripts.bench_data_map import planted, recall_at
+
+    root = chain[0]
+    lines = read_jsonl(root / "t/train/data_map.jsonl")
+    assert [ln["id"] for ln in lines] == [r["id"] for r in read_jsonl(root / "t/curate/train.jsonl")]
+    wrong = planted(ROOT / "data/sample_defects.json")
+    recall, precision, cut = recall_at([ln for ln in lines if ln["scored"]], wrong, lambda ln: ln["suspicion"])
+    assert recall >= 0.8 and cut >= 40, (recall, precision, cut)
+    shutil.copytree(root / "t/curate", tmp_path / "t/curate")
+    (tmp_path / "t/train").mkdir(parents=True)
+    shutil.copy(root / "t/train/data_map.jsonl", tmp_path / "t/train/data_map.jsonl")
+    top = max((ln for ln in lines if ln["scored"]), key=lambda ln: ln["suspicion"])
+    if not CHROMIUM.exists() and not os.environ.get("CI"):
+        pytest.skip("needs Debian's chromium (.ci/run installs it); CI fails instead")
+    with browser_on_app(tmp_path) as page:
+        expect(page.get_by_text("reviewed 0 /")).to_be_visible(timeout=120_000)
+        page.get_by_text("suspects first").click()
+        expect(page.get_by_text(f"suspicion {top['suspicion']:.3f}")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text(f"label p={top['worst']['p_reference']:.2f}").first).to_be_visible()  # marked in the render
+        page.get_by_role("button", name="Reject").click()
+        page.get_by_label("note (optional)").fill("wrong category")
+        page.get_by_role("button", name="Confirm reject").click()
+        expect(page.get_by_text("reviewed 1 /")).to_be_visible(timeout=30_000)
+    d = decisions(tmp_path)
+    assert [(x["id"], x["action"]) for x in d] == [(top["id"], "reject")]
+    proc = subprocess.run([sys.executable, "-m", "curate", f"run.root={tmp_path}", "run.name=t"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rejected = read_jsonl(tmp_path / "t/curate/rejected.jsonl")
+    assert any(r["id"] == top["id"] and r["reason"] == "human_review" and "wrong category" in r["detail"] for r in rejected)

@@ -134,6 +134,31 @@ def test_a_short_run_learns_and_writes_its_outputs(trained):
     assert "Unsloth (CPU)" in proc.stdout + proc.stderr and "OK: template, eos" in proc.stdout
 
 
+def data_map(out: Path) -> dict[str, dict]:
+    return {ln["id"]: ln for ln in read_jsonl(out / "data_map.jsonl")}
+
+
+def test_the_data_map_has_a_line_per_train_row_with_the_points_recorded(trained):
+    """6 steps of 2 rows: 12 of the 48 rows were trained on (a training-forward point each); the pass (train.
+    data_map_passes: 1, at step 3) and the end score every row; the base model and the answers alone give loss_base
+    and IFD."""
+    root, out, proc = trained
+    lines = data_map(out)
+    assert list(lines) == [r["id"] for r in read_jsonl(root / "t" / "curate" / "train.jsonl")]
+    at = {ln_id: [p["at"] for p in ln["points"]] for ln_id, ln in lines.items()}
+    forward = [i for i, a in at.items() if a[0] == "epoch 1 forward"]
+    assert len(forward) == 12 and all(a[-2:] == ["step 3", "end"] for a in at.values())
+    for ln in lines.values():
+        assert ln["scored"] and 0 < ln["worst_confidence"] <= ln["confidence"] <= 1 and ln["loss_tuned"] > 0
+        assert ln["region"] in ("easy", "ambiguous", "hard") and ln["ifd"] > 0 and ln["worst"]["reference"]
+    assert sum(ln["loss_base"] - ln["loss_tuned"] for ln in lines.values()) > 0  # it learned: the tuned model fits better
+    s = json.loads((out / "summary.json").read_text())["data_map"]
+    assert s["rows"] == s["scored"] == 48 and s["points"] == 3 and len(s["top"]) == 5
+    assert "data map of 48 rows" in proc.stdout and (out / "report.html").stat().st_size > 0
+    html = (out / "report.html").read_text()
+    assert "most suspect rows" in html and s["top"][0] in html
+
+
 def test_every_lora_parameter_changed_and_the_adapter_changes_the_output(trained, hf_model, tokenizer):
     from peft import PeftModel
 
@@ -176,6 +201,16 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(trained, tmp_path):
     a = load_file(str(reference / "adapter/adapter_model.safetensors"))
     b = load_file(str(out / "adapter/adapter_model.safetensors"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    # the data map keeps the points recorded before the kill (checkpoint 4 holds them) and equals the reference's
+    assert "row points recorded before checkpoint-4 kept" in resumed.stdout
+    same_points(data_map(reference), data_map(out), 1e-4)
+
+
+def same_points(ref: dict, got: dict, tol: float) -> None:
+    assert list(ref) == list(got)
+    for i in ref:
+        assert [p["at"] for p in ref[i]["points"]] == [p["at"] for p in got[i]["points"]], i
+        assert all(abs(a["p"] - b["p"]) < tol for a, b in zip(ref[i]["points"], got[i]["points"])), i
 
 
 # ------------------------------------------------------------------------------------- torchrun (DDP)
@@ -237,6 +272,7 @@ def test_two_processes_train_as_one_and_resume_after_a_rank_is_killed(trained, t
     assert tokens[0][4] == tokens[1][4] > 0  # both ranks' tokens, as one process saw them
     s = json.loads((out / "summary.json").read_text())
     assert (s["processes"], s["global_batch"]) == (2, 2) and s["resumed_from"].endswith("checkpoint-4")
+    same_points(data_map(reference), data_map(out), 1e-3)  # both ranks' rows, gathered on rank 0
 
 
 # ------------------------------------------------------------------------------------- refusals

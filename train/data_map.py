@@ -23,7 +23,7 @@ import statistics
 from pathlib import Path
 
 from common.runs import atomic_write_json, atomic_write_text, jsonl_text
-from train.scoring import RowScore, answer_alone, reply_header, score
+from train.scoring import RowScore, answer_alone, merged, reply_header, score
 
 FILE = "data_map.jsonl"
 EASY_CONFIDENCE = 0.8  # region thresholds (docs/data_map.md)
@@ -105,7 +105,7 @@ def write(out: Path, records: list[dict], tokenized, points, model, tokenizer) -
 
     examples = tokenized.examples
     pad = tokenizer.pad_token_id
-    tuned = score(model, examples, pad, "data map: tuned model")
+    tuned = score(merged(model), examples, pad, "data map: tuned model")
     with model.disable_adapter():
         base = score(model, examples, pad, "data map: base model")
         alone = score(model, answer_alone(examples, reply_header(tokenizer)), pad, "data map: answers alone")

@@ -25,7 +25,7 @@ from common.model import auto_cpu_dtype, dtype_of, dtype_why, load_unsloth, reso
 from common.preflight import require, unwritable
 from common.runs import atomic_write_json, links_out, package_versions, read_split, stage_dir, written_whole
 from train import distributed
-from train.recorder import ROW_KEY
+from train.scoring import ROW_KEY
 
 # Keys whose change makes an existing checkpoint a different run (the rest: how long, how often to log).
 RESUME_KEYS = ("model", "lora", "train.max_seq_length", "train.batch_size", "train.grad_accum", "train.learning_rate",

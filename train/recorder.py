@@ -17,9 +17,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from train import distributed
-from train.scoring import RowScore, per_row
+from train.scoring import ROW_KEY, RowScore, per_row
 
-ROW_KEY = "data_map_row"  # the column with each example's index in the train split (-1 pads packed rows)
 FILE = "data_map_points.json"
 
 
@@ -45,10 +44,10 @@ class Recorder(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kw):
         if state.global_step not in self.pass_steps(state.max_steps) or state.global_step in self.passes:
             return
-        from train.scoring import score
+        from train.scoring import merged, score
 
         mine = self.examples[distributed.rank()::distributed.world_size()]  # each rank scores its share
-        got = score(model, mine, self.pad_id, f"data map: pass at step {state.global_step}" if distributed.is_main() else None)
+        got = score(merged(model), mine, self.pad_id, f"data map: pass at step {state.global_step}" if distributed.is_main() else None)
         self.passes[state.global_step] = {ex[ROW_KEY]: s for ex, s in zip(mine, got) if s is not None}
 
     def take(self, log_probs, label_mask, position_ids=None) -> None:
