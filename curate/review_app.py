@@ -22,6 +22,7 @@ import streamlit as st
 from common.errors import UserError
 from common.runs import read_jsonl
 from curate.review import REJECT_REASONS, append_decision, edit_problem, length_bucket, load_decisions, plain, render_html, review_sample, segments, worst_span
+from curate.review_suspects import dispute, suspect_lines
 
 QUEUES = {"to review": None, "accepted": "accept", "rejected": "reject", "edited": "edit", "skipped": "skip",
           "redaction undone": "unredact"}
@@ -51,14 +52,6 @@ def load_curated(curate_dir: str, mtimes: tuple) -> tuple[list[dict], list[dict]
     kept = [dict(r, split=split) for split in ("train", "val") for r in read_jsonl(d / f"{split}.jsonl")]
     rejected = read_jsonl(d / "rejected.jsonl") if (d / "rejected.jsonl").is_file() else []
     return kept, rejected
-
-
-@st.cache_data(show_spinner="reading the data map")
-def load_suspects(path: str, mtime: float) -> list[dict]:
-    """The data map's scored lines, most suspect first (train/suspects.py)."""
-    from train.suspects import ranked
-
-    return ranked(Path(path))
 
 
 def main() -> None:
@@ -92,16 +85,10 @@ def main() -> None:
     elif view == "summary":
         summary(sample, {r["id"]: r for r in kept}, decisions["latest"])
     elif view == "suspects first":
-        dm = cfg.run_dir / "train" / "data_map.jsonl"
-        if not dm.is_file():
-            st.info(f"No data map in `{dm}`: `make train` writes it (train.data_map: true); then the rows the model "
-                    "disputes most are listed here, most suspect first.")
-            return
-        ids = {r["id"] for r in kept}
-        lines = [ln for ln in load_suspects(str(dm), dm.stat().st_mtime) if ln["id"] in ids][:cfg.review.suspects]
-        st.sidebar.caption(f"suspects: the {len(lines)} train rows the model disputes most, from `{dm}`")
-        review(cfg, tok, eot, kept, rejected, [ln["id"] for ln in lines], decisions["latest"], decisions_path,
-               {ln["id"]: ln for ln in lines})
+        lines = suspect_lines(cfg, kept)
+        if lines is not None:
+            review(cfg, tok, eot, kept, rejected, [ln["id"] for ln in lines], decisions["latest"], decisions_path,
+                   {ln["id"]: ln for ln in lines})
     else:
         review(cfg, tok, eot, kept, rejected, sample, decisions["latest"], decisions_path)
 
@@ -133,10 +120,7 @@ def review(cfg, tok, eot, kept: list[dict], rejected: list[dict], sample: list[s
     line = (suspects or {}).get(cur)
     worst = worst_span(rec["text"], line) if line else None
     if line:
-        from train.report import in_words
-
-        st.warning(f"**suspicion {line['suspicion']:.3f}** (#{sample.index(cur) + 1} of the data map) · region "
-                   f"{line['region']} · confidence {line['confidence']:.2f} — {plain(in_words(line))}")
+        dispute(line, sample.index(cur) + 1)
     with meta[0]:
         st.subheader(f"{pos + 1} / {len(ids)} in '{queue}' · {plain(cur)}")
         show_messages(rec["messages"])

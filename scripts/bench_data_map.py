@@ -3,12 +3,24 @@ for the suspicion and for each single statistic it could have been, the recall o
 train.jsonl among the top 2x-their-count rows, and the precision at that cut.
 
     python scripts/bench_data_map.py [--run runs/default] [--manifest data/sample_defects.json]
+    python scripts/bench_data_map.py --run runs/default --overhead 2   # train with the data map on / off, interleaved
+    python scripts/bench_data_map.py --run runs/default --retrain      # reject the top suspects, curate, train, eval
+
+--overhead N: N rounds of (on, off) full training runs of `make train` on the run's curate output, each into its
+own run folder; reports the train stage's wall seconds (data-map passes included) per variant, medians and ratio.
+--retrain: as a reviewer would, reject the top 2x-planted-count suspects (a decisions.jsonl of `reject`), curate,
+train and eval again; the same with exactly the planted rows rejected (the ceiling); exact match and field accuracy
+of each against the run's own eval (run `make eval` on it first).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,11 +60,63 @@ def recall_at(lines: list[dict], wrong: set, stat, times: int = 2) -> tuple[floa
     return hits / max(1, len(present)), hits / max(1, cut), cut
 
 
+def stage(*argv: str) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    subprocess.run([sys.executable, "-m", *argv], check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def run_copy(src: Path, name: str) -> Path:
+    dst = src.parent / name
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src / "curate", dst / "curate")
+    return dst
+
+
+def overhead(run: Path, rounds: int) -> None:
+    seconds: dict[str, list[float]] = {"on": [], "off": []}
+    for r in range(rounds):
+        for variant in ("on", "off"):
+            dst = run_copy(run, f"bench_dm_{variant}")
+            stage("train", f"run.root={run.parent}", f"run.name={dst.name}", f"train.data_map={variant == 'on'}", "--fresh")
+            s = json.loads((dst / "train" / "summary.json").read_text())
+            seconds[variant].append(s["wall_seconds"])
+            print(f"round {r + 1} data map {variant}: train stage {s['wall_seconds']} s (training {s['train_seconds']} s, "
+                  f"data map {(s.get('data_map') or {}).get('seconds', 0)} s; {s['dtype']})", flush=True)
+    on, off = statistics.median(seconds["on"]), statistics.median(seconds["off"])
+    print(f"median train stage: on {on:.0f} s (range {min(seconds['on']):.0f}-{max(seconds['on']):.0f}), off {off:.0f} s "
+          f"(range {min(seconds['off']):.0f}-{max(seconds['off']):.0f}); on/off {on / off:.3f}")
+
+
+def retrain(run: Path, lines: list[dict], wrong: set) -> None:
+    from curate.review import append_decision
+
+    n = sum(key(ln) in wrong for ln in lines)
+    top = sorted(lines, key=lambda ln: -ln["suspicion"])[:2 * n]
+    variants = {"suspects": [ln["id"] for ln in top], "planted": [ln["id"] for ln in lines if key(ln) in wrong]}
+    base = json.loads((run / "eval" / "metrics.json").read_text())["tuned"]
+    print(f"| train data | rows rejected | exact match | field accuracy |\n|---|---|---|---|\n"
+          f"| as curated (with {n} planted wrong labels) | 0 | {base['exact_match']:.1%} | {base['field_accuracy']:.1%} |")
+    for name, ids in variants.items():
+        dst = run_copy(run, f"bench_dm_{name}")
+        for i in ids:
+            append_decision(dst / "review" / "decisions.jsonl", {"id": i, "action": "reject", "reason": "wrong answer"})
+        for argv in (("curate",), ("train", "--fresh"), ("evaluate",)):
+            stage(argv[0], f"run.root={run.parent}", f"run.name={dst.name}", *argv[1:])
+        m = json.loads((dst / "eval" / "metrics.json").read_text())["tuned"]
+        what = f"top {2 * n} suspects rejected" if name == "suspects" else "the planted rows rejected by hand (ceiling)"
+        print(f"| {what} | {len(ids)} | {m['exact_match']:.1%} | {m['field_accuracy']:.1%} |", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=Path("runs/default"))
     ap.add_argument("--manifest", type=Path, default=Path("data/sample_defects.json"))
+    ap.add_argument("--overhead", type=int, default=0, metavar="ROUNDS")
+    ap.add_argument("--retrain", action="store_true")
     args = ap.parse_args()
+    if args.overhead:
+        overhead(args.run, args.overhead)
+        return 0
     lines = [ln for ln in read_jsonl(args.run / "train" / "data_map.jsonl") if ln.get("scored")]
     wrong = planted(args.manifest)
     n = sum(key(ln) in wrong for ln in lines)
@@ -64,6 +128,8 @@ def main() -> int:
         r, p, _ = recall_at(lines, wrong, stat)
         r1, _, _ = recall_at(lines, wrong, stat, 1)
         print(f"| {name} | {r:.0%} | {p:.0%} | {r1:.0%} | {what} |")
+    if args.retrain:
+        retrain(args.run, lines, wrong)
     return 0
 
 

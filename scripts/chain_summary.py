@@ -61,6 +61,10 @@ def summary_lines(run_dir: Path) -> list[str]:
         dtype = train.get("dtype") or train.get("backend", {}).get("dtype")
         lines.append(f"  train:  {train['steps']} steps, {train['tokens_seen']:,} tokens at {train['tokens_per_second']} "
                      f"tokens/s in {dtype}; final loss {train['final_train_loss']}, val loss {train['final_val_loss']}")
+        dm = train.get("data_map")
+        if dm:
+            lines.append(f"          data map: {dm['scored']} rows at {dm['points']} points, {dm['regions']['hard']} hard; "
+                         f"most suspect {', '.join(dm['top'][:3])} (`make suspects`, `make review` view 'suspects first')")
     if evaluation and "tuned" in evaluation:
         b, t = evaluation["base"], evaluation["tuned"]
         keys = [k for k in ("exact_match", "field_accuracy", "valid_json", "tool_call_match", "rougeL", "stopped_at_end_of_turn") if k in t]

@@ -22,10 +22,10 @@ import re
 import statistics
 from pathlib import Path
 
+from common.data_map import FILE, where
 from common.runs import atomic_write_json, atomic_write_text, jsonl_text
 from train.scoring import RowScore, answer_alone, merged, reply_header, score
 
-FILE = "data_map.jsonl"
 EASY_CONFIDENCE = 0.8  # region thresholds (docs/data_map.md)
 HARD_CONFIDENCE = 0.5
 AMBIGUOUS_VARIABILITY = 0.2
@@ -149,8 +149,3 @@ def name_the_alternative(model, tokenizer, tokenized, lines: list[dict]) -> None
             w["model_word"] = first_word(tokenizer.decode(out[0, prefix.shape[1] - 1:]))
     finally:
         model.train(was_training)
-
-
-def where(line: dict) -> str:
-    src = line.get("source") or {}
-    return f"{src.get('file', '?')}:{src.get('row', '?')}"

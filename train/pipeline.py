@@ -308,9 +308,23 @@ def _setup_trainer(cfg: Config, setup: Setup, model, tokenizer):
     if early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
 
+    Trainer = _trainer_class(SFTTrainer, progress, recorder, tokenizer.pad_token_id, gpu)
+    trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=val_ds, processing_class=tokenizer,
+                      data_collator=Collator(tokenizer.pad_token_id, ROW_KEY), callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # the progress bar and train_log.jsonl say it already
+    if recorder:
+        install(model, recorder)  # after the trainer has added its fused LM head
+    return trainer, progress, recorder
+
+
+def _trainer_class(SFTTrainer, progress, recorder, pad_token_id: int, gpu: bool):
+    """TRL's SFTTrainer, counting real tokens per step (tokens/s), handing each batch's row ids to the data map's
+    recorder, and resuming a CPU torchrun run's optimizer."""
+    import torch
+
     class Trainer(SFTTrainer):  # counts real tokens per training step for tokens/s; hands row ids to the recorder
         def training_step(self, model, inputs, *a, **k):
-            progress.count(inputs, tokenizer.pad_token_id)
+            progress.count(inputs, pad_token_id)
             return super().training_step(model, inputs, *a, **k)
 
         def compute_loss(self, model, inputs, *a, **k):
@@ -331,12 +345,7 @@ def _setup_trainer(cfg: Config, setup: Setup, model, tokenizer):
             for obj, name in ((self.optimizer, "optimizer.pt"), (self.lr_scheduler, "scheduler.pt")):
                 obj.load_state_dict(torch.load(Path(checkpoint) / name, map_location="cpu", weights_only=True))
 
-    trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=val_ds, processing_class=tokenizer,
-                      data_collator=Collator(tokenizer.pad_token_id, ROW_KEY), callbacks=callbacks)
-    trainer.remove_callback(PrinterCallback)  # the progress bar and train_log.jsonl say it already
-    if recorder:
-        install(model, recorder)  # after the trainer has added its fused LM head
-    return trainer, progress, recorder
+    return Trainer
 
 
 def _check_targets(model, targets: list[str], model_dir: str) -> None:

@@ -5,19 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.data_map import in_words, where
 from common.report import img, png, subplots, table, write_page
 
 COLORS = {"easy": "#4c78a8", "ambiguous": "#f58518", "hard": "#e45756"}
 TOP = 20
-
-
-def in_words(line: dict) -> str:
-    """'label says "billing", model says "shipping" (p=0.93)' at the row's worst position."""
-    w = line["worst"]
-    ref, said = w.get("reference_word") or w["reference"], w.get("model_word") or w["model"]
-    if w["model"] == w["reference"]:
-        return f'weakest token "{ref}" (p={w["p_reference"]:.2f}), model agrees'
-    return f'label says "{ref}", model says "{said}" (p={w["p_model"]:.2f}; label p={w["p_reference"]:.2f})'
 
 
 def scatter(lines: list[dict]) -> bytes:
@@ -34,8 +26,6 @@ def scatter(lines: list[dict]) -> bytes:
 
 
 def write(out: Path, lines: list[dict], ranked: list[dict]) -> Path:
-    from train.data_map import where
-
     images = {"data_map.png": scatter([ln for ln in lines if ln["scored"]])}
     loss = out / "loss.png"
     body = "<h1>Train</h1>"

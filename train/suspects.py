@@ -9,18 +9,8 @@ from __future__ import annotations
 import sys
 
 from common.cli import config_from_args, parser
-from common.errors import UserError, exits_cleanly
-from common.runs import read_jsonl
-from train.data_map import FILE, where
-from train.report import in_words
-
-
-def ranked(path) -> list[dict]:
-    """The scored lines of a data map, most suspect first (ties in file order)."""
-    if not path.is_file():
-        raise UserError(f"{path} does not exist: run `make train` first (train.data_map: true writes it)")
-    lines = [ln for ln in read_jsonl(path) if ln.get("scored")]
-    return sorted(lines, key=lambda ln: -ln["suspicion"])
+from common.data_map import FILE, in_words, ranked, where
+from common.errors import exits_cleanly
 
 
 @exits_cleanly
