@@ -160,9 +160,9 @@ class TrainSection:
                                        must="0 (off) or positive")
     data_map: bool = key(True, "record per-row training dynamics and score every train row with the base and the tuned "
                          "model: runs/<name>/train/data_map.jsonl, the suspects in the train report, `make suspects`")
-    data_map_passes: int = key(1, "scoring passes over the train rows during training, at evenly spaced steps: with "
-                               "each epoch's training forward and the end, the data map's points (a pass costs ~9% of "
-                               "an epoch's training here: docs/data_map.md)", ge=0)
+    data_map_passes: int = key(0, "extra points for the data map: scoring passes over the train rows at evenly spaced "
+                               "steps (each epoch's training forward and the end are always points; a pass costs ~10% "
+                               "of an epoch's training: docs/data_map.md)", ge=0)
 
 
 @dataclass

@@ -88,22 +88,33 @@ def overhead(run: Path, rounds: int) -> None:
 
 
 def retrain(run: Path, lines: list[dict], wrong: set) -> None:
+    """Curate and train each variant, then evaluate the run and every variant on the val rows they share: rejecting
+    rows shrinks curate's val split (its size follows the kept rows), and the rows that leave it join train, so
+    only the rows that are val in every variant are held out from all of them."""
     from curate.review import append_decision
 
     n = sum(key(ln) in wrong for ln in lines)
     top = sorted(lines, key=lambda ln: -ln["suspicion"])[:2 * n]
-    variants = {"suspects": [ln["id"] for ln in top], "planted": [ln["id"] for ln in lines if key(ln) in wrong]}
-    base = json.loads((run / "eval" / "metrics.json").read_text())["tuned"]
-    print(f"| train data | rows rejected | exact match | field accuracy |\n|---|---|---|---|\n"
-          f"| as curated (with {n} planted wrong labels) | 0 | {base['exact_match']:.1%} | {base['field_accuracy']:.1%} |")
-    for name, ids in variants.items():
-        dst = run_copy(run, f"bench_dm_{name}")
+    variants = {f"top {2 * n} suspects rejected": [ln["id"] for ln in top],
+                "the planted rows rejected by hand (the ceiling)": [ln["id"] for ln in lines if key(ln) in wrong]}
+    dirs = {f"as curated (with {n} planted wrong labels)": (run, [])}
+    for k, (what, ids) in enumerate(variants.items()):
+        dst = run_copy(run, f"bench_dm_retrain{k}")
         for i in ids:
             append_decision(dst / "review" / "decisions.jsonl", {"id": i, "action": "reject", "reason": "wrong answer"})
-        for argv in (("curate",), ("train", "--fresh"), ("evaluate",)):
+        for argv in (("curate",), ("train", "--fresh")):
             stage(argv[0], f"run.root={run.parent}", f"run.name={dst.name}", *argv[1:])
-        m = json.loads((dst / "eval" / "metrics.json").read_text())["tuned"]
-        what = f"top {2 * n} suspects rejected" if name == "suspects" else "the planted rows rejected by hand (ceiling)"
+        dirs[what] = (dst, ids)
+    vals = [read_jsonl(d / "curate" / "val.jsonl") for d, _ in dirs.values()]
+    common = [r for r in vals[0] if all(r["id"] in {x["id"] for x in v} for v in vals[1:])]
+    print(f"| train data | rows rejected | exact match | field accuracy |\n|---|---|---|---|  (on the {len(common)} val rows "
+          "every variant holds out)")
+    for what, (d, ids) in dirs.items():
+        ev = run_copy(d, f"bench_dm_eval{list(dirs).index(what)}")
+        (ev / "curate" / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in common))
+        shutil.copytree(d / "train", ev / "train", ignore=shutil.ignore_patterns("checkpoints"))
+        stage("evaluate", f"run.root={run.parent}", f"run.name={ev.name}")
+        m = json.loads((ev / "eval" / "metrics.json").read_text())["tuned"]
         print(f"| {what} | {len(ids)} | {m['exact_match']:.1%} | {m['field_accuracy']:.1%} |", flush=True)
 
 

@@ -6,7 +6,9 @@ recording training dynamics by separate passes, or from the training forward its
 The model loaded as training loads it (Unsloth; bfloat16 on a CPU with AVX-512 BF16, else float32), LoRA on all 7
 targets. Each round takes the next 40 train rows: 10 training steps of 4 rows (forward, backward, AdamW), then a
 no-grad forward over the same 40 rows at batch 16 that also computes each row's mean probability of its label tokens
-and its worst position from the logits. Reported: seconds of each per round, and their ratio within each round.
+and its worst position from the logits; then the data map's own pass over the same rows (train/scoring.py: a merged
+copy, length-sorted batches, the LM head on answer positions only). Reported: seconds of each per round, and their
+ratios to the training within each round.
 """
 
 from __future__ import annotations
@@ -68,7 +70,10 @@ def main() -> int:
     rows = [json.loads(line) for line in args.train.read_text(encoding="utf-8").splitlines()]
     examples = tokenize(rows, tok, 512, tok.convert_tokens_to_ids("<|im_end|>")).examples
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    train_s, score_s = [], []
+    from train.scoring import merged
+    from train.scoring import score as data_map_pass
+
+    train_s, score_s, pass_s = [], [], []
     for r in range(args.rounds):
         chunk = examples[r * 40:(r + 1) * 40]
         model.train()
@@ -82,11 +87,15 @@ def main() -> int:
         t0 = time.perf_counter()
         score(model, chunk, tok.pad_token_id)
         score_s.append(time.perf_counter() - t0)
-        print(f"round {r + 1}: train 40 rows {train_s[-1]:.1f} s, score them {score_s[-1]:.1f} s, "
-              f"ratio {score_s[-1] / train_s[-1]:.2f}", flush=True)
-    ratios = [s / t for s, t in zip(score_s, train_s)]
-    print(f"scoring / training per row: median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}); "
-          f"dtype {next(model.parameters()).dtype}")
+        t0 = time.perf_counter()
+        data_map_pass(merged(model), chunk, tok.pad_token_id)
+        pass_s.append(time.perf_counter() - t0)
+        print(f"round {r + 1}: train 40 rows {train_s[-1]:.1f} s, score them {score_s[-1]:.1f} s (ratio "
+              f"{score_s[-1] / train_s[-1]:.2f}), data map pass {pass_s[-1]:.1f} s (ratio {pass_s[-1] / train_s[-1]:.2f})", flush=True)
+    for name, got in (("full-logits scoring", score_s), ("data map pass", pass_s)):
+        ratios = [s / t for s, t in zip(got, train_s)]
+        print(f"{name} / training per row: median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, "
+              f"max {max(ratios):.3f}); dtype {next(model.parameters()).dtype}")
     return 0
 
 

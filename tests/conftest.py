@@ -27,9 +27,8 @@ CORPUS = ROOT / "tests" / "data" / "tokenizer_corpus.jsonl"
 # on each prompt is the same.
 CHAIN_VAL_ROWS, CHAIN_PROBE_PROMPTS, CHAIN_ROUNDTRIP_PROMPTS = 16, 4, 10
 # The chain trains the whole epoch (144 steps): the data map must find the sample's planted wrong labels in it
-# (test_review.py), which a model that has not learned the task cannot. The passes during training are left out
-# (the short runs of test_train.py cover them).
-CHAIN_SET = ["run.name=t", "train.batch_size=4", "train.max_seq_length=256", "train.data_map_passes=0",
+# (test_review.py), which a model that has not learned the task cannot.
+CHAIN_SET = ["run.name=t", "train.batch_size=4", "train.max_seq_length=256",
              "train.save_steps=50", "train.eval_steps=72",
              f"eval.max_samples={CHAIN_VAL_ROWS}", "eval.max_new_tokens=40", f"eval.probe_prompts={CHAIN_PROBE_PROMPTS}",
              f"export.roundtrip_prompts={CHAIN_ROUNDTRIP_PROMPTS}"]

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The chain (conftest) trains with the shipped `auto`, so the bfloat16 path is exercised there on such a CPU.
 TRAIN_ARGS = ["train.max_steps=6", "train.batch_size=2", "train.max_seq_length=256", "train.logging_steps=1",
               "train.save_steps=2", "train.eval_steps=6", "train.learning_rate=5e-4", "train.warmup_ratio=0",
-              "model.dtype=float32"]
+              "model.dtype=float32", "train.data_map_passes=1"]
 
 
 def records(n: int, offset: int = 0) -> list[dict]:

@@ -23,7 +23,7 @@ import statistics
 from pathlib import Path
 
 from common.data_map import FILE, where
-from common.runs import atomic_write_json, atomic_write_text, jsonl_text
+from common.runs import atomic_write_text, jsonl_text
 from train.scoring import RowScore, answer_alone, merged, reply_header, score
 
 EASY_CONFIDENCE = 0.8  # region thresholds (docs/data_map.md)
@@ -105,23 +105,23 @@ def write(out: Path, records: list[dict], tokenized, points, model, tokenizer) -
 
     examples = tokenized.examples
     pad = tokenizer.pad_token_id
-    tuned = score(merged(model), examples, pad, "data map: tuned model")
+    tuned_model = merged(model)  # also answers name_the_alternative: plain weights, no LoRA layers in float32
+    tuned = score(tuned_model, examples, pad, "data map: tuned model")
     with model.disable_adapter():
         base = score(model, examples, pad, "data map: base model")
         alone = score(model, answer_alone(examples, reply_header(tokenizer)), pad, "data map: answers alone")
     lines = build(records, tokenized, points, tuned, base, alone, tokenizer)
     ranked = sorted((ln for ln in lines if ln["scored"]), key=lambda ln: -ln["suspicion"])
-    name_the_alternative(model, tokenizer, tokenized, ranked[:WORDS_FOR])
+    name_the_alternative(tuned_model, tokenizer, tokenized, ranked[:WORDS_FOR])
+    del tuned_model
     for ln in lines:
         ln.pop("_at", None)
     atomic_write_text(out / FILE, jsonl_text(lines))
     report.write(out, lines, ranked)
     regions = {r: sum(ln.get("region") == r for ln in lines) for r in ("easy", "ambiguous", "hard")}
     n_points = len(points.get("epochs", {})) + len(points.get("passes", {})) + 1
-    info = {"rows": len(lines), "scored": len(ranked), "points": n_points, "regions": regions,
+    return {"rows": len(lines), "scored": len(ranked), "points": n_points, "regions": regions,
             "top": [where(ln) for ln in ranked[:5]]}
-    atomic_write_json(out / "data_map_summary.json", info)
-    return info
 
 
 WORDS_FOR = 50  # the most suspect rows whose model alternative is spelled out as a word
@@ -145,7 +145,7 @@ def name_the_alternative(model, tokenizer, tokenized, lines: list[dict]) -> None
             prefix = torch.tensor([ex["input_ids"][:at] + [top]])
             with torch.no_grad():
                 out = model.generate(input_ids=prefix, attention_mask=torch.ones_like(prefix), max_new_tokens=6,
-                                     do_sample=False, pad_token_id=tokenizer.pad_token_id)
+                                     do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id)
             w["model_word"] = first_word(tokenizer.decode(out[0, prefix.shape[1] - 1:]))
     finally:
         model.train(was_training)

@@ -91,7 +91,11 @@ def merged(model):
         return model
     import copy
 
-    return copy.deepcopy(model).merge_and_unload()
+    out = copy.deepcopy(model).merge_and_unload()
+    for module in out.modules():  # the copy carries the training model's per-instance wrappers (TRL's fused-head
+        module.__dict__.pop("forward", None)  # forward, the data map's recorder), which still call the original
+        module._forward_hooks.clear()
+    return out
 
 
 def _parts(model):
