@@ -129,23 +129,23 @@ WORDS_FOR = 50  # the most suspect rows whose model alternative is spelled out a
 
 def name_the_alternative(model, tokenizer, tokenized, lines: list[dict]) -> None:
     """For rows where the model's top token differs from the reference, the word the model would write there: its
-    top token continued greedily for a few tokens ("sh" -> "shipping")."""
-    import torch
+    top token continued greedily for a few tokens ("sh" -> "shipping"), all such rows in batches."""
+    from common.generate import generate
 
-    was_training = model.training
-    model.eval()
+    disputed = [ln for ln in lines if ln["worst"]["model"] != ln["worst"]["reference"]]
+    for ln in lines:
+        if ln["worst"]["model"] == ln["worst"]["reference"]:
+            ln["worst"]["model_word"] = ln["worst"]["reference_word"]
+    prompts = []
+    for ln in disputed:
+        e, top = ln["_at"]
+        ex = tokenized.examples[e]
+        at = [i for i, t in enumerate(ex["labels"]) if t != -100][ln["worst"]["position"]]
+        prompts.append(ex["input_ids"][:at] + [top])
+    side = tokenizer.padding_side
     try:
-        for ln in lines:
-            w, (e, top) = ln["worst"], ln["_at"]
-            if w["model"] == w["reference"]:
-                w["model_word"] = w["reference_word"]
-                continue
-            ex = tokenized.examples[e]
-            at = [i for i, t in enumerate(ex["labels"]) if t != -100][w["position"]]
-            prefix = torch.tensor([ex["input_ids"][:at] + [top]])
-            with torch.no_grad():
-                out = model.generate(input_ids=prefix, attention_mask=torch.ones_like(prefix), max_new_tokens=6,
-                                     do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id)
-            w["model_word"] = first_word(tokenizer.decode(out[0, prefix.shape[1] - 1:]))
+        got = generate(model, tokenizer, [tokenizer.decode(p) for p in prompts], 6, 16, tokenizer.eos_token_id)
     finally:
-        model.train(was_training)
+        tokenizer.padding_side = side
+    for ln, p, g in zip(disputed, prompts, got):
+        ln["worst"]["model_word"] = first_word(tokenizer.decode(p[-1:] + g["ids"]))

@@ -95,7 +95,7 @@ def merged(model):
     for module in out.modules():  # the copy carries the training model's per-instance wrappers (TRL's fused-head
         module.__dict__.pop("forward", None)  # forward, the data map's recorder), which still call the original
         module._forward_hooks.clear()
-    return out
+    return out.eval()
 
 
 def _parts(model):
