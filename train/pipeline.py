@@ -173,6 +173,9 @@ def _run(cfg: Config, fresh: bool) -> dict:
     if not distributed.is_main():
         return {"steps": int(result.global_step), "rank": distributed.rank()}
     adapter = _save_adapter(cfg, out, model, tokenizer, model_dir)
+    from train.callbacks import plot_loss
+
+    plot_loss(out / "train_log.jsonl", out / "loss.png")  # before the data map: its report shows the curve
     data_map = _write_data_map(cfg, setup, model, tokenizer, train_records, points) if recorder else None
     summary = _write_summary(cfg, setup, result, progress, data_map)
     print(f"train: {summary['steps']} steps, {summary['tokens_seen']} tokens at {summary['tokens_per_second']} tok/s "
@@ -387,10 +390,7 @@ def _write_data_map(cfg: Config, setup: Setup, model, tokenizer, records: list[d
 def _write_summary(cfg: Config, setup: Setup, result, progress, data_map: dict | None) -> dict:
     import torch
 
-    from train.callbacks import plot_loss
-
     out, est, backend, resume_from = setup.out, setup.est, setup.backend, setup.resume_from
-    plot_loss(out / "train_log.jsonl", out / "loss.png")
     gpu = backend.gpu
     peak = torch.cuda.max_memory_allocated() if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     tok = setup.data.tokenized

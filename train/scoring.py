@@ -85,10 +85,11 @@ def reply_header(tokenizer) -> list[int]:
 
 
 def merged(model):
-    """A copy of a PEFT model with its adapter merged into the weights, for scoring (through unmerged LoRA layers,
-    whose weights train in float32, a pass takes 2.3x as long on a CPU: measured, bfloat16); else the model."""
-    if not hasattr(model, "merge_and_unload"):
-        return model
+    """On a CPU, a copy of a PEFT model with its adapter merged into the weights, for scoring (through unmerged LoRA
+    layers, whose weights train in float32, a pass takes 2.3x as long on a CPU: measured, bfloat16); else the
+    model itself."""
+    if not hasattr(model, "merge_and_unload") or getattr(model, "is_loaded_in_4bit", False) or next(model.parameters()).is_cuda:
+        return model  # a GPU holds no second copy of a large model, and a 4-bit one does not merge exactly
     import copy
 
     out = copy.deepcopy(model).merge_and_unload()
