@@ -142,10 +142,12 @@ def name_the_alternative(model, tokenizer, tokenized, lines: list[dict]) -> None
         ex = tokenized.examples[e]
         at = [i for i, t in enumerate(ex["labels"]) if t != -100][ln["worst"]["position"]]
         prompts.append(ex["input_ids"][:at] + [top])
-    side = tokenizer.padding_side
+    side, was_training = tokenizer.padding_side, model.training
+    model.eval()  # the unmerged model on a GPU is still in training mode (LoRA dropout)
     try:
         got = generate(model, tokenizer, [tokenizer.decode(p) for p in prompts], 6, 16, tokenizer.eos_token_id)
     finally:
         tokenizer.padding_side = side
+        model.train(was_training)
     for ln, p, g in zip(disputed, prompts, got):
         ln["worst"]["model_word"] = first_word(tokenizer.decode(p[-1:] + g["ids"]))
