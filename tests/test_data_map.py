@@ -82,7 +82,7 @@ def test_the_recorder_takes_each_row_from_a_training_forward(examples, hf_model,
     rec.rows = batch.pop(ROW_KEY)
     with torch.no_grad():
         hidden = hf_model.model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).last_hidden_state
-    logp, mask = label_log_probs(hidden, batch["labels"], hf_model.get_output_embeddings())
+    logp, mask = label_log_probs(hidden, batch["labels"], hf_model)
     rec.take(logp, mask, batch.get("position_ids"))
     assert rec.rows is None and sorted(rec.points[0]) == list(range(5))
     for row, ex in enumerate(exs):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common.data_map import FILE, where
 from common.runs import atomic_write_text, jsonl_text
-from train.scoring import RowScore, answer_alone, merged, reply_header, score
+from train.scoring import RowScore, base_scores, merged, score
 
 EASY_CONFIDENCE = 0.8  # region thresholds (docs/data_map.md)
 HARD_CONFIDENCE = 0.5
@@ -108,8 +108,7 @@ def write(out: Path, records: list[dict], tokenized, points, model, tokenizer) -
     tuned_model = merged(model)  # also answers name_the_alternative: plain weights, no LoRA layers in float32
     tuned = score(tuned_model, examples, pad, "data map: tuned model")
     with model.disable_adapter():
-        base = score(model, examples, pad, "data map: base model")
-        alone = score(model, answer_alone(examples, reply_header(tokenizer)), pad, "data map: answers alone")
+        base, alone = base_scores(model, examples, tokenizer, "data map")
     lines = build(records, tokenized, points, tuned, base, alone, tokenizer)
     ranked = sorted((ln for ln in lines if ln["scored"]), key=lambda ln: -ln["suspicion"])
     name_the_alternative(tuned_model, tokenizer, tokenized, ranked[:WORDS_FOR])

@@ -135,24 +135,23 @@ def install(model, recorder: Recorder) -> None:
         labels, position_ids = pending.pop("labels"), pending.pop("position_ids")
         pending.clear()
         hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
-        logp, mask = label_log_probs(hidden.detach(), labels, base.get_output_embeddings())
+        logp, mask = label_log_probs(hidden.detach(), labels, base)
         recorder.take(logp, mask, position_ids)
 
     base.forward = noting_forward
     base.base_model.register_forward_hook(hook)
 
 
-def label_log_probs(hidden, labels, head, chunk: int = 1024):
+def label_log_probs(hidden, labels, model):
     """(log-probability of each next-token label (batch, length - 1), zero where the label is -100; the mask)."""
     import torch
 
+    from train.scoring import _parts, head_log_probs
+
+    _, head, softcap = _parts(model)
     target = labels[:, 1:]
     mask = target != -100
     out = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
     with torch.no_grad():
-        h, ref = hidden[:, :-1][mask], target[mask]
-        parts = [torch.log_softmax(head(h[c:c + chunk]).float(), -1).gather(-1, ref[c:c + chunk, None]).squeeze(-1)
-                 for c in range(0, len(ref), chunk)]
-        if parts:
-            out[mask] = torch.cat(parts)
+        out[mask] = head_log_probs(hidden[:, :-1][mask], target[mask], head, softcap)[0]
     return out, mask

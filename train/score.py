@@ -16,7 +16,7 @@ from common.config import Config
 from common.doctor import require_healthy
 from common.model import load_causal_lm, load_tokenizer, resolve_model
 from common.runs import atomic_write_json, atomic_write_text, jsonl_text, read_split, stage_dir
-from train.scoring import answer_alone, reply_header, score
+from train.scoring import base_scores
 
 FILE = "scores.jsonl"
 
@@ -32,8 +32,7 @@ def run(cfg: Config) -> dict:
     model = load_causal_lm(model_dir, dtype)
     t0 = time.time()
     tokenized = tokenize(records, tok, cfg.train.max_seq_length, end_of_turn_id)
-    with_prompt = score(model, tokenized.examples, tok.pad_token_id, "score: base model")
-    alone = score(model, answer_alone(tokenized.examples, reply_header(tok)), tok.pad_token_id, "score: answers alone")
+    with_prompt, alone = base_scores(model, tokenized.examples, tok, "score")
     seconds = time.time() - t0
     example_of = dict(zip(tokenized.rows, range(len(tokenized.rows))))
     lines = []

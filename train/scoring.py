@@ -106,6 +106,31 @@ def _parts(model):
     return base.base_model, base.get_output_embeddings(), getattr(text, "final_logit_softcapping", None)
 
 
+def head_log_probs(hidden, ref, head, softcap: float | None = None):
+    """Through the LM head in chunks of HEAD_CHUNK positions (no full logits): (log-probability of each reference
+    token, the top token, its log-probability) for hidden states (n, d) and reference ids (n,)."""
+    import torch
+
+    logp_ref, top, logp_top = [], [], []
+    for c in range(0, len(ref), HEAD_CHUNK):
+        logits = head(hidden[c:c + HEAD_CHUNK]).float()
+        if softcap:
+            logits = softcap * torch.tanh(logits / softcap)
+        lp = torch.log_softmax(logits, -1)
+        logp_ref.append(lp.gather(-1, ref[c:c + HEAD_CHUNK, None]).squeeze(-1))
+        best = lp.max(-1)
+        top.append(best.indices)
+        logp_top.append(best.values)
+    return tuple(torch.cat(x) if x else torch.empty(0) for x in (logp_ref, top, logp_top))
+
+
+def base_scores(model, examples: list[dict], tokenizer, what: str) -> tuple[list, list]:
+    """The base model's RowScores of the examples with their prompts and of their answers alone (IFD's two terms)."""
+    pad = tokenizer.pad_token_id
+    return (score(model, examples, pad, f"{what}: base model"),
+            score(model, answer_alone(examples, reply_header(tokenizer)), pad, f"{what}: answers alone"))
+
+
 def score(model, examples: list[dict], pad_id: int, progress: str | None = None) -> list[RowScore | None]:
     """Every example's RowScore under `model` (None for one without answer tokens), in the examples' order."""
     import torch
@@ -137,17 +162,7 @@ def score(model, examples: list[dict], pad_id: int, progress: str | None = None)
                 target = labels[:, 1:]
                 where = target != -100
                 h, ref = hidden[:, :-1][where], target[where]
-                logp_ref, top, logp_top = [], [], []
-                for c in range(0, len(ref), HEAD_CHUNK):
-                    logits = head(h[c:c + HEAD_CHUNK]).float()
-                    if softcap:
-                        logits = softcap * torch.tanh(logits / softcap)
-                    lp = torch.log_softmax(logits, -1)
-                    logp_ref.append(lp.gather(-1, ref[c:c + HEAD_CHUNK, None]).squeeze(-1))
-                    best = lp.max(-1)
-                    top.append(best.indices)
-                    logp_top.append(best.values)
-                logp_ref, top, logp_top = (torch.cat(x) if x else torch.empty(0) for x in (logp_ref, top, logp_top))
+                logp_ref, top, logp_top = head_log_probs(h, ref, head, softcap)
                 row_of = torch.arange(len(batch))[:, None].expand_as(where)[where]
                 for r, j in enumerate(batch):
                     sel = row_of == r
