@@ -52,7 +52,7 @@ all: setup preflight curate train eval gguf summary
 
 setup: $(VENV_STAMP) $(MODEL_STAMP)
 
-$(VENV_STAMP): requirements.txt requirements-nodeps.txt pyproject.toml scripts/setup_venv.sh scripts/prereqs.sh
+$(VENV_STAMP): requirements.txt requirements-nodeps.txt pyproject.toml scripts/setup_venv.sh scripts/prereqs.sh scripts/build_llama_tools.sh
 	bash scripts/prereqs.sh
 	PYTHON=$(PYTHON) bash scripts/setup_venv.sh
 	touch $@

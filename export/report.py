@@ -10,7 +10,36 @@ SHOWN = ["field_accuracy", "valid_json", "exact_match", "rougeL", "chrf"]
 
 
 def label(t: str) -> str:
+    if t.endswith("-noimatrix"):
+        return f"{t.removesuffix('-noimatrix')} GGUF without the importance matrix"
     return f"{t.removesuffix('+lora')} base GGUF + adapter GGUF" if t.endswith("+lora") else f"{t} GGUF"
+
+
+def kld_section(gate: dict | None, imatrix: dict | None) -> str:
+    """Per GGUF: size, KL divergence from the 16-bit model (mean, p99) and same top token, on every val token and on
+    the answers alone, with and without the importance matrix, pass or fail."""
+    if not gate or not gate.get("ran"):
+        return "<h2>KL divergence gate</h2><p>Not run (export.kld_tokens is 0).</p>"
+    head = ("<tr><th>GGUF</th><th>MiB</th><th>importance matrix</th><th>KLD mean</th><th>KLD p99</th><th>same top token</th>"
+            "<th>answers: KLD mean</th><th>answers: same top</th><th>threshold (KLD, same top)</th><th>verdict</th></tr>")
+    rows = []
+    for t, r in sorted(gate["results"].items(), key=lambda kv: kv[0].replace("-noimatrix", "~")):
+        a, ans = r["all"], r["answers"]
+        kind = t.split("+")[0].removesuffix("-noimatrix")
+        limit = (gate["max_kld"].get(kind, gate["max_kld"].get("*")), gate["min_same_top"].get(kind, gate["min_same_top"].get("*")))
+        verdict = ("comparison" if "passed" not in r else
+                   "<span class='up'>pass</span>" if r["passed"] else "<b class='down'>FAIL</b>")
+        with_matrix = "yes" if r.get("imatrix") else "no"
+        rows.append(f"<tr><td>{esc(label(t))}</td><td>{round(gate['bytes'].get(t, 0) / 2**20, 1)}</td><td>{with_matrix}</td>"
+                    f"<td>{a['kld_mean']}</td><td>{a['kld_p99']}</td><td>{a['same_top']:.1%}</td>"
+                    f"<td>{ans.get('kld_mean', '')}</td><td>{ans.get('same_top', 0):.1%}</td>"
+                    f"<td>{limit[0]}, {limit[1]}</td><td>{verdict}</td></tr>")
+    matrix = (f"<p>Importance matrix: {imatrix['rows']} train conversations ({imatrix['tokens']} tokens) through "
+              f"llama-imatrix in {imatrix['seconds']} s; applied to the types of 4 bits and fewer.</p>" if imatrix else "")
+    failed = "".join(f"<p class='down'>{esc(f)}</p>" for f in gate["failures"])
+    return (f"<h2>KL divergence gate</h2><p>Every GGUF's next-token distribution against {esc(gate['reference'])} at "
+            f"every position of {gate['conversations']} val conversations rendered with the chat template "
+            f"({gate['seconds']} s); 'answers' is the last answer's tokens alone.</p>{failed}{matrix}<table>{head}{''.join(rows)}</table>")
 
 
 def roundtrip_section(roundtrip: dict) -> str:
@@ -80,5 +109,6 @@ Base vs tuned on the same val set: <a href="../eval/report.html">eval/report.htm
 <p>Ollama: {esc(summary['ollama']['commands'])}{' (ran)' if summary['ollama']['ran'] else ' (not installed here: run these)'}</p>
 {''.join(f"<p><b>Serving note.</b> {esc(n)}</p>" for n in summary.get('serving_notes', []))}
 {adapter_section(out, summary) if summary.get('adapter') else ''}
+{kld_section(summary.get('kld'), summary.get('imatrix'))}
 {roundtrip_section(roundtrip)}"""
     write_page(out, f"export report: {summary['name']}", body)

@@ -15,6 +15,8 @@ export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON 
 # The project itself, editable and without dependencies (they are the pins above): `common`, `curate`, ... import
 # from any folder (scripts/, a Streamlit app), with no sys.path edits.
 "$PIP" install --quiet --no-deps --no-build-isolation -e .
+# llama.cpp's tools (llama-server, llama-imatrix, llama-quantize) from the same pinned source as the library.
+bash scripts/build_llama_tools.sh
 # Fail here, not in the first stage, if something does not import.
 HF_HUB_OFFLINE=1 .venv/bin/python - <<'PY'
 import importlib
