@@ -15,6 +15,8 @@
 #   make review    Streamlit spot-check app on 127.0.0.1:<review.port> -> runs/<name>/review/decisions.jsonl (PORT= overrides)
 #   make gguf      export.mode both (default): merged model -> GGUF (f16, q8_0, export.quantizations) -> verified Modelfile,
 #                  and the LoRA as a GGUF adapter on a shared base GGUF (runs/_bases/) -> Modelfile.adapter; both round-tripped
+#   make serve     the run's merged GGUF, its base and every adapter on that base behind one OpenAI-compatible
+#                  endpoint on 127.0.0.1:<serve.port> (llama.cpp's llama-server; model = <run>, <base>, <base>+<run>)
 #   make adapters  every run's adapter GGUF by base model: size, training data, eval metric, `ollama create` commands
 #   make all       setup, preflight, curate, train, eval, gguf, summary: the whole chain on the sample data
 #   make preflight check what every stage needs (tools, run folder, disk, memory) before anything long starts
@@ -45,7 +47,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: all setup preflight summary model doctor test sample-data clean-venv curate review train score suspects eval gguf adapters
+.PHONY: all setup preflight summary model doctor test sample-data clean-venv curate review train score suspects eval gguf adapters serve
 
 # Serial make runs these in order; preflight stops the chain in seconds if a later stage could not finish.
 all: setup preflight curate train eval gguf summary
@@ -111,3 +113,6 @@ gguf: setup
 
 adapters: setup
 	$(PY) -m export.catalog --config $(CONFIG) $(SET)
+
+serve: setup
+	$(PY) -m export.serve --config $(CONFIG) $(SET) $(if $(PORT),serve.port=$(PORT))

@@ -218,11 +218,21 @@ class ExportSection:
     imatrix_tokens: int = key(8192, "train tokens llama-imatrix reads for export.imatrix auto", ge=1024)
 
 
+@dataclass
+class ServeSection:
+    host: str = key("127.0.0.1", "`make serve` listens here; loopback only unless you set another address (0.0.0.0: "
+                    "every interface, no authentication)")
+    port: int = key(8080, "the OpenAI-compatible endpoint's port (PORT= overrides)", gt=0, lt=65536, must="a TCP port")
+    gguf: str = key("", "the GGUF type served (the merged file and the shared base); empty: the Modelfile's")
+    parallel: int = key(4, "requests each llama-server answers at once (slots, each with train.max_seq_length of context)",
+                        gt=0)
+
+
 SECTION_HELP = {
     "run": "where outputs go", "data": "what is read and how records become conversations",
     "curate": "filters, near-duplicates, workers", "split": "the held-out validation split",
     "model": "the base model", "lora": "the adapter", "train": "the training run",
-    "eval": "base vs tuned on the val split", "review": "`make review`", "export": "`make gguf`",
+    "eval": "base vs tuned on the val split", "review": "`make review`", "export": "`make gguf`", "serve": "`make serve`: an OpenAI-compatible endpoint",
 }
 
 
@@ -238,6 +248,7 @@ class Config:
     eval: EvalSection = field(default_factory=EvalSection)
     review: ReviewSection = field(default_factory=ReviewSection)
     export: ExportSection = field(default_factory=ExportSection)
+    serve: ServeSection = field(default_factory=ServeSection)
 
     @property
     def run_dir(self) -> Path:
