@@ -61,7 +61,11 @@ def render(reference: Path, records: list[dict], max_tokens: int, n_ctx: int) ->
 def _summary(kld: np.ndarray, same: np.ndarray) -> dict:
     if not len(kld):
         return {"tokens": 0}
-    return {"tokens": len(kld), "kld_mean": round(float(kld.mean()), 6),
+    broken = int((~np.isfinite(kld)).sum())  # NaN/inf logits: a broken tensor; no mean to give (and JSON has no NaN)
+    if broken:
+        return {"tokens": len(kld), "non_finite": broken, "kld_mean": None, "kld_p99": None, "kld_max": None,
+                "same_top": round(float(same.mean()), 4)}
+    return {"tokens": len(kld), "non_finite": 0, "kld_mean": round(float(kld.mean()), 6),
             "kld_p99": round(float(np.percentile(kld, 99)), 6), "kld_max": round(float(kld.max()), 4),
             "same_top": round(float(same.mean()), 4)}
 
@@ -109,6 +113,10 @@ def measure(reference: tuple[Path, Path | None], targets: dict[str, tuple[Path, 
     return out
 
 
+def fmt(x: float | None, digits: int = 4) -> str:
+    return "NaN" if x is None else f"{x:.{digits}f}"
+
+
 def threshold(table: dict[str, float], gguf_type: str) -> float | None:
     """A type's threshold from a {type: value} config table: its own entry, else the "*" entry, else none."""
     return table.get(gguf_type, table.get("*"))
@@ -132,9 +140,11 @@ def failures(results: dict, max_kld: dict[str, float], min_same_top: dict[str, f
         if t.endswith(NO_MATRIX) or not a["tokens"]:  # a comparison, not a shipped file
             continue
         top_kld, low_top = threshold(max_kld, k), threshold(min_same_top, k)
-        if (top_kld is not None and a["kld_mean"] > top_kld) or (low_top is not None and a["same_top"] < low_top):
+        if (a["kld_mean"] is None or (top_kld is not None and a["kld_mean"] > top_kld)
+                or (low_top is not None and a["same_top"] < low_top)):
             r["passed"] = False
-            lines.append(f"{label(t)}: KL divergence from the 16-bit model {a['kld_mean']:.4f} (export.max_kld.{k}: "
+            mean = f"{a['kld_mean']:.4f}" if a["kld_mean"] is not None else f"not a number ({a['non_finite']} positions)"
+            lines.append(f"{label(t)}: KL divergence from the 16-bit model {mean} (export.max_kld.{k}: "
                          f"{top_kld}), same top token {a['same_top']:.1%} (export.min_same_top.{k}: {low_top}) over "
                          f"{a['tokens']} val tokens; a broken or too coarse quantization: choose a larger type or "
                          "export.imatrix auto, or set export.kld_allow_fail true to ship it anyway")

@@ -383,8 +383,8 @@ def _kld_gate(cfg: Config, out: Path, w: Written, targets: dict[str, tuple], six
     for t, r in results.items():
         a, ans = r["all"], r["answers"]
         verdict = "" if t.endswith(kld.NO_MATRIX) else ("  pass" if r.get("passed") else "  FAIL")
-        print(f"export: KL divergence {label(t)}: mean {a['kld_mean']:.4f}, p99 {a['kld_p99']:.4f}, same top "
-              f"{a['same_top']:.1%} over {a['tokens']} tokens (answers: {ans.get('kld_mean', 0):.4f}, "
+        print(f"export: KL divergence {label(t)}: mean {kld.fmt(a['kld_mean'])}, p99 {kld.fmt(a['kld_p99'])}, same top "
+              f"{a['same_top']:.1%} over {a['tokens']} tokens (answers: {kld.fmt(ans.get('kld_mean'))}, "
               f"{ans.get('same_top', 0):.1%}){verdict}")
     return gate
 

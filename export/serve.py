@@ -107,7 +107,18 @@ def start(backend: Backend, template: Path, cfg, log_dir: Path) -> None:
     if backend.adapters:
         cmd.append("--lora-init-without-apply")
     log = open(log_dir / f"llama-server-{backend.port}.log", "wb")  # noqa: SIM115  (lives as long as the process)
-    backend.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    backend.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=_die_with_parent)  # noqa: PLW1509  (started before any thread)
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the router dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
 
 
 def wait_ready(backend: Backend, log_dir: Path, timeout: float = 180) -> None:

@@ -91,7 +91,16 @@ def summary_lines(run_dir: Path) -> list[str]:
             a = export["adapter"]
             lines.append(f"          adapter {Path(a['gguf']).name} ({a['bytes'] / 2**20:.1f} MiB) on the shared base "
                          f"{a['base_served']}")
+        gate = export.get("kld") or {}
+        if gate.get("ran"):
+            worst = {t: r["all"] for t, r in gate["results"].items() if "passed" in r}
+            lines.append("          KL divergence from 16-bit: " + ", ".join(
+                f"{t} {'NaN' if a['kld_mean'] is None else round(a['kld_mean'], 3)} ({a['same_top']:.0%} same top)" for t, a in worst.items())
+                + (" - passed" if gate["passed"] else f" - FAILED: {len(gate['failures'])} file(s)"))
         lines.append(f"          serve it: {export['ollama']['commands']}")
+        name = run_dir.name
+        lines.append(f"          or: make serve{'' if name == 'default' else ' SET=run.name=' + name}  (an OpenAI-compatible "
+                     "endpoint, model names printed when it starts)")
     return lines
 
 

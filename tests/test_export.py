@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -271,3 +272,94 @@ def test_make_all_ends_with_a_verified_gguf_and_modelfile(chain):
     assert all(f.stat().st_mtime < export_start for f in (root / "t/eval").iterdir())
     for name in ("config.yaml", "versions.json"):
         assert (out / name).stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------ KL divergence gate, imatrix
+def test_make_gguf_writes_the_kld_table_and_the_default_run_passes(chain):
+    root, proc = chain
+    out = root / "t/export"
+    gate = json.loads((out / "kld.json").read_text())
+    assert gate["ran"] and gate["passed"] and not gate["failures"]
+    results = gate["results"]
+    assert set(results) == {"q8_0", "q4_k_m", "f16+lora", "q4_k_m+lora", "q4_k_m-noimatrix"}
+    for t, r in results.items():
+        assert r["all"]["tokens"] >= 1500 and 0 < r["answers"]["tokens"] < r["all"]["tokens"], t
+        assert 0 <= r["answers"]["kld_mean"] and r["all"]["kld_p99"] >= r["all"]["kld_mean"] * 0.5, t
+    # the adapter on the 16-bit base is the merged 16-bit model up to rounding; quantization moves it more
+    assert results["f16+lora"]["all"]["kld_mean"] < 0.001 < results["q4_k_m"]["all"]["kld_mean"]
+    assert results["q8_0"]["all"]["kld_mean"] < results["q4_k_m"]["all"]["kld_mean"]
+    assert results["q4_k_m"]["imatrix"] and not results["q4_k_m-noimatrix"]["imatrix"] and not results["q8_0"]["imatrix"]
+    assert not (out / "compare").exists()  # the comparison file without the matrix is measured, then removed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["imatrix"]["source"] == "train split (auto)" and summary["imatrix"]["tokens"] >= 2048
+    assert summary["stages"]["q4_k_m"]["imatrix"].endswith("imatrix.gguf") and summary["kld"]["passed"]
+    report = (out / "report.html").read_text()
+    assert "KL divergence gate" in report and "q4_k_m GGUF without the importance matrix" in report
+    assert any(ln.strip().startswith("KL divergence from 16-bit: q8_0") and ln.endswith("passed")
+               for ln in proc.stdout.splitlines()), proc.stdout[-3000:]
+    assert "or: make serve SET=run.name=t" in proc.stdout
+
+
+def corrupted(src: Path, dst: Path) -> None:
+    """A copy of a GGUF with one tensor's data overwritten by noise (a broken quantizer or a bad disk)."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    dst.write_bytes(src.read_bytes())
+    tensor = next(t for t in GGUFReader(str(src)).tensors if t.name == "blk.3.ffn_down.weight")
+    with dst.open("r+b") as f:
+        f.seek(int(tensor.data_offset))
+        f.write(np.random.default_rng(0).integers(0, 256, int(tensor.n_bytes), dtype=np.uint8).tobytes())
+
+
+def test_a_corrupted_tensor_fails_the_gate_with_the_numbers(chain, tmp_path):
+    from export import kld
+    from export.report import label
+
+    out = chain[0] / "t/export"
+    corrupted(out / "t-q8_0.gguf", tmp_path / "bad-q8_0.gguf")
+    val = read_jsonl(chain[0] / "t/curate/val.jsonl")
+    rows = kld.render(out / "t-f16.gguf", val, 600, 256)
+    results = kld.measure((out / "t-f16.gguf", None), {"q8_0": (tmp_path / "bad-q8_0.gguf", None),
+                                                        "q4_k_m": (out / "t-q4_k_m.gguf", None)}, rows, 256)
+    failures = kld.failures(results, {"q8_0": 0.02, "*": 0.5}, {"q8_0": 0.95, "*": 0.7}, label)
+    # noise in the q8_0 block scales gives inf/NaN logits: no mean, and a fail, never a pass by a NaN comparison
+    bad = results["q8_0"]["all"]
+    assert (bad["kld_mean"] is None or bad["kld_mean"] > 0.1) and not results["q8_0"]["passed"] and results["q4_k_m"]["passed"]
+    [line] = failures
+    assert line.startswith("q8_0 GGUF: KL divergence from the 16-bit model") and "export.max_kld.q8_0: 0.02" in line
+
+
+def test_make_gguf_exits_non_zero_on_a_quantization_far_below_its_threshold(chain, tmp_path):
+    """q2_k of the 135M model moves the distribution ~0.7 nats a token (q4_k_m: ~0.1): the gate fails it, no Ollama
+    model is created, and report.html and summary.json carry the numbers."""
+    run = tmp_path / "t"
+    shutil.copytree(chain[0] / "t/train", run / "train", ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(chain[0] / "t/curate", run / "curate")
+    proc = run_export(tmp_path, "export.mode=merged", "export.quantizations=[q2_k]", "export.imatrix=off",
+                      "export.roundtrip_prompts=2", "export.kld_tokens=800", "export.max_quantized_run_on=0.9")
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"error: q2_k GGUF: KL divergence from the 16-bit model 0\.\d+ \(export.max_kld.\*: 0.5\)", proc.stderr)
+    summary = json.loads((run / "export/summary.json").read_text())
+    assert not summary["kld"]["passed"] and summary["kld"]["results"]["q8_0"]["passed"]
+    assert summary["ollama"]["ran"] is False and "KL divergence gate failed" in summary["ollama"]["commands"]
+    assert "FAIL" in (run / "export/report.html").read_text()
+
+
+def test_the_importance_matrix_reads_train_conversations_never_val(chain, tmp_path, monkeypatch):
+    from export import imatrix
+
+    seen = {}
+    real = imatrix.run_measured
+
+    def spy(cmd, what):
+        seen["text"] = Path(cmd[cmd.index("-f") + 1]).read_text()
+        return real(cmd, what)
+
+    monkeypatch.setattr(imatrix, "run_measured", spy)
+    train, val = (read_jsonl(chain[0] / f"t/curate/{s}.jsonl") for s in ("train", "val"))
+    stage = imatrix.compute(chain[0] / "t/export/t-f16.gguf", train, 1200, tmp_path)
+    assert (tmp_path / "imatrix.gguf").stat().st_size > 10_000 and stage["tokens"] >= 1200 and stage["chunks"] >= 2
+    assert train[0]["messages"][-1]["content"] in seen["text"]
+    assert not any(r["messages"][-2]["content"] in seen["text"] for r in val)
+    assert not (tmp_path / "imatrix-train.txt").exists()
