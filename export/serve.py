@@ -45,6 +45,7 @@ class Backend:
     name: str
     gguf: Path
     adapters: dict[str, Path] = field(default_factory=dict)
+    ctx: int = 2048  # context per slot: the trained sequence length (the Modelfile's num_ctx)
     port: int = 0
     proc: subprocess.Popen | None = None
 
@@ -74,7 +75,7 @@ def plan(cfg) -> tuple[list[Backend], dict[str, Route]]:
         if served not in summary["files"]:
             raise UserError(f"serve.gguf: {served} was not exported for run {cfg.run.name}; exported: "
                             f"{', '.join(summary['files'])}")
-        merged = Backend(cfg.run.name, Path(summary["files"][served]))
+        merged = Backend(cfg.run.name, Path(summary["files"][served]), ctx=summary["num_ctx"])
         backends.append(merged)
         routes[cfg.run.name] = Route(merged, None)
     if summary.get("adapter"):
@@ -82,13 +83,20 @@ def plan(cfg) -> tuple[list[Backend], dict[str, Route]]:
         base_dir = Path(cfg.run.root) / "_bases" / a["base_id"]
         base_name = Path(json.loads((base_dir / "base.json").read_text(encoding="utf-8"))["model"].rstrip("/")).name
         base_file = Path(a["bases"].get(served) or a["base_served"])
-        base = Backend(base_name, base_file)
+        base = Backend(base_name, base_file, ctx=summary["num_ctx"])
         for rec in adapters_on(base_dir):
             base.adapters[f"{base_name}+{rec['run']}"] = Path(rec["adapter_gguf"])
         backends.append(base)
-        routes[base_name] = Route(base, [])
-        for i, name in enumerate(base.adapters):
-            routes[name] = Route(base, [{"id": i, "scale": 1.0}])
+        # Every adapter's scale, always: an empty list makes llama-server fall back to its start-up scales without
+        # clearing the slot's prompt cache, computed under the previous request's adapter (server-context.cpp).
+        n = len(base.adapters)
+        routes[base_name] = Route(base, [{"id": i, "scale": 0.0} for i in range(n)])
+        for k, name in enumerate(base.adapters):
+            routes[name] = Route(base, [{"id": i, "scale": 1.0 if i == k else 0.0} for i in range(n)])
+    commas = [str(p) for b in backends for p in b.adapters.values() if "," in str(p)]
+    if commas:
+        raise UserError(f"serve: llama-server takes its adapters as one comma-separated list, so {commas[0]} cannot be "
+                        "loaded; rename the folder or file without the comma")
     missing = [str(p) for b in backends for p in [b.gguf, *b.adapters.values()] if not p.is_file()]
     if missing:
         raise UserError(f"serve: {', '.join(missing)} not found; rerun `make gguf` for the run that wrote it")
@@ -99,13 +107,11 @@ def start(backend: Backend, template: Path, cfg, log_dir: Path) -> None:
     """One llama-server on a free loopback port, each of serve.parallel slots with the trained context length."""
     backend.port = free_port()
     cmd = [str(tool("llama-server")), "-m", str(backend.gguf), "--host", "127.0.0.1", "--port", str(backend.port),
-           "-c", str(cfg.train.max_seq_length * cfg.serve.parallel), "-np", str(cfg.serve.parallel), "--no-kv-unified",
+           "-c", str(backend.ctx * cfg.serve.parallel), "-np", str(cfg.serve.parallel), "--no-kv-unified",
            "--jinja", "--chat-template-file", str(template), "--reasoning-format", "none", "--no-webui",
            "-t", str(cpu_threads()), "--alias", backend.name]
-    for p in backend.adapters.values():
-        cmd += ["--lora", str(p)]
-    if backend.adapters:
-        cmd.append("--lora-init-without-apply")
+    if backend.adapters:  # one --lora with every file, comma-separated: a repeated --lora keeps only the last
+        cmd += ["--lora", ",".join(str(p) for p in backend.adapters.values()), "--lora-init-without-apply"]
     log = open(log_dir / f"llama-server-{backend.port}.log", "wb")  # noqa: SIM115  (lives as long as the process)
     backend.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                     preexec_fn=_die_with_parent)  # noqa: PLW1509  (started before any thread)
@@ -287,6 +293,7 @@ def run(cfg) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # also where SIGINT was inherited ignored (a background job)
     try:
         serve(cfg)
     except KeyboardInterrupt:
