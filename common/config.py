@@ -214,7 +214,7 @@ class ExportSection:
         "lowest share of val tokens whose most likely next token is the 16-bit GGUF's, per type (near-ties in the "
         "prompt text flip under any rounding: this small model's q8_0 measures 94-96%)")
     kld_allow_fail: bool = key(False, "true: a GGUF that misses its KL divergence thresholds is reported, not fatal")
-    imatrix: str = key("auto", "importance matrix for types of 4 bits and fewer: auto (llama-imatrix on the rendered "
+    imatrix: Literal["auto", "off"] | str = key("auto", "importance matrix for types of 4 bits and fewer: auto (llama-imatrix on the rendered "
                        "train split, never val), off, or an imatrix GGUF file; the i-quants (iq4_xs) need one")
     imatrix_tokens: int = key(8192, "train tokens llama-imatrix reads for export.imatrix auto", ge=1024)
 
@@ -329,7 +329,7 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + " or null"
+        return " or ".join(_type_name(a) for a in args) + (" or null" if type(None) in typing.get_args(tp) else "")
     if origin is list:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
     if origin is dict:
@@ -366,8 +366,13 @@ def _convert(value: Any, tp: Any, path: str, problems: _Problems) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(value, inner, path, problems)
+        inner = [a for a in args if a is not type(None)]
+        for a in inner[:-1]:  # e.g. Literal["auto", "off"] | str: the first that takes the value, else the last
+            trial = _Problems(problems.source, problems.lines, problems.overrides)
+            converted = _convert(value, a, path, trial)
+            if not trial.items:
+                return converted
+        return _convert(value, inner[-1], path, problems)
     if origin is Literal:
         if isinstance(value, bool):  # YAML 1.1 reads `off`, `no`, `on`, `yes` as booleans: take the word back
             words = ("off", "no", "false") if value is False else ("on", "yes", "true")

@@ -111,3 +111,13 @@ def test_cli_config_typo_exits_2_without_traceback():
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: override `train.max_stpes`: unknown key `train.max_stpes`; did you mean `train.max_steps`?"
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_a_word_or_a_path_key_takes_yaml_off_back_as_the_word(tmp_path):
+    """`export.imatrix: off` is YAML 1.1's boolean false; the key is auto | off | a file, so it means off."""
+    config = tmp_path / "c.yaml"
+    config.write_text("export:\n  imatrix: off\n")
+    assert load_config(config).export.imatrix == "off"
+    assert load_config(None, ["export.imatrix=runs/m.gguf"]).export.imatrix == "runs/m.gguf"
+    with pytest.raises(UserError, match="export.imatrix` must be text, got 3"):
+        load_config(None, ["export.imatrix=3"])

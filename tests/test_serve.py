@@ -48,12 +48,10 @@ def served(chain, routing, tmp_path_factory):
                              "serve.parallel=4"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     banner = []
-    while not any(line.startswith("serve: http://") for line in banner):
+    while not banner or not banner[-1].startswith("  e.g. curl"):  # the URL, one line per model, the example
         line = proc.stdout.readline()
         assert line or proc.poll() is None, "".join(banner)
         banner.append(line)
-    for _ in range(6):  # the model lines and the curl example
-        banner.append(proc.stdout.readline())
     yield f"http://127.0.0.1:{port}/v1", proc, "".join(banner)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
