@@ -352,6 +352,16 @@ class _Problems:
         self.items.append(f"{where}: {msg}")
 
 
+def _convert_union(value: Any, inner: list, path: str, problems: _Problems) -> Any:
+    """e.g. Literal["auto", "off"] | str: the first type that takes the value, else the last (with its problem)."""
+    for a in inner[:-1]:
+        trial = _Problems(problems.source, problems.lines, problems.overrides)
+        converted = _convert(value, a, path, trial)
+        if not trial.items:
+            return converted
+    return _convert(value, inner[-1], path, problems)
+
+
 def _convert(value: Any, tp: Any, path: str, problems: _Problems) -> Any:
     """Check `value` against the annotation `tp`; return the converted value. After a problem (recorded in
     `problems`) it returns the value as given, or an empty container: the caller raises before using it."""
@@ -366,13 +376,7 @@ def _convert(value: Any, tp: Any, path: str, problems: _Problems) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        for a in inner[:-1]:  # e.g. Literal["auto", "off"] | str: the first that takes the value, else the last
-            trial = _Problems(problems.source, problems.lines, problems.overrides)
-            converted = _convert(value, a, path, trial)
-            if not trial.items:
-                return converted
-        return _convert(value, inner[-1], path, problems)
+        return _convert_union(value, [a for a in args if a is not type(None)], path, problems)
     if origin is Literal:
         if isinstance(value, bool):  # YAML 1.1 reads `off`, `no`, `on`, `yes` as booleans: take the word back
             words = ("off", "no", "false") if value is False else ("on", "yes", "true")
