@@ -229,6 +229,15 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
 
 
+class Router(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        """A client that hangs up (a closed keep-alive connection) is not an error worth a traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 def make_handler(routes: dict[str, Route]) -> type[Handler]:
     return type("RoutedHandler", (Handler,), {"routes": routes})
 
@@ -257,11 +266,10 @@ def serve(cfg, on_ready=None) -> None:
         for b in backends:
             wait_ready(b, tmp)
         try:
-            router = ThreadingHTTPServer((cfg.serve.host, cfg.serve.port), make_handler(routes))
+            router = Router((cfg.serve.host, cfg.serve.port), make_handler(routes))
         except OSError as e:
             raise UserError(f"serve.port: cannot listen on {cfg.serve.host}:{cfg.serve.port} ({e.strerror}); choose "
                             "another with PORT=... or serve.port=...") from None
-        router.daemon_threads = True
         print(f"serve: http://{cfg.serve.host}:{router.server_address[1]}/v1  (OpenAI-compatible; Ctrl-C stops)")
         for name, r in routes.items():
             extra = f" + {r.backend.adapters[name]}" if name in r.backend.adapters else ""
