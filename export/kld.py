@@ -144,8 +144,9 @@ def failures(results: dict, max_kld: dict[str, float], min_same_top: dict[str, f
                 or (low_top is not None and a["same_top"] < low_top)):
             r["passed"] = False
             mean = f"{a['kld_mean']:.4f}" if a["kld_mean"] is not None else f"not a number ({a['non_finite']} positions)"
-            lines.append(f"{label(t)}: KL divergence from the 16-bit model {mean} (export.max_kld.{k}: "
-                         f"{top_kld}), same top token {a['same_top']:.1%} (export.min_same_top.{k}: {low_top}) over "
+            kk, tk = (k if k in max_kld else "*"), (k if k in min_same_top else "*")  # the entry that applied
+            lines.append(f"{label(t)}: KL divergence from the 16-bit model {mean} (export.max_kld.{kk}: "
+                         f"{top_kld}), same top token {a['same_top']:.1%} (export.min_same_top.{tk}: {low_top}) over "
                          f"{a['tokens']} val tokens; a broken or too coarse quantization: choose a larger type or "
                          "export.imatrix auto, or set export.kld_allow_fail true to ship it anyway")
         else:
