@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.report import esc, write_page
+from export.kld import kind, threshold
 
 SHOWN = ["field_accuracy", "valid_json", "exact_match", "rougeL", "chrf"]
 
@@ -25,8 +26,7 @@ def kld_section(gate: dict | None, imatrix: dict | None) -> str:
     rows = []
     for t, r in sorted(gate["results"].items(), key=lambda kv: kv[0].replace("-noimatrix", "~")):
         a, ans = r["all"], r["answers"]
-        kind = t.split("+")[0].removesuffix("-noimatrix")
-        limit = (gate["max_kld"].get(kind, gate["max_kld"].get("*")), gate["min_same_top"].get(kind, gate["min_same_top"].get("*")))
+        limit = (threshold(gate["max_kld"], kind(t)), threshold(gate["min_same_top"], kind(t)))
         verdict = ("comparison" if "passed" not in r else
                    "<span class='up'>pass</span>" if r["passed"] else "<b class='down'>FAIL</b>")
         with_matrix = "yes" if r.get("imatrix") else "no"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -67,7 +66,6 @@ def main() -> None:
         print(f"| {kld.kind(name)} | {stages[name]['bytes'] / 2**20:.1f} | {'no' if name.endswith(kld.NO_MATRIX) else 'yes'} | "
               f"{kld.fmt(a['kld_mean'])} | {kld.fmt(a['kld_p99'])} | {a['same_top']:.1%} | {kld.fmt(ans['kld_mean'])} | "
               f"{ans['same_top']:.1%} |")
-    sys.stdout.flush()
 
 
 if __name__ == "__main__":
