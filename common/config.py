@@ -163,6 +163,17 @@ class TrainSection:
     data_map_passes: int = key(0, "extra points for the data map: scoring passes over the train rows at evenly spaced "
                                "steps (each epoch's training forward and the end are always points; a pass costs ~10% "
                                "of an epoch's training: docs/data_map.md)", ge=0)
+    method: Literal["sft", "dpo", "kto", "orpo"] = key(
+        "sft", "sft: supervised on train.jsonl; dpo / orpo: on curate's preference pairs (preference.jsonl, the train "
+        "split); kto: on those pairs unpaired (chosen desirable, rejected undesirable). docs/train.md")
+    start_from: str = key("auto", "dpo / kto / orpo: the adapter they continue: auto (this run's SFT adapter when "
+                          "there is one, else a new adapter on the base), base, or an adapter folder")
+    beta: float = key(0.1, "dpo / kto / orpo: how far the policy may move from the reference (TRL's beta; ORPO's "
+                      "lambda)", gt=0)
+    preference_learning_rate: float = key(5e-5, "dpo / kto / orpo: the learning rate (train.learning_rate is SFT's)",
+                                          gt=0)
+    preference_epochs: float = key(3.0, "dpo / kto / orpo: passes over the pairs (train.max_steps > 0 caps the steps)",
+                                   gt=0, example=3)
 
 
 @dataclass
@@ -174,6 +185,9 @@ class EvalSection:
     max_samples: int = key(0, "0: the whole val split", ge=0, must="0 (the whole val split) or positive")
     probe_prompts: int = key(0, "forgetting-probe prompts (evaluate/probe/prompts.jsonl) answered by base and tuned; "
                              "0: all 22", ge=0, must="0 (all) or positive")
+    ab_train_prompts: int = key(16, "train prompts (seeded) answered by base and tuned besides the val split, for the "
+                                "review app's blind A/B page: judgements on them become training pairs (judgements on "
+                                "val prompts stay held out); 0: none", ge=0)
 
 
 @dataclass
@@ -184,6 +198,9 @@ class ReviewSection:
     suspects: int = key(50, "rows in the 'suspects first' view: the train rows the data map finds most suspect "
                         "(runs/<name>/train/data_map.jsonl)", gt=0)
     port: int = key(8501, "served on 127.0.0.1 only", gt=0, lt=65536, must="a TCP port")
+    ab: list[str] = key(["base", "tuned"], "the two systems of the blind A/B page: base, tuned (this run's eval "
+                        "answers) or <run>:base / <run>:tuned (another run's, same prompts)")
+    reviewer: str = key("", "who judges (recorded with each A/B judgement); empty: the login name")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from common.errors import UserError
 from common.runs import atomic_write_json, atomic_write_text
 
 ADAPTER_CONFIG = "train_config.yaml"  # the resolved config the adapter was trained with
+START_ADAPTER = "start_adapter"  # beside train/adapter: the adapter a dpo / kto / orpo run continued (train.start_from)
 ADAPTER_BASE = "base_model.json"  # {"name": model.name, "dir": the directory it resolved to}
 
 
@@ -95,9 +96,9 @@ def load_causal_lm(model_dir: str | Path, dtype: str = "float32", adapter: Path 
     return model.eval()
 
 
-def load_unsloth(model_dir: str, cfg: Config, adapter: Path | None = None):
+def load_unsloth(model_dir: str, cfg: Config, adapter: Path | None = None, trainable: bool = False):
     """(model, tokenizer) through Unsloth's loader, the one training uses, so eval sees the same dtype and
-    template; with `adapter`, the PEFT adapter on top (disable it to get the base)."""
+    template; with `adapter`, the PEFT adapter on top (disable it to get the base; `trainable`: to train it on)."""
     import torch
     import unsloth  # noqa: F401  (patches transformers, PEFT and TRL: imported before them)
     from unsloth import FastLanguageModel
@@ -111,7 +112,7 @@ def load_unsloth(model_dir: str, cfg: Config, adapter: Path | None = None):
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter))
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
     return model, tokenizer
 
 

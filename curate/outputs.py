@@ -54,13 +54,17 @@ def manifest_line(r: Row) -> dict:
 OUTPUTS = ("train.jsonl", "val.jsonl", "rejected.jsonl", "manifest.jsonl", "preference.jsonl")
 
 
-def write_outputs(staging: Path, rows: list[Row], kept: list[Row], train: list[Row], val: list[Row], stats: Stats) -> None:
+def write_outputs(staging: Path, rows: list[Row], kept: list[Row], train: list[Row], val: list[Row], stats: Stats,
+                  judged: list[dict] = ()) -> None:
     """The JSONL outputs, streamed into the staging folder and checked there (check_accounting, on the lines in
-    those files); run() publishes the folder whole once the report is written too."""
+    those files); run() publishes the folder whole once the report is written too. `judged`: the preference pairs
+    of the blind A/B judgements (common.ab.pairs), after the data's own pairs."""
+    from itertools import chain
+
     records = {"train.jsonl": (canonical(r) for r in train), "val.jsonl": (canonical(r) for r in val),
                "rejected.jsonl": (rejected_record(r) for r in rows if not r.kept),
                "manifest.jsonl": (manifest_line(r) for r in rows),
-               "preference.jsonl": (preference_record(r) for r in kept if r.rejected_reply is not None)}
+               "preference.jsonl": chain((preference_record(r) for r in kept if r.rejected_reply is not None), judged)}
     manifest_files: Counter = Counter()
     for name in OUTPUTS:
         with open(staging / name, "w", encoding="utf-8", errors="backslashreplace", newline="") as f:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 
+from common import ab
 from common.config import Config
 from common.errors import UserError
 from common.preflight import require, unwritable
@@ -81,11 +82,13 @@ def run(cfg: Config) -> dict:
     if selection["active"]:
         kept = [r for r in kept if r.kept]
         stats.step("selection", rows)
+    judged, ab_counts = ab.pairs(ab.load(ab.path(cfg)), {r.id: r.split for r in (*train, *val)})
     with built_whole(cfg, "curate") as staging:  # a failure leaves an existing curate/ exactly as it was
-        write_outputs(staging, rows, kept, train, val, stats)
+        write_outputs(staging, rows, kept, train, val, stats, judged)
         clock.lap("write outputs", len(rows))
         report = build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary)
         report["selection"] = selection
+        report["ab"] = ab_counts
         atomic_write_json(staging / "report.json", report)
         write_html(staging, report)
         clock.lap("report", len(rows))
@@ -94,6 +97,9 @@ def run(cfg: Config) -> dict:
     out = cfg.run_dir / "curate"
     print(f"curate: {report['rows_in']} rows in = {report['kept']} kept ({len(train)} train, {len(val)} val) "
           f"+ {report['rejected']} rejected; leakage {report['split']['leakage']}; {timing['seconds']:.1f} s")
+    if ab_counts["judgements"]:
+        print(f"  A/B judgements {ab_counts['judgements']} = {ab_counts['pairs']} preference pairs + {ab_counts['ties']} ties "
+              f"+ {ab_counts['both_bad']} both bad (first in `make review`) + {ab_counts['gone']} on rows no longer kept")
     for reason, n in report["rejected_by_reason"].items():
         print(f"  rejected {reason}: {n}")
     print(f"  outputs: {out}/ (report.html)")

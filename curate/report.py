@@ -72,6 +72,16 @@ def _privacy(cfg, rows, kept, counters: dict) -> dict:
     }
 
 
+def _ab_line(ab: dict | None) -> str:
+    """The blind A/B judgements (common.ab) as a sentence of the report, with their accounting."""
+    if not ab or not ab["judgements"]:
+        return "No blind A/B judgements (the review app's A/B page) yet."
+    return (f"Blind A/B judgements ({esc(ab['file'])}): {ab['judgements']} = {ab['pairs']} preference pairs (in "
+            f"<code>preference.jsonl</code>, on the split of their prompt's row) + {ab['ties']} ties + {ab['both_bad']} both bad "
+            f"(offered first in <code>make review</code> for a rewrite) + {ab['gone']} on rows no longer kept"
+            + (f"; {len(ab['corrupted_lines'])} corrupted lines skipped" if ab["corrupted_lines"] else "") + ".")
+
+
 def build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary) -> dict:
     rejected = [r for r in rows if not r.kept]
     kept_per_file = Counter(r.file for r in kept)
@@ -227,6 +237,7 @@ Reasoning traces: {report['reasoning']['rows_in']} rows read, {report['reasoning
 ({report['reasoning']['kept_in_template_form']} in the template's own form); {esc(report['reasoning']['rendered_as'])}.</p>
 <p>Preference pairs (chosen/rejected): {report['preference_pairs']['in']} read, {report['preference_pairs']['kept']} kept
 (trained on prompt + chosen; all kept pairs in <code>preference.jsonl</code>).
+{_ab_line(report.get('ab'))}
 {('Unfilled placeholders (set data.variables): ' + esc(_inline(report['unfilled_placeholders']))) if report['unfilled_placeholders'] else ''}</p>
 {table(['format', 'rows'], report['formats'].items())}
 <h2>Personal data and test-set overlap</h2><p>curate.pii {esc(report['pii']['mode'])}: {report['pii']['rows']} rows held

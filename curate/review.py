@@ -158,11 +158,7 @@ REJECT_REASONS = ("wrong answer", "bad format", "unsafe or private data", "off-t
 
 
 def append_decision(path: Path, decision: dict) -> dict:
-    """Append one decision as one line, at once: one O_APPEND write (whole lines from two tabs or processes never
-    interleave on a local filesystem), then fsync. An exclusive flock makes "does the file end in a torn line?"
-    and the write one step, so a writer that holds the lock (another append) is never split by this one."""
-    import fcntl
-    import os
+    """Append one review decision (append_line), stamped with the time."""
     from datetime import datetime
 
     if decision.get("action") not in ACTIONS or not isinstance(decision.get("id"), str):
@@ -170,6 +166,16 @@ def append_decision(path: Path, decision: dict) -> dict:
     record = {"id": decision["id"], "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
               "action": decision["action"], "reason": decision.get("reason") or "", "note": decision.get("note") or "",
               "messages": decision.get("messages") if decision["action"] == "edit" else None}
+    return append_line(path, record)
+
+
+def append_line(path: Path, record: dict) -> dict:
+    """Append one record as one JSON line, at once: one O_APPEND write (whole lines from two tabs or processes never
+    interleave on a local filesystem), then fsync. An exclusive flock makes "does the file end in a torn line?"
+    and the write one step, so a writer that holds the lock (another append) is never split by this one."""
+    import fcntl
+    import os
+
     line = (json_text(record) + "\n").encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)

@@ -21,6 +21,8 @@ import streamlit as st
 
 from common.errors import UserError
 from common.runs import read_jsonl
+from curate.ab_page import both_bad_first
+from curate.ab_page import page as ab_page
 from curate.review import REJECT_REASONS, append_decision, edit_problem, length_bucket, load_decisions, plain, render_html, review_sample, segments, worst_span
 from curate.review_suspects import dispute, suspect_lines
 
@@ -76,11 +78,14 @@ def main() -> None:
     if orphans:  # e.g. decided on an edit that was later changed again, or on rows no longer in the input
         st.sidebar.warning(f"{len(orphans)} decision(s) match no row of the current curate output: "
                            + plain(", ".join(orphans[:10])) + (" …" if len(orphans) > 10 else ""))
-    sample = review_sample(kept, cfg.review.sample_size, cfg.review.seed, cfg.train.max_seq_length)
-    view = st.sidebar.radio("view", ["review", "suspects first", "rejected by filters", "summary"], key="view")
+    sample = both_bad_first(cfg, review_sample(kept, cfg.review.sample_size, cfg.review.seed, cfg.train.max_seq_length),
+                            {r["id"] for r in kept})  # rows whose A/B answers were both bad come first, to rewrite
+    view = st.sidebar.radio("view", ["review", "suspects first", "rejected by filters", "summary", "blind A/B"], key="view")
     st.sidebar.markdown(f"run `{cfg.run_dir}`  \n{len(kept)} kept rows, {len(rejected)} rejected; sample {len(sample)} "
                         f"(seed {cfg.review.seed})  \ndecisions: `{decisions_path}`")
-    if view == "rejected by filters":
+    if view == "blind A/B":
+        ab_page(cfg, kept)
+    elif view == "rejected by filters":
         audit(rejected, decisions["latest"], decisions_path)
     elif view == "summary":
         summary(sample, {r["id"]: r for r in kept}, decisions["latest"])

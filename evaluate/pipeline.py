@@ -20,9 +20,10 @@ from common.config import Config
 from common.errors import UserError
 from common.generate import generate
 from common.metrics import aggregate, main_metric, score
-from common.model import check_adapter_base, dtype_of, dtype_why, load_unsloth, resolve_model, trained_adapter
+from common.model import START_ADAPTER, check_adapter_base, dtype_of, dtype_why, load_unsloth, resolve_model, trained_adapter
 from common.preflight import require, unwritable
 from common.runs import atomic_write_json, atomic_write_text, built_whole, jsonl_text, links_out, read_jsonl, read_split
+from evaluate import preference
 from evaluate.report import write_report
 
 PROBE_DIR = Path(__file__).resolve().parent / "probe"
@@ -82,19 +83,24 @@ def run(cfg: Config) -> dict:
     t0 = time.time()
     cfg, adapter, records, model_dir = _setup_inputs(cfg)
     model, tokenizer, eot_id = _setup_model(cfg, model_dir, adapter)
-    variants = ["base", "tuned"] if adapter is not None else ["base"]
+    variants = _variants(model, adapter)
     points = eval_points(records)
     refs = [r["messages"][i]["content"] for r, i in points]
     probe_prompts = [p["prompt"] for p in read_jsonl(PROBE_DIR / "prompts.jsonl")][: cfg.eval.probe_prompts or None]
+    pairs, train_rows = preference.held_out_pairs(cfg), preference.train_points(cfg)
     results = {}
-    for name in variants:
-        # base: the same loaded model with the adapter switched off, so both see one loader, dtype and template
-        with (model.disable_adapter() if name == "base" and adapter is not None else contextlib.nullcontext()):
+    for name, using in variants.items():
+        # one loaded model: the adapter switched off (base), the adapter a preference run started from, the adapter
+        with using():
             results[name] = _evaluate_variant(cfg, model, tokenizer, eot_id, records, points, probe_prompts)
+            results[name]["pairs"] = preference.pair_scores(model, tokenizer, pairs, eot_id)
+            if name != "start":
+                results[name]["ab_train"] = _answers(cfg, model, tokenizer, eot_id, train_rows)
     main = main_metric(refs)
     samples = _samples(points, refs, results, main)
     metrics = _metrics(results, samples, main, len(records), adapter, model_dir)
     metrics["answers_scored"] = len(points)
+    metrics["ab"] = preference.ab_summary(cfg)  # the review app's blind A/B judgements so far (None: none)
     metrics["dtype"] = dtype_of(model)  # bfloat16 on a CPU with AVX-512 BF16 (model.dtype auto): other numbers
     metrics["dtype_why"] = dtype_why(cfg.model.dtype, metrics["dtype"], next(model.parameters()).is_cuda)
     probe_rows = _probe_rows(results, probe_prompts)
@@ -103,12 +109,21 @@ def run(cfg: Config) -> dict:
         atomic_write_json(staging / "metrics.json", metrics)
         atomic_write_text(staging / "samples.jsonl", jsonl_text(samples))
         atomic_write_text(staging / "probe.jsonl", jsonl_text(probe_rows))
+        atomic_write_text(staging / "ab_train.jsonl", jsonl_text(_ab_train_rows(train_rows, results)))
         write_report(staging, metrics, samples, probe_rows)
     out = cfg.run_dir / "eval"
     for name in variants:
         m = metrics[name]
         print(f"eval {name}: {main} {m.get(main)}, valid_json {m.get('valid_json')}, rougeL {m['rougeL']}, "
               f"stopped {m['stopped_at_end_of_turn']}, val loss {m['teacher_forced']['loss']}")
+    if pairs:
+        print("eval: held-out preference pairs " + ", ".join(
+            f"{n} {metrics[n]['preference_pairs']['accuracy']} (margin {metrics[n]['preference_pairs']['mean_margin']})"
+            for n in variants) + f" of {len(pairs)}")
+    if metrics["ab"]:
+        a = metrics["ab"]
+        print(f"eval: blind A/B {a['systems'][1]} vs {a['systems'][0]}: win rate {a['win_rate']} (95% CI {a['ci95']}, "
+              f"n={a['judged']} held-out)")
     print(f"eval: report {out / 'report.html'}")
     return metrics
 
@@ -126,6 +141,42 @@ def _setup_inputs(cfg: Config):
     else:
         print(f"eval: no adapter in {cfg.run_dir / 'train' / 'adapter'} yet (run `make train`): evaluating the base model alone")
     return cfg, adapter, records, model_dir
+
+
+def _variants(model, adapter: Path | None) -> dict:
+    """name -> a context manager that makes the loaded model that variant: base (adapters off), start (the adapter a
+    dpo / kto / orpo run continued, train/start_adapter, loaded beside it), tuned (the run's adapter)."""
+    if adapter is None:
+        return {"base": contextlib.nullcontext}
+    out = {"base": model.disable_adapter}
+    start = adapter.parent / START_ADAPTER
+    if (start / "adapter_config.json").is_file():
+        model.load_adapter(str(start), adapter_name="start")
+        print(f"eval: also evaluating {start} (the adapter this {adapter} continued) as `start`")
+        out["start"] = lambda: _active(model, "start")
+    out["tuned"] = lambda: _active(model, "default")
+    return out
+
+
+@contextlib.contextmanager
+def _active(model, name: str):
+    model.set_adapter(name)
+    try:
+        yield
+    finally:
+        model.set_adapter("default")
+
+
+def _answers(cfg: Config, model, tokenizer, eot_id: int, rows: list[dict]) -> list[str]:
+    """Greedy answers to the last turn of `rows` (the A/B page's train prompts)."""
+    prompts = [tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True) for r in rows]
+    return [g["text"] for g in generate(model, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size, eot_id)]
+
+
+def _ab_train_rows(rows: list[dict], results: dict) -> list[dict]:
+    return [{"id": r["id"], "turn": len(r["messages"]) - 1, "prompt": r["messages"][-2]["content"],
+             "reference": r["messages"][-1]["content"], **{n: res["ab_train"][k] for n, res in results.items() if "ab_train" in res}}
+            for k, r in enumerate(rows)]
 
 
 def _setup_model(cfg: Config, model_dir: str, adapter: Path | None):
@@ -213,7 +264,8 @@ def _samples(points, refs, results: dict, main: str) -> list[dict]:
 def _metrics(results: dict, samples: list[dict], main: str, val_rows: int, adapter, model_dir: str) -> dict:
     metrics = {"main_metric": main, "val_rows": val_rows, "adapter": str(adapter) if adapter else None,
                "model": model_dir, **{name: {"teacher_forced": res["teacher_forced"], **res["metrics"],
-                                              "general_text_perplexity": res["general_text_perplexity"]}
+                                              "general_text_perplexity": res["general_text_perplexity"],
+                                              "preference_pairs": {k: v for k, v in res["pairs"].items() if k != "margins"}}
                                       for name, res in results.items()}}
     if "tuned" not in results:
         return metrics

@@ -10,18 +10,42 @@ from common.report import esc, img, png, subplots, write_page
 SHOWN = ["tool_call_match", "tool_name_match", "tool_call_valid", "field_accuracy", "valid_json", "same_keys",
          "exact_match", "rougeL", "chrf", "stopped_at_end_of_turn"]
 BAR_WIDTH = 0.38
+VARIANTS = ("base", "start", "tuned")  # start: the adapter a dpo / kto / orpo run continued
+
+
+def preference_section(metrics: dict, variants: list[str]) -> str:
+    """Held-out pair accuracy and margin per variant, and the blind A/B win rate with its interval."""
+    rows = "".join(f"<tr><td>{v}</td><td>{metrics[v]['preference_pairs']['accuracy']}</td>"
+                   f"<td>{metrics[v]['preference_pairs']['mean_margin']}</td></tr>" for v in variants)
+    n = metrics[variants[0]]["preference_pairs"]["pairs"]
+    out = ("<h2>Preferences</h2>" + (f"<p>{n} held-out preference pairs (curate's preference.jsonl, split val): the share "
+           "where the chosen answer is more likely than the rejected one, and the mean log-probability margin.</p>"
+           f"<table><tr><th>variant</th><th>pair accuracy</th><th>mean margin</th></tr>{rows}</table>" if n else
+           "<p>No held-out preference pairs (preference.jsonl has none in val).</p>"))
+    a = metrics.get("ab")
+    if not a:
+        return out + "<p>No blind A/B judgements yet (<code>make review</code>, view <i>blind A/B</i>).</p>"
+    kinds = "".join(f"<tr><td>{esc(k)}</td><td>{t['judged']}</td><td>{t['win_rate']}</td><td>{t['ci95']}</td></tr>"
+                    for field in ("by_kind", "by_file") for k, t in a[field].items())
+    return out + (f"<p>Blind A/B ({esc(a['file'])}): <b>{esc(a['systems'][1])}</b> vs {esc(a['systems'][0])} on held-out "
+                  f"prompts: win rate <b>{a['win_rate']}</b>, 95% CI {a['ci95']} (n={a['judged']}: wins {esc(str(a['wins']))}, "
+                  f"ties {a['ties']}, both bad {a['both_bad']}; {esc(a['rule'])}). {a['train_prompt_judgements']} judgements on "
+                  "train prompts are training pairs, not counted. The answers judged are those of the eval that wrote "
+                  f"samples.jsonl when they were judged.</p><table><tr><th>kind / file</th><th>n</th><th>win rate</th>"
+                  f"<th>95% CI</th></tr>{kinds}</table>")
 
 
 def _chart(metrics: dict) -> bytes:
     import numpy as np
 
     names = [k for k in SHOWN if k in metrics["base"]]
-    variants = [v for v in ("base", "tuned") if v in metrics]
+    variants = [v for v in VARIANTS if v in metrics]
     fig, ax = subplots(figsize=(8, 3.4))
     x = np.arange(len(names))
     for j, v in enumerate(variants):
-        ax.bar(x + (j - (len(variants) - 1) / 2) * BAR_WIDTH, [metrics[v][n] for n in names], BAR_WIDTH, label=v,
-               color=["#bab0ac", "#4c78a8"][j])
+        w = BAR_WIDTH * 2 / len(variants)
+        ax.bar(x + (j - (len(variants) - 1) / 2) * w, [metrics[v][n] for n in names], w, label=v,
+               color=["#bab0ac", "#9ecae9", "#4c78a8"][j] if len(variants) == 3 else ["#bab0ac", "#4c78a8"][j])
     ax.set_xticks(x, names, rotation=20)
     ax.set_ylim(0, 1.05)
     ax.legend()
@@ -42,7 +66,7 @@ def _metric_rows(metrics: dict, variants: list[str]) -> str:
 
 def write_report(out: Path, metrics: dict, samples: list[dict], probe: list[dict]) -> None:
     chart = _chart(metrics)
-    variants = [v for v in ("base", "tuned") if v in metrics]
+    variants = [v for v in VARIANTS if v in metrics]
     main = metrics["main_metric"]
     sample_rows = "".join(
         "<tr>" + f"<td>{esc(str(s.get('flip', '')))}</td><td>{esc(s['prompt'][:300])}</td><td>{esc(s['reference'])}</td>"
@@ -63,6 +87,7 @@ def write_report(out: Path, metrics: dict, samples: list[dict], probe: list[dict
 <h2>Samples (flips first; click a header to sort)</h2>
 <table onclick="if(event.target.tagName=='TH')sortTable(this,event.target.cellIndex)"><thead><tr><th>flip</th><th>prompt</th><th>reference</th>
 {''.join(f'<th>{v}</th><th>{v} score</th>' for v in variants)}<th>scored by</th></tr></thead><tbody>{sample_rows}</tbody></table>
+{preference_section(metrics, variants)}
 <h2>Forgetting probe</h2>
 <p>{esc(str(fp)) if fp else 'base only'}</p>
 <table><tr><th>prompt</th>{''.join(f'<th>{v}</th>' for v in variants)}{'<th>similarity (chrF)</th>' if fp else ''}</tr>{probe_rows}</table>"""

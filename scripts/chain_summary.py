@@ -60,7 +60,7 @@ def summary_lines(run_dir: Path) -> list[str]:
     if train:
         dtype = train.get("dtype") or train.get("backend", {}).get("dtype")
         lines.append(f"  train:  {train['steps']} steps, {train['tokens_seen']:,} tokens at {train['tokens_per_second']} "
-                     f"tokens/s in {dtype}; final loss {train['final_train_loss']}, val loss {train['final_val_loss']}")
+                     f"tokens/s in {dtype}; final loss {train['final_train_loss']}, val loss {train.get('final_val_loss')}")
         dm = train.get("data_map")
         if dm:
             lines.append(f"          data map: {dm['scored']} rows at {dm['points']} points, {dm['regions']['hard']} hard; "

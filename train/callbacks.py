@@ -45,7 +45,14 @@ class ProgressAndLog(TrainerCallback):
 
     def count(self, inputs, pad_token_id: int) -> None:
         """Real (non-pad) tokens of a training batch: the attention mask, or for packed rows every
-        position that is not the pad token (the pad token never occurs inside a curated chat)."""
+        position that is not the pad token (the pad token never occurs inside a curated chat). A preference
+        trainer's batch: every attention mask in it (chosen, rejected, KTO's mismatched pairs), its completion masks."""
+        if "labels" not in inputs:
+            masks = [v for k, v in inputs.items() if k.endswith("attention_mask") and hasattr(v, "sum")]
+            done = [v for k, v in inputs.items() if k.endswith("completion_mask") and hasattr(v, "sum")]
+            self._step_tokens += sum(int(m.sum()) for m in masks)
+            self._step_loss_tokens += sum(int(m.sum()) for m in done)
+            return
         if "attention_mask" in inputs:
             n = int(inputs["attention_mask"].sum())
         else:

@@ -21,7 +21,7 @@ from typing import Any
 from common.chat import Collator, Tokenized, pack, tokenize
 from common.config import Config, dump_config
 from common.errors import UserError
-from common.model import auto_cpu_dtype, dtype_of, dtype_why, load_unsloth, resolve_model, save_tokenizer, write_adapter_identity
+from common.model import START_ADAPTER, auto_cpu_dtype, dtype_of, dtype_why, load_unsloth, resolve_model, save_tokenizer, write_adapter_identity
 from common.preflight import require, unwritable
 from common.runs import atomic_write_json, links_out, package_versions, read_split, stage_dir, written_whole
 from train import distributed
@@ -148,6 +148,10 @@ class Setup:
 def run(cfg: Config, fresh: bool = False) -> dict:
     """The stage: inputs -> checkpoints -> model -> data -> trainer -> train -> outputs. Returns the summary (on
     every rank under torchrun; rank 0 prints and writes)."""
+    if cfg.train.method != "sft":
+        from train import preference
+
+        return preference.run(cfg, fresh)
     distributed.init()
     with distributed.only_main_prints():
         return _run(cfg, fresh)
@@ -368,6 +372,8 @@ def _check_targets(model, targets: list[str], model_dir: str) -> None:
 def _save_adapter(cfg: Config, out: Path, model, tokenizer, model_dir: str) -> Path:
     """adapter/ (PEFT weights, tokenizer, the resolved config and base identity), renamed into place whole."""
     adapter = out / "adapter"
+    if (out / START_ADAPTER).exists():  # a preference run's start: this new SFT adapter replaces what it continued
+        shutil.rmtree(out / START_ADAPTER)
     with written_whole(adapter) as tmp:
         model.save_pretrained(str(tmp))
         save_tokenizer(tokenizer, model_dir, tmp)
