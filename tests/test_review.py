@@ -357,3 +357,96 @@ def test_real_browser_suspects_first_then_curate_applies_the_decision(chain, tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     rejected = read_jsonl(tmp_path / "t/curate/rejected.jsonl")
     assert any(r["id"] == top["id"] and r["reason"] == "human_review" and "wrong category" in r["detail"] for r in rejected)
+
+
+# ------------------------------------------------------------------------------------------ blind A/B
+def ab_plan(items: list[dict]) -> list[str]:
+    """Choices for the first items, in the page's order: left, right, tie, both bad, then left/right, until a decisive
+    judgement on a train prompt and one on a val prompt are among them (the page's order mixes the splits)."""
+    plan, cycle = [], ["left", "right", "tie", "both_bad"]
+    for k, it in enumerate(items):
+        plan.append(cycle[k] if k < 4 else ("left", "right")[k % 2])
+        decisive = {i["split"] for i, c in zip(items, plan) if c in ("left", "right")}
+        if k >= 3 and decisive == {"train", "val"}:
+            return plan
+    raise AssertionError(f"no decisive train and val judgements possible in {len(items)} items")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"), reason="needs Debian's chromium (.ci/run installs it); CI fails instead")
+def test_real_browser_blind_ab_then_curate_and_dpo_train_on_the_judgements(chain, tmp_path):
+    """The `make all` run's base and tuned answers judged blind on the A/B page of a real browser (buttons and a key):
+    the systems are named only after each decision; the judgements, appended to review/ab.jsonl, become preference
+    pairs in the next `make curate` on their prompt's split; a both-bad row opens first in the review queue;
+    `make train SET=train.method=dpo` continues the SFT adapter on them; `make eval` reports pair accuracy for base,
+    start (SFT) and tuned (DPO) and the A/B win rate with its interval."""
+    from playwright.sync_api import expect
+
+    from common import ab
+    from common.cli import config_from_args, parser
+
+    src, t = chain[0] / "t", tmp_path / "t"
+    for d in ("curate", "eval", "train/adapter"):
+        shutil.copytree(src / d, t / d)
+    cfg = config_from_args(parser("t", "").parse_args([f"run.root={tmp_path}", "run.name=t"]))
+    kept = {r["id"]: r for r in kept_records(tmp_path)}
+    items, _ = ab.items(cfg, kept)
+    plan = ab_plan(items)
+    labels = {"left": "Left is better", "right": "Right is better", "tie": "Tie", "both_bad": "Both bad"}
+    with browser_on_app(tmp_path) as page:
+        expect(page.get_by_text("reviewed 0 /")).to_be_visible(timeout=120_000)
+        page.get_by_text("blind A/B").click()
+        expect(page.get_by_text(f"judged 0 / {len(items)}")).to_be_visible(timeout=60_000)
+        for k, (it, choice) in enumerate(zip(items, plan)):
+            left = ab.left_system(cfg.review.seed, it["item"], cfg.review.ab)
+            expect(page.get_by_text(it["answers"][left], exact=True).first).to_be_visible()
+            if k == 0:
+                assert page.get_by_text("Left was").count() == 0  # no names before a decision (then: the last one's)
+            if choice == "tie":
+                page.keyboard.press("t")
+            else:
+                page.get_by_role("button", name=labels[choice]).click()
+            expect(page.get_by_text(f"judged {k + 1} / {len(items)}")).to_be_visible(timeout=30_000)
+            right = next(s for s in cfg.review.ab if s != left)
+            expect(page.get_by_text(f"Left was {left}, right was {right}")).to_be_visible()
+        expect(page.get_by_text("win rate").first).to_be_visible()
+        page.get_by_text("review", exact=True).first.click()
+        bad = items[plan.index("both_bad")]["id"]
+        expect(page.get_by_text(bad).first).to_be_visible(timeout=30_000)  # the both-bad row opens the queue
+    judged = read_jsonl(t / "review" / ab.FILE)
+    assert [j["choice"] for j in judged] == plan
+    for j, it in zip(judged, items):
+        assert j["item"] == it["item"] and j["prompt"] == kept[it["id"]]["messages"][: it["turn"]] and j["who"]
+        assert j["winner"] == {"left": j["left"], "right": next(s for s in j["systems"] if s != j["left"])}.get(j["choice"])
+
+    def stage(*argv):
+        proc = subprocess.run([sys.executable, "-m", *argv, f"run.root={tmp_path}", "run.name=t"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    stage("curate")
+    report = json.loads((t / "curate/report.json").read_text())["ab"]
+    decisive = [(j, it) for j, it in zip(judged, items) if j["winner"]]
+    assert (report["judgements"], report["pairs"], report["ties"], report["both_bad"], report["gone"]) == \
+        (len(plan), len(decisive), 1, 1, 0)
+    pairs = read_jsonl(t / "curate/preference.jsonl")
+    from_ab = {p["source"]["item"]: p for p in pairs if "ab" in p["source"]}
+    assert len(from_ab) == len(decisive)
+    for j, it in decisive:
+        p = from_ab[it["item"]]
+        assert p["split"] == it["split"] and p["chosen"] == it["answers"][j["winner"]] and p["source"]["who"] == j["who"]
+    n_train = sum(p["split"] == "train" for p in pairs)
+    proc = stage("train", "train.method=dpo", "train.max_steps=2", "train.batch_size=2", "train.max_seq_length=256")
+    assert f"train: dpo on {n_train} preference pairs" in proc.stdout and "start_adapter" in proc.stdout
+    summary = json.loads((t / "train/summary.json").read_text())
+    assert summary["pairs"] == n_train and summary["start_adapter"] == str(t / "train/start_adapter")
+    assert (t / "train/start_adapter/adapter_model.safetensors").read_bytes() == (src / "train/adapter/adapter_model.safetensors").read_bytes()
+    stage("evaluate", "eval.max_samples=4", "eval.ab_train_prompts=2", "eval.probe_prompts=1", "eval.max_new_tokens=40")
+    m = json.loads((t / "eval/metrics.json").read_text())
+    n_val = sum(p["split"] == "val" for p in pairs)
+    for v in ("base", "start", "tuned"):
+        assert m[v]["preference_pairs"]["pairs"] == n_val and 0 <= m[v]["preference_pairs"]["accuracy"] <= 1
+    val_judged = sum(it["split"] == "val" for it in items[: len(plan)])
+    lo, hi = m["ab"]["ci95"]
+    assert m["ab"]["judged"] == val_judged and lo <= m["ab"]["win_rate"] <= hi
+    assert "Blind A/B" in (t / "eval/report.html").read_text()
