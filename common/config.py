@@ -188,6 +188,9 @@ class EvalSection:
     ab_train_prompts: int = key(16, "train prompts (seeded) answered by base and tuned besides the val split, for the "
                                 "review app's blind A/B page: judgements on them become training pairs (judgements on "
                                 "val prompts stay held out); 0: none", ge=0)
+    judge: str = key("", "an automatic pairwise judge of base vs tuned on the val answers through llama.cpp, both "
+                     "orders (a flip is a tie): a GGUF file, `embedded` (the 135M base model: a small-model judge, a "
+                     "smoke test more than a verdict), or '' (off)")
 
 
 @dataclass

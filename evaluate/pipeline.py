@@ -101,6 +101,10 @@ def run(cfg: Config) -> dict:
     metrics = _metrics(results, samples, main, len(records), adapter, model_dir)
     metrics["answers_scored"] = len(points)
     metrics["ab"] = preference.ab_summary(cfg)  # the review app's blind A/B judgements so far (None: none)
+    if cfg.eval.judge and "tuned" in results:
+        from evaluate import judge
+
+        metrics["judge"] = judge.run(cfg, _judge_items(points, results), ["base", "tuned"], _threads())
     metrics["dtype"] = dtype_of(model)  # bfloat16 on a CPU with AVX-512 BF16 (model.dtype auto): other numbers
     metrics["dtype_why"] = dtype_why(cfg.model.dtype, metrics["dtype"], next(model.parameters()).is_cuda)
     probe_rows = _probe_rows(results, probe_prompts)
@@ -120,6 +124,10 @@ def run(cfg: Config) -> dict:
         print("eval: held-out preference pairs " + ", ".join(
             f"{n} {metrics[n]['preference_pairs']['accuracy']} (margin {metrics[n]['preference_pairs']['mean_margin']})"
             for n in variants) + f" of {len(pairs)}")
+    if metrics.get("judge"):
+        j = metrics["judge"]
+        print(f"eval: judge {Path(j['judge']).name}{' (SMALL-MODEL JUDGE)' if j['small_model_judge'] else ''}: tuned vs base "
+              f"win rate {j['win_rate']} (95% CI {j['ci95']}, n={j['judged']}, {j['order_disagreements']} ties from order flips)")
     if metrics["ab"]:
         a = metrics["ab"]
         print(f"eval: blind A/B {a['systems'][1]} vs {a['systems'][0]}: win rate {a['win_rate']} (95% CI {a['ci95']}, "
@@ -171,6 +179,25 @@ def _answers(cfg: Config, model, tokenizer, eot_id: int, rows: list[dict]) -> li
     """Greedy answers to the last turn of `rows` (the A/B page's train prompts)."""
     prompts = [tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True) for r in rows]
     return [g["text"] for g in generate(model, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size, eot_id)]
+
+
+def _threads() -> int:
+    import os
+
+    return int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1
+
+
+def _judge_items(points, results: dict) -> list[dict]:
+    """This eval's val answers of base and tuned as A/B items (common.ab's shape), identical answers left out."""
+    from common.ab import kind
+
+    out = []
+    for k, (r, turn) in enumerate(points):
+        answers = {n: results[n]["generations"][k]["text"] for n in ("base", "tuned")}
+        if answers["base"] != answers["tuned"]:
+            out.append({"item": f"{r.get('id')}:{turn}", "split": "val", "file": (r.get("source") or {}).get("file"),
+                        "kind": kind(r["messages"][turn]["content"]), "prompt": r["messages"][:turn], "answers": answers})
+    return out
 
 
 def _ab_train_rows(rows: list[dict], results: dict) -> list[dict]:

@@ -22,6 +22,11 @@ def preference_section(metrics: dict, variants: list[str]) -> str:
            "where the chosen answer is more likely than the rejected one, and the mean log-probability margin.</p>"
            f"<table><tr><th>variant</th><th>pair accuracy</th><th>mean margin</th></tr>{rows}</table>" if n else
            "<p>No held-out preference pairs (preference.jsonl has none in val).</p>"))
+    j = metrics.get("judge")
+    if j:
+        out += (f"<p>Automatic judge <code>{esc(j['judge'])}</code>{' — <b>' + esc(j['note']) + '</b>' if j['small_model_judge'] else ''}: "
+                f"tuned vs base on {j['judged']} val answers that differ, both orders asked: win rate {j['win_rate']}, 95% CI "
+                f"{j['ci95']}; {j['order_disagreements']} verdicts flipped with the order (counted as ties).</p>")
     a = metrics.get("ab")
     if not a:
         return out + "<p>No blind A/B judgements yet (<code>make review</code>, view <i>blind A/B</i>).</p>"

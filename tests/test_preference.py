@@ -201,3 +201,23 @@ def test_a_preference_method_without_pairs_is_a_one_line_error(tmp_path):
     line = [ln for ln in proc.stderr.splitlines() if "preference pairs" in ln]
     assert line and "has 0 in the train split" in line[0] and "blind A/B page" in line[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_the_embedded_judge_asks_both_orders_and_a_flip_is_a_tie():
+    """The llama.cpp judge on two items: each verdict is asked with the answers in both orders; where the two
+    verdicts name different systems the item is a tie; the embedded model is marked a small-model judge."""
+    from common.config import Config
+    from evaluate import judge
+
+    cfg = Config()
+    cfg.eval.judge = "embedded"
+    items = [item(1), {**item(2), "answers": {"base": "I do not know.", "tuned": '{"category": "billing"}'}}]
+    got = judge.run(cfg, items, SYSTEMS, threads=2)
+    assert got["small_model_judge"] and "SMALL-MODEL JUDGE" in got["note"] and got["judged"] == 2
+    for v in got["verdicts"]:
+        assert len(v["orders"]) == 2 and set(v["orders"]) <= set(SYSTEMS)
+        assert (v["winner"] is None) == (v["orders"][0] != v["orders"][1])
+    assert got["ties"] == got["order_disagreements"] == sum(v["winner"] is None for v in got["verdicts"])
+    cfg.eval.judge = "/nonexistent.gguf"
+    with pytest.raises(Exception, match="eval.judge: /nonexistent.gguf is not a file"):
+        judge.judge_file(cfg)
