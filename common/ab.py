@@ -31,14 +31,22 @@ def path(cfg: Config) -> Path:
 
 
 def answers(cfg: Config, system: str) -> dict[str, dict]:
-    """{item: {"text", "split"}} of one system: `base` / `tuned` from this run's eval outputs, `<run>:base` /
-    `<run>:tuned` from another run's (same prompts when both ran on the same curate output)."""
+    """{item: {"text", "split"}} of one system, `[<run>:]<variant>` (no run: this one): `base` / `tuned` from the
+    run's eval outputs (val split and train prompts), `merged` / `gguf-<type>` (gguf-q4_k_m, gguf-f16+lora, ...)
+    from its export round trip (val prompts, answered by the merged model in transformers and by each GGUF)."""
     run, _, variant = system.rpartition(":")
-    d = (cfg.run.root / run if run else cfg.run_dir) / "eval"
+    d = cfg.run.root / run if run else cfg.run_dir
     out = {}
+    if variant == "merged" or variant.startswith("gguf-"):
+        path = d / "export" / "roundtrip.json"
+        key = "hf" if variant == "merged" else variant[len("gguf-"):]
+        for s in json.loads(path.read_text(encoding="utf-8"))["samples"] if path.is_file() else []:
+            if s.get("id") is not None and key in s:  # exports before the A/B page wrote no ids
+                out[f"{s['id']}:{s['turn']}"] = {"text": s[key], "split": "val"}
+        return out
     for name, split in SOURCES:
-        if (d / name).is_file():
-            for line in (d / name).read_text(encoding="utf-8").splitlines():
+        if (d / "eval" / name).is_file():
+            for line in (d / "eval" / name).read_text(encoding="utf-8").splitlines():
                 s = json.loads(line)
                 if variant in s:
                     out[f"{s['id']}:{s['turn']}"] = {"text": s[variant], "split": split}

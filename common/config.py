@@ -202,7 +202,8 @@ class ReviewSection:
                         "(runs/<name>/train/data_map.jsonl)", gt=0)
     port: int = key(8501, "served on 127.0.0.1 only", gt=0, lt=65536, must="a TCP port")
     ab: list[str] = key(["base", "tuned"], "the two systems of the blind A/B page: base, tuned (this run's eval "
-                        "answers) or <run>:base / <run>:tuned (another run's, same prompts)")
+                        "answers), merged or gguf-<type> (its export round trip's: gguf-q4_k_m, gguf-f16+lora), any "
+                        "of them as <run>:<system> for another run's answers to the same prompts")
     reviewer: str = key("", "who judges (recorded with each A/B judgement); empty: the login name")
 
 

@@ -445,8 +445,9 @@ def _round_trip(cfg: Config, out: Path, records: list[dict], targets: dict[str, 
         r = roundtrip["gguf"][t]
         print(f"export: round trip {t}: exact {r['exact_match_with_hf']:.0%}, token agreement {r['token_agreement']:.0%}, "
               f"stopped {r['stopped_at_end_of_turn']:.0%}")
-    roundtrip["samples"] = [{"prompt": c[-1]["content"], "reference": ref, "hf": a["text"], **{t: answers[t][i]["text"] for t in targets}}
-                            for i, (c, ref, a) in enumerate(zip(conversations, refs, hf))]
+    roundtrip["samples"] = [{"id": r.get("id"), "turn": len(c), "prompt": c[-1]["content"], "reference": ref, "hf": a["text"],
+                             **{t: answers[t][i]["text"] for t in targets}}  # id + turn: the A/B page's `gguf-<type>`
+                            for i, (r, c, ref, a) in enumerate(zip(records, conversations, refs, hf))]
     roundtrip["failures"] = roundtrip_failures(cfg, roundtrip, sixteen)
     roundtrip["passed"] = not roundtrip["failures"]
     atomic_write_json(out / "roundtrip.json", roundtrip)

@@ -100,6 +100,16 @@ def test_items_leave_out_identical_answers_and_rows_no_longer_kept(tmp_path):
     assert {i["item"]: i["split"] for i in items} == {"r1:1": "val", "r3:1": "train"}
     assert info == {"identical": 1, "gone": 1, "systems": SYSTEMS} and items[0]["kind"] == "JSON"
     assert all(i["prompt"] == msgs[:1] for i in items)
+    # a run vs its GGUF: the export round trip's answers by row id and turn
+    (tmp_path / "t/export").mkdir()
+    (tmp_path / "t/export/roundtrip.json").write_text(json.dumps({"samples": [
+        {"id": "r1", "turn": 1, "prompt": "q", "reference": "x", "hf": "t1", "q4_k_m": "g1"},
+        {"prompt": "q", "reference": "x", "hf": "old", "q4_k_m": "old"}]}))  # an export from before ids: left out
+    cfg.review.ab = ["tuned", "gguf-q4_k_m"]
+    assert ab.answers(cfg, "gguf-q4_k_m") == {"r1:1": {"text": "g1", "split": "val"}}
+    assert ab.answers(cfg, "t:merged") == {"r1:1": {"text": "t1", "split": "val"}}
+    items, info = ab.items(cfg, kept)
+    assert [i["answers"] for i in items] == [{"tuned": "t1", "gguf-q4_k_m": "g1"}] and info["identical"] == 0
 
 
 # ------------------------------------------------------------------------------------------ the preference stage
