@@ -183,10 +183,32 @@ def _trainer(cfg: Config, model, tokenizer, pairs: list[dict], ckpt_dir: Path, f
             progress.count(inputs, tokenizer.pad_token_id)
             return super().training_step(model, inputs, *a, **k)
 
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            restore_trained_adapter(model if model is not None else self.model, Path(resume_from_checkpoint))
+
     trainer = Counted(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                       callbacks=[progress, CompletionMarker(fp)])
     trainer.remove_callback(PrinterCallback)
     return trainer, progress
+
+
+def restore_trained_adapter(model, checkpoint: Path) -> None:
+    """The trained adapter of a checkpoint, loaded back on resume. With TRL's frozen "ref" copy the checkpoint holds
+    two adapters: the trained one at its root, "ref" in a subfolder; transformers' Trainer then loads the subfolders
+    only (trainer.py, `adapter_subdirs`), and a resumed run would go on from the adapter's initial weights (found by
+    the kill -9 test: steps after the resume differed)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = checkpoint / "adapter_model.safetensors"
+    if not weights.is_file() or "ref" not in getattr(model, "peft_config", {}):
+        return
+    result = set_peft_model_state_dict(model, load_file(str(weights)), adapter_name="default")
+    missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if missing:
+        raise RuntimeError(f"{weights}: {len(missing)} adapter tensors did not load back (e.g. {missing[0]})")
+    model.set_adapter("default")
 
 
 def _classes(method: str):
