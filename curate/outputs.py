@@ -1,4 +1,4 @@
-"""The JSONL outputs (train, val, rejected, manifest, preference) and the accounting check on the files written:
+"""The JSONL outputs (train, val, rejected, manifest, preference, kto) and the accounting check on the files written:
 every input row is one manifest line and one train, val or rejected line."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from common.runs import json_text
+from curate.kto import kto_record, labelled
 from curate.pii import kinds_of
 from curate.rows import Row, Stats
 
@@ -33,6 +34,8 @@ def rejected_record(r: Row) -> dict:
         out["lang"], out["tokens"] = r.conv.lang, r.conv.tokens
     if r.reason == "near_duplicate":
         out["near_duplicate_of"] = r.cluster
+    if r.split is not None:  # an undesirable KTO example: the side curate.kto gave it
+        out["split"] = r.split
     if r.review:
         out["review"], out["review_note"] = r.review, r.review_note
     return out
@@ -51,7 +54,7 @@ def manifest_line(r: Row) -> dict:
             **({"pii": kinds_of(r.pii)} if r.pii else {})}
 
 
-OUTPUTS = ("train.jsonl", "val.jsonl", "rejected.jsonl", "manifest.jsonl", "preference.jsonl")
+OUTPUTS = ("train.jsonl", "val.jsonl", "rejected.jsonl", "manifest.jsonl", "preference.jsonl", "kto.jsonl")
 
 
 def write_outputs(staging: Path, rows: list[Row], kept: list[Row], train: list[Row], val: list[Row], stats: Stats,
@@ -64,7 +67,8 @@ def write_outputs(staging: Path, rows: list[Row], kept: list[Row], train: list[R
     records = {"train.jsonl": (canonical(r) for r in train), "val.jsonl": (canonical(r) for r in val),
                "rejected.jsonl": (rejected_record(r) for r in rows if not r.kept),
                "manifest.jsonl": (manifest_line(r) for r in rows),
-               "preference.jsonl": chain((preference_record(r) for r in kept if r.rejected_reply is not None), judged)}
+               "preference.jsonl": chain((preference_record(r) for r in kept if r.rejected_reply is not None), judged),
+               "kto.jsonl": (kto_record(r) for r in labelled(rows))}
     manifest_files: Counter = Counter()
     for name in OUTPUTS:
         with open(staging / name, "w", encoding="utf-8", errors="backslashreplace", newline="") as f:

@@ -49,6 +49,9 @@ def parse_row(raw: RawRow, forced: str | None, cfg: Config, control_tokens: tupl
     if decided_on is not None:  # the reviewer undid the redaction of the row as shown, under the redacted row's id
         r.review, r.original_id = "unredact", decided_on
     reject_pii(r, cfg.curate.pii)
+    r.kto = extra["kto"]
+    if r.kto is False and r.kept:  # never a target; its conversation is kept for KTO (kto.jsonl)
+        r.reject("undesirable_label", extra["undesirable"])
     return r
 
 

@@ -18,7 +18,7 @@ from common.config import Config
 from common.errors import UserError
 from common.preflight import require, unwritable
 from common.runs import atomic_write_json, built_whole, links_out
-from curate import parallel
+from curate import kto, parallel
 from curate import review as review_mod
 from curate.dedup import exact_dedup, near_dedup
 from curate.filters import FILTERS
@@ -83,12 +83,13 @@ def run(cfg: Config) -> dict:
         kept = [r for r in kept if r.kept]
         stats.step("selection", rows)
     judged, ab_counts = ab.pairs(ab.load(ab.path(cfg)), {r.id: r.split for r in (*train, *val)})
+    kto_counts = kto.assign_splits(rows, val, cfg)  # the undesirable KTO examples' side, by the leakage rule
     with built_whole(cfg, "curate") as staging:  # a failure leaves an existing curate/ exactly as it was
         write_outputs(staging, rows, kept, train, val, stats, judged)
         clock.lap("write outputs", len(rows))
         report = build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary)
         report["selection"] = selection
-        report["ab"] = ab_counts
+        report["ab"], report["kto"] = ab_counts, kto_counts
         atomic_write_json(staging / "report.json", report)
         write_html(staging, report)
         clock.lap("report", len(rows))

@@ -1,5 +1,6 @@
 """One record -> (format, messages, extra): its shape read (curate.shapes), what must never train refused first,
-each with its own reason (a false KTO label: `undesirable_label`; media fields, parts or placeholders: `multimodal`;
+each with its own reason (media fields, parts or placeholders: `multimodal`; a false KTO label: `undesirable_label`,
+after its conversation is read, so that KTO can learn from it;
 the tags of the tool/reasoning text forms inside the row's own text: `reserved_tag`), reasoning split out, and
 tool calls and reasoning written in the text form the model's template writes, or the fallback form
 (curate/tools.py). Tools are read by default (data.tools: auto or fallback); `data.tools: refuse` rejects tool
@@ -34,6 +35,7 @@ def to_messages(rec: Any, forced: str | None = None, reasoning: str = "keep", to
     reasoning or spec are refused (`reserved_tag`): they would forge a call or a result in the training text."""
     if not isinstance(rec, dict):
         raise RecordError("unknown_format", f"a record must be a JSON object, got {type(rec).__name__}")
+    label, undesirable = kto_of(rec)  # read (or refused) first; an undesirable row is parsed, then rejected (parse)
     _refuse_what_cannot_train(rec)
     fmt = forced or detect_format(rec)
     if fmt is None:
@@ -42,7 +44,7 @@ def to_messages(rec: Any, forced: str | None = None, reasoning: str = "keep", to
     missing = [k for k in keys if k not in rec]
     if missing:
         raise RecordError("unknown_format", f"data.format forces {fmt}, but the record lacks {', '.join(missing)} (has {', '.join(sorted(map(str, rec)))})")
-    extra: dict = {}
+    extra: dict = {"kto": label, "undesirable": undesirable}
     if fmt == "preference":
         msgs, extra["rejected"] = from_preference(rec)
     else:
@@ -98,11 +100,16 @@ def kto_label(value: Any, key: str) -> bool:
                       "undesirable; use true/false (also read: yes/no, 1/0/-1, good/bad, positive/negative)")
 
 
-def _refuse_what_cannot_train(rec: dict) -> None:
+def kto_of(rec: dict) -> tuple[bool | None, str]:
+    """The row's KTO label: True (desirable), False (undesirable, with the rejection's detail) or None (no label)."""
     for key in LABEL_KEYS:
         if key in rec and not kto_label(rec[key], key):
-            raise RecordError("undesirable_label", f"`{key}` is {rec[key]!r}: the row marks its answer as undesirable "
-                              "(KTO-style); it is never trained as a target")
+            return False, (f"`{key}` is {rec[key]!r}: the row marks its answer as undesirable (KTO-style); it is never "
+                           "trained as a target (train.method=kto reads it as an undesirable example: kto.jsonl)")
+    return (True if any(k in rec for k in LABEL_KEYS) else None), ""
+
+
+def _refuse_what_cannot_train(rec: dict) -> None:
     for key in MEDIA_KEYS:
         if rec.get(key):
             n = len(rec[key]) if isinstance(rec[key], list) else 1

@@ -82,6 +82,15 @@ def _ab_line(ab: dict | None) -> str:
             + (f"; {len(ab['corrupted_lines'])} corrupted lines skipped" if ab["corrupted_lines"] else "") + ".")
 
 
+def _kto_line(kto: dict | None) -> str:
+    if not kto or not (sum(kto["desirable"].values()) + sum(kto["undesirable"].values())):
+        return ""
+    return (f"KTO labels (<code>kto.jsonl</code>, for <code>train.method=kto</code>): {sum(kto['desirable'].values())} desirable "
+            f"rows kept (train {kto['desirable']['train']}, val {kto['desirable']['val']}), {sum(kto['undesirable'].values())} "
+            f"undesirable rows rejected from training as targets (train {kto['undesirable']['train']}, val "
+            f"{kto['undesirable']['val']}: val when as similar to a val row as the leakage check allows).")
+
+
 def build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary) -> dict:
     rejected = [r for r in rows if not r.kept]
     kept_per_file = Counter(r.file for r in kept)
@@ -237,7 +246,7 @@ Reasoning traces: {report['reasoning']['rows_in']} rows read, {report['reasoning
 ({report['reasoning']['kept_in_template_form']} in the template's own form); {esc(report['reasoning']['rendered_as'])}.</p>
 <p>Preference pairs (chosen/rejected): {report['preference_pairs']['in']} read, {report['preference_pairs']['kept']} kept
 (trained on prompt + chosen; all kept pairs in <code>preference.jsonl</code>).
-{_ab_line(report.get('ab'))}
+{_ab_line(report.get('ab'))} {_kto_line(report.get('kto'))}
 {('Unfilled placeholders (set data.variables): ' + esc(_inline(report['unfilled_placeholders']))) if report['unfilled_placeholders'] else ''}</p>
 {table(['format', 'rows'], report['formats'].items())}
 <h2>Personal data and test-set overlap</h2><p>curate.pii {esc(report['pii']['mode'])}: {report['pii']['rows']} rows held

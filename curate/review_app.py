@@ -259,7 +259,7 @@ def audit(rejected: list[dict], latest: dict, path: Path) -> None:
     st.dataframe(pd.DataFrame([{"id": r.get("id"), "reason": r["reason"], "where": r.get("where"), "detail": r.get("detail"),
                                 "restored": (latest.get(r.get("id") or "", {}).get("action") == "restore")} for r in rows]),
                  hide_index=True, width="stretch")
-    restorable = [r for r in rows if r.get("id") and r.get("messages")]
+    restorable = [r for r in rows if r.get("id") and r.get("messages") and r["reason"] != "undesirable_label"]  # edit those
     if not restorable:
         return
     rid = st.selectbox("inspect / restore", [r["id"] for r in restorable], key="audit_pick",

@@ -34,6 +34,7 @@ class Row:
     reasoning_turns: int = 0  # turns that carried a reasoning trace (kept as <think> or dropped: data.reasoning)
     form: str | None = None  # tool calls / reasoning written as the model's template does ("template") or "fallback"
     pii: list | None = None  # what curate.pii found: {turn, start, end, kind, placeholder} (positions, never values)
+    kto: bool | None = None  # its KTO label (label / kto_tag): True desirable, False undesirable (kto.jsonl), None none
     sig_row: int = -1  # its row in the run's MinHash signature arrays (rows the filters kept; see ingest)
 
     @property

@@ -149,6 +149,43 @@ def test_preference_pairs_train_on_the_chosen_reply_and_keep_the_pair(shapes_run
     assert report["preference_pairs"] == {"in": 2, "kept": 2}
 
 
+def test_kto_labels_become_kto_examples_with_a_split(shapes_run):
+    """kto.jsonl: the desirable row (kept, trained as usual) and both undesirable ones (rejected as targets, their
+    conversations kept for `train.method=kto` with the side the leakage rule gives them)."""
+    tmp, report, rows = shapes_run
+    examples = read_jsonl(tmp / "runs/t/curate/kto.jsonl")
+    assert [(e["source"]["row"], e["label"]) for e in examples] == [(1, True), (2, False), (3, False)]
+    assert examples[1]["completion"] == "Just delete your account and make a new one." and examples[1]["prompt"][-1]["content"] == Q
+    rejected = {r["source"]["row"]: r for r in rows["rejected"] if r["source"]["file"].endswith("kto.jsonl")}
+    for e in examples[1:]:
+        r = rejected[e["source"]["row"]]
+        assert r["reason"] == "undesirable_label" and r["split"] == e["split"] in ("train", "val") and r["messages"]
+    kept = {r["id"]: split for split in ("train", "val") for r in rows[split]}
+    assert examples[0]["split"] == kept[examples[0]["id"]]
+    assert sum(report["kto"]["undesirable"].values()) == 2 and sum(report["kto"]["desirable"].values()) == 1
+
+
+def test_an_undesirable_example_like_a_val_row_is_held_out():
+    """curate.kto's leakage rule: an undesirable row as similar to a val row as split.leakage_threshold allows goes
+    to val, any other to train."""
+    from common.config import Config
+    from curate.conversation import Conversation
+    from curate.kto import assign_splits
+    from curate.rows import Row
+
+    def row(q, a, reason=None):
+        r = Row("f.jsonl", 1, 1, conv=Conversation([{"role": "user", "content": q}, {"role": "assistant", "content": a}]))
+        r.reason = reason
+        return r
+
+    q = "My Atlas Laptop will not turn on after the latest update and I need it for work tomorrow morning"
+    val = [row(q, "technical, high")]
+    near = row(q, "billing, low", "undesirable_label")
+    far = row("Please tell me where my parcel with the Echo Speaker is, it was due last week", "shipping", "undesirable_label")
+    counts = assign_splits([*val, near, far], val, Config())
+    assert (near.split, far.split) == ("val", "train") and counts["undesirable"] == {"train": 1, "val": 1}
+
+
 def test_reasoning_is_one_visible_form_that_carries_loss(shapes_run, model_dir):
     _, _, rows = shapes_run
     replies = [r["messages"][-1]["content"] for r in kept_by_file(rows)["reasoning.jsonl"]]

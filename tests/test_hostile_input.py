@@ -74,7 +74,7 @@ def test_a_deeply_nested_json_record_is_one_rejected_row_with_any_number_of_work
             assert reason == "malformed_json" and "nested more than 100 levels" in detail, (name, reason, detail)
         assert sum(v[0] == "kept" for v in got.values()) == 18
     jsonl_files = [k for k in results[1] if k.endswith(".jsonl")]
-    assert len(jsonl_files) == 5 and all(results[1][k] == results[2][k] for k in jsonl_files)
+    assert len(jsonl_files) == 6 and all(results[1][k] == results[2][k] for k in jsonl_files)
 
 
 # 2 ------------------------------------------------------------------------- file names, all or nothing

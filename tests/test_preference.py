@@ -194,9 +194,13 @@ def test_dpo_kill_9_then_resume_matches_an_uninterrupted_run(dpo_reference, tmp_
 
 @pytest.mark.parametrize("method", ["kto", "orpo"])
 def test_kto_and_orpo_train_from_the_pairs(method, tmp_path):
+    """ORPO on the pairs; KTO on them unpaired and on curate's KTO-labelled rows (kto.jsonl, train split only)."""
     pair_dir(tmp_path, n_train=8)
+    p = json.loads((tmp_path / "t/curate/preference.jsonl").read_text().splitlines()[0])
+    labelled = [{"prompt": p["prompt"], "completion": p["rejected"], "label": False, "split": split} for split in ("train", "train", "val")]
+    (tmp_path / "t/curate/kto.jsonl").write_text("".join(json.dumps(k) + "\n" for k in labelled))
     proc = train(tmp_path, f"train.method={method}", "train.max_steps=2", "train.save_steps=50")
-    assert f"train: {method} on 8 preference pairs" in proc.stdout
+    assert f"train: {method} on {10 if method == 'kto' else 8} preference pairs" in proc.stdout
     s = json.loads((tmp_path / "t/train/summary.json").read_text())
     assert s["method"] == method and s["steps"] == 2 and s["final_train_loss"] is not None
     weights = load_file(str(tmp_path / "t/train/adapter/adapter_model.safetensors"))

@@ -31,9 +31,14 @@ PREFERENCE_KEYS = ("train.method", "train.beta", "train.preference_learning_rate
 
 
 def pairs_of(cfg: Config) -> list[dict]:
-    """The train split of preference.jsonl; UserError naming the ways to get pairs when it has none."""
+    """The train split of preference.jsonl (for kto also kto.jsonl's labelled rows, as pairs with one side); UserError
+    naming the ways to get pairs when there are none."""
     path = cfg.run_dir / "curate" / "preference.jsonl"
     pairs = [p for p in read_jsonl(path) if p.get("split") == "train"] if path.is_file() else []
+    labelled = cfg.run_dir / "curate" / "kto.jsonl"
+    if cfg.train.method == "kto" and labelled.is_file():
+        pairs += [{"prompt": k["prompt"], "chosen" if k["label"] else "rejected": k["completion"]}
+                  for k in read_jsonl(labelled) if k.get("split") == "train"]
     if len(pairs) < 2:
         raise UserError(f"train.method={cfg.train.method} needs preference pairs, but {path} has {len(pairs)} in the "
                         "train split: add chosen/rejected data (data.inputs), or judge answers on the review app's blind "
@@ -43,11 +48,11 @@ def pairs_of(cfg: Config) -> list[dict]:
 
 def dataset_rows(method: str, pairs: list[dict]) -> list[dict]:
     """TRL's conversational rows: prompt / chosen / rejected (dpo, orpo), or prompt / completion / label (kto: each
-    pair unpaired, its chosen answer desirable and its rejected answer undesirable)."""
+    pair unpaired, its chosen answer desirable and its rejected answer undesirable; kto.jsonl's rows one side each)."""
     turn = lambda text: [{"role": "assistant", "content": text}]
     if method == "kto":
         return [{"prompt": p["prompt"], "completion": turn(p[side]), "label": side == "chosen"}
-                for p in pairs for side in ("chosen", "rejected")]
+                for p in pairs for side in ("chosen", "rejected") if side in p]
     return [{"prompt": p["prompt"], "chosen": turn(p["chosen"]), "rejected": turn(p["rejected"])} for p in pairs]
 
 
