@@ -77,11 +77,12 @@ def quality(src: Path, root: Path, steps: int) -> dict:
     out["judgements"] = oracle_judge(root, "sft_dpo")
     stage(root, "sft_dpo", "curate")
     out["pairs"] = {s: sum(p["split"] == s for p in read_jsonl(run / "curate/preference.jsonl")) for s in ("train", "val")}
-    shutil.copytree(run / "curate", copy_run(src, root, "base_dpo") / "curate", dirs_exist_ok=True)
-    for name, start in (("sft_dpo", "auto"), ("base_dpo", "base")):
+    for name in ("base_dpo", "base_dpo_lr5e-4"):
+        shutil.copytree(run / "curate", copy_run(src, root, name) / "curate", dirs_exist_ok=True)
+    for name, start, lr in (("sft_dpo", "auto", 5e-5), ("base_dpo", "base", 5e-5), ("base_dpo_lr5e-4", "base", 5e-4)):
         t0 = time.time()
-        stage(root, name, "train", "train.method=dpo", f"train.start_from={start}", "--fresh",
-              *([f"train.max_steps={steps}"] if steps else []))
+        stage(root, name, "train", "train.method=dpo", f"train.start_from={start}", f"train.preference_learning_rate={lr}",
+              "--fresh", *([f"train.max_steps={steps}"] if steps else []))
         summary = json.loads((root / name / "train/summary.json").read_text())
         stage(root, name, "evaluate")
         m = json.loads((root / name / "eval/metrics.json").read_text())
