@@ -104,7 +104,7 @@ def record(cfg: Config, out: Path, name: str, result: AdapterGGUF, roundtrip: di
         "run": cfg.run.name, "ollama_name": f"{name}-lora", "base_id": result.base_id, "base_model": cfg.model.name,
         "adapter_gguf": str(result.gguf), "bytes": result.gguf.stat().st_size,
         "lora": {"r": lc["r"], "alpha": lc["lora_alpha"], "target_modules": sorted(lc["target_modules"])},
-        "trained_on": {"inputs": cfg.data.inputs, "train_rows": train.get("rows"),
+        "trained_on": {"inputs": cfg.data.inputs, "method": train.get("method", "sft"), "train_rows": train.get("rows"),
                        "steps": train.get("steps"), "tokens": train.get("tokens_seen")},
         "eval": {"main_metric": main, "base": metrics.get("base", {}).get(main), "tuned": metrics.get("tuned", {}).get(main)}
         if main else None,

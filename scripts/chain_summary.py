@@ -59,8 +59,11 @@ def summary_lines(run_dir: Path) -> list[str]:
                      f"{curate['val']} val) + {curate['rejected']} rejected; report {run_dir / 'curate' / 'report.html'}")
     if train:
         dtype = train.get("dtype") or train.get("backend", {}).get("dtype")
-        lines.append(f"  train:  {train['steps']} steps, {train['tokens_seen']:,} tokens at {train['tokens_per_second']} "
-                     f"tokens/s in {dtype}; final loss {train['final_train_loss']}, val loss {train.get('final_val_loss')}")
+        method = train.get("method", "sft")
+        what = "" if method == "sft" else f"{method} on {train.get('pairs')} preference pairs, "
+        lines.append(f"  train:  {what}{train['steps']} steps, {train['tokens_seen']:,} tokens at {train['tokens_per_second']} "
+                     f"tokens/s in {dtype}; final loss {train['final_train_loss']}"
+                     + (f", val loss {train['final_val_loss']}" if train.get("final_val_loss") is not None else ""))
         dm = train.get("data_map")
         if dm:
             lines.append(f"          data map: {dm['scored']} rows at {dm['points']} points, {dm['regions']['hard']} hard; "
@@ -76,6 +79,14 @@ def summary_lines(run_dir: Path) -> list[str]:
             lines.append(f"          e.g. {clip(example['prompt'], keep_end=True)}")  # a prompt's end: the message
             lines.append(f"            base:  {clip(example['base'])}")
             lines.append(f"            tuned: {clip(example['tuned'])}")
+        pairs = t.get("preference_pairs") or {}
+        if pairs.get("pairs"):
+            lines.append(f"          held-out preference pairs: accuracy {value('x', b['preference_pairs']['accuracy'])} -> "
+                         f"{value('x', pairs['accuracy'])} ({pairs['pairs']} pairs)")
+        a = evaluation.get("ab")
+        lines.append(f"          blind A/B: {a['systems'][1]} wins {a['win_rate']:.0%} of {a['judged']} (95% CI {a['ci95'][0]:.0%}-{a['ci95'][1]:.0%})"
+                     if a else "          judge it blind: `make review` (view 'blind A/B'); then `make curate` and "
+                     "`make train SET=train.method=dpo` train on the judgements")
         lines.append(f"          report {run_dir / 'eval' / 'report.html'}")
     elif evaluation:
         lines.append(f"  eval:   base only (no adapter); report {run_dir / 'eval' / 'report.html'}")
