@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from common import ab
 from curate.review import append_line
+from tests.test_train import ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ["base", "tuned"]
@@ -113,7 +114,7 @@ def test_items_leave_out_identical_answers_and_rows_no_longer_kept(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ the preference stage
-# float32 pinned: the resume claim is arithmetic (as in test_train.py)
+# float32 and one thread pinned: the resume claim is arithmetic (as in test_train.py, whose ENV this is)
 DPO_ARGS = ["train.method=dpo", "train.start_from=base", "train.max_steps=6", "train.batch_size=2", "train.save_steps=2",
             "train.logging_steps=1", "train.max_seq_length=256", "train.warmup_ratio=0", "model.dtype=float32",
             "train.preference_learning_rate=1e-4"]
@@ -137,7 +138,7 @@ def pair_dir(root: Path, n_train: int = 16, n_val: int = 2) -> None:
 
 def train(root: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "train", f"run.root={root}", "run.name=t", *DPO_ARGS, *extra], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, env=ENV)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -172,7 +173,7 @@ def test_dpo_learns_the_pairs_and_writes_an_adapter_like_sft(dpo_reference):
 def test_dpo_kill_9_then_resume_matches_an_uninterrupted_run(dpo_reference, tmp_path):
     pair_dir(tmp_path)
     out = tmp_path / "t" / "train"
-    proc = subprocess.Popen([sys.executable, "-m", "train", f"run.root={tmp_path}", "run.name=t", *DPO_ARGS], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "train", f"run.root={tmp_path}", "run.name=t", *DPO_ARGS], cwd=ROOT, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while not (out / "checkpoints-dpo/checkpoint-4/complete.json").exists():

@@ -25,6 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAIN_ARGS = ["train.max_steps=6", "train.batch_size=2", "train.max_seq_length=256", "train.logging_steps=1",
               "train.save_steps=2", "train.eval_steps=6", "train.learning_rate=5e-4", "train.warmup_ratio=0",
               "model.dtype=float32", "train.data_map_passes=1"]
+# One thread in every run compared with another: float32 sums split over two threads add in another order than over
+# one, and the background chain hands the second core back mid-module (conftest), so a reference made on one thread
+# and a resumed run on two differed by 7e-5 in the adapter (measured). Same arithmetic, same threads.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def records(n: int, offset: int = 0) -> list[dict]:
@@ -43,7 +47,7 @@ def records(n: int, offset: int = 0) -> list[dict]:
 
 def run_train(root: Path, *extra: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "train", f"run.root={root}", "run.name=t", *TRAIN_ARGS, *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=ENV)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -184,7 +188,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(trained, tmp_path):
     make_curate_dir(tmp_path)
     out = tmp_path / "t" / "train"
     proc = subprocess.Popen([sys.executable, "-m", "train", f"run.root={tmp_path}", "run.name=t", *TRAIN_ARGS],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 400
     while not (out / "checkpoints/checkpoint-4/complete.json").exists():
         assert proc.poll() is None and time.time() < deadline, "training ended before checkpoint 4"
