@@ -11,6 +11,7 @@ see the identical loader, dtype and chat template.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from pathlib import Path
@@ -157,8 +158,9 @@ def _variants(model, adapter: Path | None) -> dict:
     if adapter is None:
         return {"base": contextlib.nullcontext}
     out = {"base": model.disable_adapter}
-    start = adapter.parent / START_ADAPTER
-    if (start / "adapter_config.json").is_file():
+    start, summary = adapter.parent / START_ADAPTER, adapter.parent / "summary.json"
+    started = summary.is_file() and json.loads(summary.read_text(encoding="utf-8")).get("start_adapter")
+    if started and (start / "adapter_config.json").is_file():  # the run that wrote this adapter started from it
         model.load_adapter(str(start), adapter_name="start")
         print(f"eval: also evaluating {start} (the adapter this {adapter} continued) as `start`")
         out["start"] = lambda: _active(model, "start")

@@ -57,7 +57,7 @@ def dataset_rows(method: str, pairs: list[dict]) -> list[dict]:
 
 
 def is_sft(adapter: Path) -> bool:
-    """Whether `adapter` was trained by SFT (its recorded config says so; adapters from before train.method: yes)."""
+    """Whether `adapter` was trained by SFT (its recorded config says so; one recorded before train.method existed: sft)."""
     return (adapter / ADAPTER_CONFIG).is_file() and load_config(adapter / ADAPTER_CONFIG).train.method == "sft"
 
 
@@ -75,9 +75,7 @@ def start_adapter(cfg: Config, out: Path) -> Path | None:
         if not (src / "adapter_config.json").is_file():
             raise UserError(f"train.start_from: {src} holds no adapter (no adapter_config.json); set it to auto, base or "
                             "an adapter folder (runs/<run>/train/adapter)")
-    if src is None:
-        if keep.exists() and distributed.is_main():
-            shutil.rmtree(keep)  # eval must not score a start this adapter did not have
+    if src is None:  # a kept start stays (it may be the only copy of the SFT adapter); summary.json names none
         return None
     if src.resolve() != keep.resolve() and distributed.is_main():
         with written_whole(keep) as tmp:
