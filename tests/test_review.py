@@ -441,7 +441,7 @@ def test_real_browser_blind_ab_then_curate_and_dpo_train_on_the_judgements(chain
     summary = json.loads((t / "train/summary.json").read_text())
     assert summary["pairs"] == n_train and summary["start_adapter"] == str(t / "train/start_adapter")
     assert (t / "train/start_adapter/adapter_model.safetensors").read_bytes() == (src / "train/adapter/adapter_model.safetensors").read_bytes()
-    stage("evaluate", "eval.max_samples=4", "eval.ab_train_prompts=2", "eval.probe_prompts=1", "eval.max_new_tokens=40")
+    stage("evaluate", "eval.max_samples=2", "eval.ab_train_prompts=1", "eval.probe_prompts=1", "eval.max_new_tokens=16")
     m = json.loads((t / "eval/metrics.json").read_text())
     n_val = sum(p["split"] == "val" for p in pairs)
     for v in ("base", "start", "tuned"):
