@@ -107,6 +107,7 @@ def test_two_adapters_on_one_base_answer_as_each_was_trained_concurrently(served
         r = c.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=60)
         return model, r.choices[0].message.content
 
+    before = ask(BASE)[1]
     with ThreadPoolExecutor(8) as pool:  # the same prompt under three adapter settings: no prompt cache crosses them
         answers = list(pool.map(ask, [f"{BASE}+routing", f"{BASE}+t", BASE, f"{BASE}+t"] * 2))
     for model, text in answers:
@@ -114,7 +115,12 @@ def test_two_adapters_on_one_base_answer_as_each_was_trained_concurrently(served
             assert text != LABEL and not text.startswith('{"category"'), text
         else:
             assert (text == LABEL) if model.endswith("routing") else text.startswith('{"category"'), (model, text)
-    assert ask(BASE)[1] == next(text for model, text in answers if model == BASE)  # after the adapters, unchanged
+    # after the adapters the base still opens its answer as it did before them. Only the opening: the base rambles,
+    # and its greedy text from a prompt cache filled in a batch of 8 can drift from a lone request's some 50
+    # characters in (llama.cpp's batched kernels round differently; seen once in three runs), while an adapter
+    # leaking into the base changes the first tokens (the routing label, the JSON).
+    after = ask(BASE)[1]
+    assert after != LABEL and not after.startswith('{"category"') and after[:24] == before[:24], (before, after)
 
 
 def post(served, body: bytes) -> tuple[int, dict]:
