@@ -5,11 +5,8 @@ run is in test_review.py (it shares the browser machinery there)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ from safetensors.torch import load_file
 
 from common import ab
 from curate.review import append_line
-from tests.test_train import ENV
+from tests.test_train import ENV, kill_9_at
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ["base", "tuned"]
@@ -173,14 +170,8 @@ def test_dpo_learns_the_pairs_and_writes_an_adapter_like_sft(dpo_reference):
 def test_dpo_kill_9_then_resume_matches_an_uninterrupted_run(dpo_reference, tmp_path):
     pair_dir(tmp_path)
     out = tmp_path / "t" / "train"
-    proc = subprocess.Popen([sys.executable, "-m", "train", f"run.root={tmp_path}", "run.name=t", *DPO_ARGS], cwd=ROOT, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while not (out / "checkpoints-dpo/checkpoint-2/complete.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "training ended before checkpoint 2"
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_at([sys.executable, "-m", "train", f"run.root={tmp_path}", "run.name=t", *DPO_ARGS],
+              out / "checkpoints-dpo/checkpoint-2/complete.json", 600)
     resumed = train(tmp_path)
     assert "resuming from" in resumed.stdout and "checkpoint-2" in resumed.stdout
     ref, got = losses(dpo_reference), losses(out)

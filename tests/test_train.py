@@ -183,18 +183,24 @@ def test_every_lora_parameter_changed_and_the_adapter_changes_the_output(trained
     assert (base_logits - tuned_logits).abs().max() > 1e-3
 
 
+def kill_9_at(argv: list[str], marker: Path, timeout: float) -> None:
+    """Start `argv` (one thread, ENV) and kill it with SIGKILL as soon as `marker` (a checkpoint's completion
+    marker) exists; fails if the run ends or `timeout` passes first."""
+    proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline, f"training ended before {marker.parent.name}"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def test_kill_9_then_resume_matches_an_uninterrupted_run(trained, tmp_path):
     _, reference, _ = trained
     make_curate_dir(tmp_path)
     out = tmp_path / "t" / "train"
-    proc = subprocess.Popen([sys.executable, "-m", "train", f"run.root={tmp_path}", "run.name=t", *TRAIN_ARGS],
-                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 400
-    while not (out / "checkpoints/checkpoint-4/complete.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "training ended before checkpoint 4"
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_at([sys.executable, "-m", "train", f"run.root={tmp_path}", "run.name=t", *TRAIN_ARGS],
+              out / "checkpoints/checkpoint-4/complete.json", 400)
     (out / "checkpoints/checkpoint-99").mkdir()  # a half-written checkpoint: no completion marker
     resumed = run_train(tmp_path)
     assert "resuming from" in resumed.stdout and "checkpoint-4" in resumed.stdout
