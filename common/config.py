@@ -57,6 +57,10 @@ class DataSection:
                                        "template's own")
     variables: dict[str, str] = key({}, "fills {{name}}-style placeholders, e.g. {name: Ava, author: Acme}; unfilled ones "
                                     "reject the row")
+    mix: dict[str, float] = key({}, "general data mixed into train beside the task against forgetting: glob -> a fraction "
+                                "of the task's train rows (< 1) or a row count (>= 1), e.g. {'data/general/*.jsonl': "
+                                "0.1}; filtered and deduplicated like every row, never held out, rows like a task or "
+                                "probe prompt rejected (curate/mix.py)")
     reasoning: Literal["keep", "drop"] = key("keep", "reasoning traces (reasoning_content, <think>): keep as "
                                              "<think>...</think> before the answer, or drop")
     preference: Literal["chosen", "refuse"] = key("chosen", "chosen/rejected pairs: train on prompt + chosen (pairs also "
@@ -163,6 +167,10 @@ class TrainSection:
     data_map_passes: int = key(0, "extra points for the data map: scoring passes over the train rows at evenly spaced "
                                "steps (each epoch's training forward and the end are always points; a pass costs ~10% "
                                "of an epoch's training: docs/data_map.md)", ge=0)
+    replay: float = key(0.0, "self replay against forgetting: general prompts the base model writes itself (Magpie) "
+                        "with its own answers, mixed into train as their own source (curate/replay.py, cached per base "
+                        "model in run.root/_replay/): a fraction of the task's train rows (< 1) or a row count; 0: off",
+                        ge=0)
     method: Literal["sft", "dpo", "kto", "orpo"] = key(
         "sft", "sft: supervised on train.jsonl; dpo / orpo: on curate's preference pairs (preference.jsonl, the train "
         "split); kto: on those pairs unpaired (chosen desirable, rejected undesirable). docs/train.md")

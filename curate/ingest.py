@@ -76,12 +76,12 @@ class Chunk:
 _CONTEXT: ChunkContext | None = None
 
 
-def chunks(cfg: Config, stats: Stats) -> Iterator[tuple[str | None, list]]:
+def chunks(cfg: Config, stats: Stats, files: list[tuple[Path, str, str | None]]) -> Iterator[tuple[str | None, list]]:
     """(forced format, up to CHUNK_ROWS rows of one file) for every input file in order; JSONL and Parquet
     streamed, JSONL lines undecoded (the workers decode them). A file that cannot be read is one rejected row,
     so it is counted and listed like any other; a streamed file found corrupt part-way keeps the rows before
     the damage, and the error row stands for the rest."""
-    for path, display, forced in input_files(cfg):
+    for path, display, forced in files:
         stats.rows_per_file.setdefault(display, 0)  # an empty file is a source too (0 rows in)
         batch: list = []
         error = None
@@ -167,8 +167,9 @@ def _reject_contaminated(rows: list[Row], ctx: ChunkContext, stats: Stats) -> No
                      f"row {where} (curate.decontaminate)")
 
 
-def ingest(cfg: Config, ctx: ChunkContext, stats: Stats) -> tuple[list[Row], np.ndarray, np.ndarray, list[dict]]:
-    """Every input row through process_chunk, on curate.workers processes, in input order: the rows, the
+def ingest(cfg: Config, ctx: ChunkContext, stats: Stats, files: list[tuple[Path, str, str | None]]
+           ) -> tuple[list[Row], np.ndarray, np.ndarray, list[dict]]:
+    """Every row of `files` through process_chunk, on curate.workers processes, in input order: the rows, the
     signature arrays (Row.sig_row indexes them) and the review tallies."""
     global _CONTEXT
     _CONTEXT = ctx
@@ -177,7 +178,7 @@ def ingest(cfg: Config, ctx: ChunkContext, stats: Stats) -> tuple[list[Row], np.
     n_sigs = 0
     bar = tqdm(desc="curate rows", unit="row", leave=False, mininterval=1)
     try:
-        for chunk in parallel.ordered_map(process_chunk, chunks(cfg, stats), parallel.workers(cfg.curate.workers)):
+        for chunk in parallel.ordered_map(process_chunk, chunks(cfg, stats, files), parallel.workers(cfg.curate.workers)):
             for r in chunk.rows:
                 if r.kept:
                     r.sig_row, n_sigs = n_sigs, n_sigs + 1

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import difflib
 
+import numpy as np
+
 from common import ab
 from common.config import Config
 from common.errors import UserError
+from common.model import resolve_model
 from common.preflight import require, unwritable
 from common.runs import atomic_write_json, built_whole, links_out
-from curate import kto, parallel
+from curate import kto, mix, parallel, replay
 from curate import review as review_mod
 from curate.dedup import exact_dedup, near_dedup
 from curate.filters import FILTERS
-from curate.ingest import chunk_context, ingest, input_files
+from curate.ingest import chunk_context, display_name, ingest, input_files
 from curate.outputs import write_outputs
 from curate.readers import glob_files
 from curate.report import build_report, write_html
@@ -46,12 +49,36 @@ def checks(cfg: Config) -> list[str]:
         if fmt not in CONVERTERS:
             problems.append(f"data.format: `{glob_}: {fmt}` names an unknown format; known: {', '.join(CONVERTERS)}")
     problems += select_problems(cfg)
-    for find in (lambda: input_files(cfg), lambda: glob_files(cfg.curate.decontaminate, "curate.decontaminate")):
+    problems += [f"data.mix: {g}: {ratio} rows is none; give a fraction of the task's train rows (< 1) or a count (>= 1)"
+                 for g, ratio in cfg.data.mix.items() if ratio <= 0]
+    for find in (lambda: mix.mix_files(cfg, input_files(cfg)),
+                 lambda: glob_files(cfg.curate.decontaminate, "curate.decontaminate")):
         try:
             find()
         except UserError as e:
             problems += e.problems
     return problems
+
+
+def _read(cfg: Config, ctx, stats: Stats):
+    """Every input row through ingest: data.inputs, data.mix, then - with train.replay - the self-replay set, generated
+    for the train rows the task is expected to keep (filters passed, less val) when the cache has too few."""
+    task_files = input_files(cfg)
+    mix_files = mix.mix_files(cfg, task_files)
+    source_of = mix.sources(cfg, mix_files)
+    rows, sigs, check_sigs, tallies = ingest(cfg, ctx, stats, task_files + mix_files)
+    for r in rows:
+        r.pool = source_of[r.file][0] if r.file in source_of else mix.TASK
+    if cfg.train.replay > 0:
+        expected = round(sum(r.kept and r.pool == mix.TASK for r in rows) * (1 - cfg.split.val_fraction))
+        path = replay.ensure(cfg, resolve_model(cfg.model.name), replay.wanted(cfg, expected))
+        more, more_sigs, more_check, more_tallies = ingest(cfg, ctx, stats, [(path, display_name(path), "openai")])
+        for r in more:
+            r.pool = mix.REPLAY
+            r.sig_row += len(sigs) if r.kept else 0
+        rows, tallies = rows + more, tallies + more_tallies
+        sigs, check_sigs = np.concatenate([sigs, more_sigs]), np.concatenate([check_sigs, more_check])
+    return rows, sigs, check_sigs, tallies, source_of
 
 
 def run(cfg: Config) -> dict:
@@ -64,13 +91,15 @@ def run(cfg: Config) -> dict:
     stats.counters["template_renders"] = {"tools": bool(ctx.forms and ctx.forms.tools),
                                           "reasoning": bool(ctx.forms and ctx.forms.reasoning)}
     clock.lap("load tokenizer", 0)
-    rows, sigs, check_sigs, tallies = ingest(cfg, ctx, stats)
+    rows, sigs, check_sigs, tallies, source_of = _read(cfg, ctx, stats)
     review_summary = review_mod.summary(decisions, tallies)
     clock.lap("read, parse, review, filters, render, MinHash", len(rows))
     exact_dedup(rows)
     stats.step("exact dedup", rows)
     kept, index, shingles, clusters = near_dedup(rows, cfg, sigs)
     stats.step("near dedup", rows)
+    kept, index, task_shingles, general = mix.set_aside(kept, index, cfg)  # data.mix, train.replay: train only
+    shingles = task_shingles or shingles
     clock.lap("exact and near dedup", len(rows))
     # the leakage check's signatures come from other hash functions, so LSH misses of the first pass differ
     split_info = (split(kept, sigs[index], shingles, cfg, check_sigs[index]) if kept else
@@ -82,13 +111,17 @@ def run(cfg: Config) -> dict:
     if selection["active"]:
         kept = [r for r in kept if r.kept]
         stats.step("selection", rows)
+    mixed, mixing = mix.draw(general, kept, train, cfg, source_of, replay.wanted(cfg, len(train)))
+    if general:
+        train, kept = train + mixed, kept + mixed
+        stats.step("general data drawn (data.mix, train.replay)", rows)
     judged, ab_counts = ab.pairs(ab.load(ab.path(cfg)), {r.id: r.split for r in (*train, *val)})
     kto_counts = kto.assign_splits(rows, val, cfg)  # the undesirable KTO examples' side, by the leakage rule
     with built_whole(cfg, "curate") as staging:  # a failure leaves an existing curate/ exactly as it was
         write_outputs(staging, rows, kept, train, val, stats, judged)
         clock.lap("write outputs", len(rows))
         report = build_report(cfg, rows, kept, train, val, clusters, stats, split_info, review_summary)
-        report["selection"] = selection
+        report["selection"], report["mix"] = selection, mixing
         report["ab"], report["kto"] = ab_counts, kto_counts
         atomic_write_json(staging / "report.json", report)
         write_html(staging, report)

@@ -82,6 +82,15 @@ def _ab_line(ab: dict | None) -> str:
             + (f"; {len(ab['corrupted_lines'])} corrupted lines skipped" if ab["corrupted_lines"] else "") + ".")
 
 
+def _mix_line(mix: dict | None) -> str:
+    """General data beside the task (curate.mix): rows drawn per source and the lookalikes rejected."""
+    if not mix or not mix["sources"]:
+        return ""
+    drawn = ", ".join(f"<code>{esc(n)}</code> {m['drawn']} of {m['wanted']} wanted" for n, m in mix["sources"].items())
+    return (f"General data in train (never val; against forgetting): {drawn}; rejected as like the task "
+            f"{mix['like_task']}, as like a forgetting-probe prompt {mix['probe_prompt']}.")
+
+
 def _kto_line(kto: dict | None) -> str:
     if not kto or not (sum(kto["desirable"].values()) + sum(kto["undesirable"].values())):
         return ""
@@ -246,7 +255,7 @@ Reasoning traces: {report['reasoning']['rows_in']} rows read, {report['reasoning
 ({report['reasoning']['kept_in_template_form']} in the template's own form); {esc(report['reasoning']['rendered_as'])}.</p>
 <p>Preference pairs (chosen/rejected): {report['preference_pairs']['in']} read, {report['preference_pairs']['kept']} kept
 (trained on prompt + chosen; all kept pairs in <code>preference.jsonl</code>).
-{_ab_line(report.get('ab'))} {_kto_line(report.get('kto'))}
+{_ab_line(report.get('ab'))} {_kto_line(report.get('kto'))} {_mix_line(report.get('mix'))}
 {('Unfilled placeholders (set data.variables): ' + esc(_inline(report['unfilled_placeholders']))) if report['unfilled_placeholders'] else ''}</p>
 {table(['format', 'rows'], report['formats'].items())}
 <h2>Personal data and test-set overlap</h2><p>curate.pii {esc(report['pii']['mode'])}: {report['pii']['rows']} rows held

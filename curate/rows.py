@@ -36,6 +36,7 @@ class Row:
     pii: list | None = None  # what curate.pii found: {turn, start, end, kind, placeholder} (positions, never values)
     kto: bool | None = None  # its KTO label (label / kto_tag): True desirable, False undesirable (kto.jsonl), None none
     sig_row: int = -1  # its row in the run's MinHash signature arrays (rows the filters kept; see ingest)
+    pool: str = "task"  # task (data.inputs), replay (train.replay) or the data.mix glob it came from (curate.mix)
 
     @property
     def kept(self) -> bool:

@@ -25,6 +25,7 @@ from common.model import START_ADAPTER, check_adapter_base, dtype_of, dtype_why,
 from common.preflight import require, unwritable
 from common.runs import atomic_write_json, atomic_write_text, built_whole, jsonl_text, links_out, read_jsonl, read_split
 from evaluate import preference
+from evaluate.forgetting import probe_summary, sweep_points
 from evaluate.report import write_report
 
 PROBE_DIR = Path(__file__).resolve().parent / "probe"
@@ -32,7 +33,6 @@ PROBE_MAX_NEW_TOKENS = 64  # the forgetting probe's answers: long enough to tell
 TEACHER_FORCED_MAX_BATCH = 8  # full-vocabulary logits per position: a small batch bounds that memory
 PERPLEXITY_WINDOW = 256  # tokens per forward pass over the general text
 REFERENCE_MARGIN = 16  # tokens an answer may run past its reference's length when the reference exceeds the cap
-SAME_ANSWER_CHRF = 0.999  # a probe answer with chrF below this against the base's counts as changed
 
 
 def teacher_forced(model, tokenizer, records: list[dict], max_len: int, eot_id: int, batch_size: int) -> dict:
@@ -115,7 +115,7 @@ def run(cfg: Config) -> dict:
         atomic_write_text(staging / "samples.jsonl", jsonl_text(samples))
         atomic_write_text(staging / "probe.jsonl", jsonl_text(probe_rows))
         atomic_write_text(staging / "ab_train.jsonl", jsonl_text(_ab_train_rows(train_rows, results)))
-        write_report(staging, metrics, samples, probe_rows)
+        write_report(staging, metrics, samples, probe_rows, sweep_points(cfg.run.root))
     out = cfg.run_dir / "eval"
     for name in variants:
         m = metrics[name]
@@ -302,25 +302,18 @@ def _metrics(results: dict, samples: list[dict], main: str, val_rows: int, adapt
     metrics["delta"] = {k: round(t[k] - b[k], 4) for k in b if isinstance(b[k], float) and k in t}
     metrics["delta"]["teacher_forced_loss"] = round(t["teacher_forced"]["loss"] - b["teacher_forced"]["loss"], 4)
     metrics["flips"] = {f: sum(s["flip"] == f for s in samples) for f in ("fixed", "broke", "same")}
-    drift = _probe_drift(results)
-    metrics["forgetting_probe"] = {
-        "prompts": len(drift),
-        "answer_similarity_chrf_mean": round(sum(drift) / len(drift), 4),
-        "answers_changed": sum(d < SAME_ANSWER_CHRF for d in drift),
-        "general_text_perplexity_delta": round(t["general_text_perplexity"] - b["general_text_perplexity"], 3),
-        "stopped_at_end_of_turn": {n: round(sum(g["stopped"] for g in res["probe"]) / len(drift), 4) for n, res in results.items()},
-    }
+    fp, _ = probe_summary(results["tuned"]["probe"], results["base"]["probe"], b["general_text_perplexity"],
+                          t["general_text_perplexity"])
+    fp["stopped_at_end_of_turn"] = {n: round(sum(g["stopped"] for g in res["probe"]) / max(1, fp["prompts"]), 4)
+                                    for n, res in results.items()}
+    metrics["forgetting_probe"] = fp
     return metrics
-
-
-def _probe_drift(results: dict) -> list[float]:
-    """chrF of each tuned probe answer against the base's (1.0: unchanged)."""
-    return [score(after["text"], before["text"])["chrf"] for after, before in zip(results["tuned"]["probe"], results["base"]["probe"])]
 
 
 def _probe_rows(results: dict, probe_prompts: list[str]) -> list[dict]:
     rows = [{"prompt": p, **{n: res["probe"][i]["text"] for n, res in results.items()}} for i, p in enumerate(probe_prompts)]
     if "tuned" in results:
-        for row, d in zip(rows, _probe_drift(results)):
-            row["similarity_chrf"] = round(d, 3)
+        _, per = probe_summary(results["tuned"]["probe"], results["base"]["probe"], 1.0, 1.0)
+        for row, p in zip(rows, per):
+            row.update(p)
     return rows

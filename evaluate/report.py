@@ -1,11 +1,12 @@
 """report.html and metrics.png of an eval run: before/after table with deltas, a bar chart, flips first,
-a sortable sample table, the forgetting probe, and a link to the export's GGUF round trip."""
+a sortable sample table, task vs forgetting (the probe, the trade-off plot), and a link to the export's GGUF round trip."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from common.report import esc, img, png, subplots, write_page
+from evaluate.forgetting import tradeoff_chart, tradeoff_point
 
 SHOWN = ["tool_call_match", "tool_name_match", "tool_call_valid", "field_accuracy", "valid_json", "same_keys",
          "exact_match", "rougeL", "chrf", "stopped_at_end_of_turn"]
@@ -69,7 +70,32 @@ def _metric_rows(metrics: dict, variants: list[str]) -> str:
     return "".join(rows)
 
 
-def write_report(out: Path, metrics: dict, samples: list[dict], probe: list[dict]) -> None:
+def forgetting_section(metrics: dict, probe: list[dict], variants: list[str], sweep: list[dict]) -> tuple[str, dict]:
+    """The probe (each answer with its similarity and the meaning rule's verdict) and the task-vs-forgetting plot:
+    this run among the sweep points scripts/sweep_demo.py wrote (run.root/_sweep/sweep.json)."""
+    fp = metrics.get("forgetting_probe")
+    rows = "".join(
+        f"<tr><td>{esc(p['prompt'])}</td>" + "".join(f"<td>{esc(p[v])}</td>" for v in variants)
+        + (f"<td>{p['similarity_chrf']}</td><td>{'changed' if p['meaning_changed'] else 'kept'}: {esc(p['why'])}</td>"
+           if "similarity_chrf" in p else "") + "</tr>" for p in probe)
+    head = f"<tr><th>prompt</th>{''.join(f'<th>{v}</th>' for v in variants)}" + (
+        "<th>similarity (chrF)</th><th>meaning (docs/evaluate.md)</th>" if fp else "") + "</tr>"
+    if not fp:
+        return f"<h2>Forgetting probe</h2><p>base only</p><table>{head}{rows}</table>", {}
+    point = tradeoff_point(metrics, "this run")
+    chart = tradeoff_chart(point, sweep)
+    text = (f"<h2>Task vs forgetting</h2><p>task {esc(metrics['main_metric'])} <b>{point['task']}</b>; probe answers like "
+            f"the base's: chrF <b>{fp['answer_similarity_chrf_mean']}</b>, <b>{fp['answers_changed_in_meaning']}</b> of "
+            f"{fp['prompts']} changed in meaning ({fp['answers_changed']} changed at all); general-text perplexity "
+            f"{'+' if fp['general_text_perplexity_rise'] >= 0 else ''}{fp['general_text_perplexity_rise'] * 100:.1f}%. "
+            + (f"{len(sweep)} sweep points from <code>scripts/sweep_demo.py</code> beside it."
+               if sweep else "Run <code>scripts/sweep_demo.py</code> to see other settings beside it.") + "</p>"
+            + img(chart, "task vs forgetting")
+            + f"<h2>Forgetting probe</h2><p>{esc(str(fp))}</p><table>{head}{rows}</table>")
+    return text, {"tradeoff.png": chart}
+
+
+def write_report(out: Path, metrics: dict, samples: list[dict], probe: list[dict], sweep: list[dict] | None = None) -> None:
     chart = _chart(metrics)
     variants = [v for v in VARIANTS if v in metrics]
     main = metrics["main_metric"]
@@ -78,10 +104,7 @@ def write_report(out: Path, metrics: dict, samples: list[dict], probe: list[dict
         + "".join(f"<td>{esc(s[v])}</td><td>{s[f'{v}_score']}</td>" for v in variants)
         + f"<td>{esc(s['scored_by'])}</td></tr>"
         for s in samples)
-    probe_rows = "".join(
-        f"<tr><td>{esc(p['prompt'])}</td>" + "".join(f"<td>{esc(p[v])}</td>" for v in variants)
-        + (f"<td>{p['similarity_chrf']}</td>" if "similarity_chrf" in p else "") + "</tr>" for p in probe)
-    fp = metrics.get("forgetting_probe")
+    forgetting, images = forgetting_section(metrics, probe, variants, sweep or [])
     body = f"""<h1>eval: base vs tuned</h1>
 <p>model <code>{esc(metrics['model'])}</code>, adapter <code>{esc(str(metrics['adapter']))}</code>; main metric <b>{main}</b>;
 {metrics['val_rows']} val rows; computed in <b>{esc(str(metrics.get('dtype')))}</b> ({esc(str(metrics.get('dtype_why')))}).{' Flips: ' + esc(str(metrics['flips'])) if 'flips' in metrics else ' No adapter yet: base only.'}</p>
@@ -93,7 +116,5 @@ def write_report(out: Path, metrics: dict, samples: list[dict], probe: list[dict
 <table onclick="if(event.target.tagName=='TH')sortTable(this,event.target.cellIndex)"><thead><tr><th>flip</th><th>prompt</th><th>reference</th>
 {''.join(f'<th>{v}</th><th>{v} score</th>' for v in variants)}<th>scored by</th></tr></thead><tbody>{sample_rows}</tbody></table>
 {preference_section(metrics, variants)}
-<h2>Forgetting probe</h2>
-<p>{esc(str(fp)) if fp else 'base only'}</p>
-<table><tr><th>prompt</th>{''.join(f'<th>{v}</th>' for v in variants)}{'<th>similarity (chrF)</th>' if fp else ''}</tr>{probe_rows}</table>"""
-    write_page(out, "eval report", body, {"metrics.png": chart})
+{forgetting}"""
+    write_page(out, "eval report", body, {"metrics.png": chart, **images})

@@ -57,6 +57,8 @@ def summary_lines(run_dir: Path) -> list[str]:
     if curate:
         lines.append(f"  curate: {curate['rows_in']} rows in = {curate['kept']} kept ({curate['train']} train, "
                      f"{curate['val']} val) + {curate['rejected']} rejected; report {run_dir / 'curate' / 'report.html'}")
+        for name, m in ((curate.get("mix") or {}).get("sources") or {}).items():
+            lines.append(f"          general data {name}: {m['drawn']} of {m['wanted']} rows wanted train beside the task")
     if train:
         dtype = train.get("dtype") or train.get("backend", {}).get("dtype")
         method = train.get("method", "sft")
@@ -79,6 +81,14 @@ def summary_lines(run_dir: Path) -> list[str]:
             lines.append(f"          e.g. {clip(example['prompt'], keep_end=True)}")  # a prompt's end: the message
             lines.append(f"            base:  {clip(example['base'])}")
             lines.append(f"            tuned: {clip(example['tuned'])}")
+        fp = evaluation.get("forgetting_probe") or {}
+        if fp.get("general_text_perplexity_rise") is not None:  # the task gained vs what the base lost, side by side
+            main = evaluation["main_metric"]
+            lines.append(f"          task {main} {value(main, t[main])} vs forgetting: probe answers like the base's chrF "
+                         f"{fp['answer_similarity_chrf_mean']:.2f}, {fp['answers_changed_in_meaning']}/{fp['prompts']} changed "
+                         f"in meaning, general-text perplexity {fp['general_text_perplexity_rise']:+.1%}"
+                         + ("" if curate and (curate.get("mix") or {}).get("sources") else
+                            " (no general data mixed in: train.replay, data.mix)"))
         pairs = t.get("preference_pairs") or {}
         if pairs.get("pairs"):
             lines.append(f"          held-out preference pairs: accuracy {value('x', b['preference_pairs']['accuracy'])} -> "

@@ -1,97 +1,81 @@
-"""Which training settings make the demo model learn the sample task? Train each setting, score it on val.
+"""Which settings teach the sample task and keep what the base model knew? Run the real chain per setting.
 
-    python scripts/sweep_demo.py NAME:key=value,key=value [NAME:...] [--out docs/sweep_demo.json]
+    python scripts/sweep_demo.py NAME:key=value,key=value [NAME:...] [--root runs] [--out docs/sweep_forgetting.json]
 
-e.g. `python scripts/sweep_demo.py lr2e-4:train.learning_rate=2e-4 lr1e-3:train.learning_rate=1e-3`.
-Curates the sample data once (the shipped config), then for each setting runs the real train stage
-(`python -m train --fresh` with the shipped config plus the setting's overrides, in its own process) and
-greedily answers every val prompt with the tuned model through the eval stage's own batched generation and
-metrics: exact match, field accuracy, valid JSON, stop rate, plus the train stage's own time and tokens/s.
-Quality is deterministic for a setting (seeded); times move with the machine (see docs/benchmarks.md), so
-each row also gives tokens/s, and train seconds should be compared at the same tokens/s only.
+e.g. `python scripts/sweep_demo.py r0:train.replay=0 r25:train.replay=0.25 lr5e-4:train.learning_rate=5e-4`.
+Per setting, in its own processes and its own run (<root>/sweep-<NAME>/): `python -m curate`, `python -m train
+--fresh`, `python -m evaluate` with the shipped config plus the setting's overrides. Each point records the task
+(exact match, field accuracy, stop rate), the forgetting (probe similarity to the base, answers changed in meaning,
+general-text perplexity rise: evaluate/forgetting.py) and the cost (curate seconds - a self-replay set generated for
+the first time is in them -, train steps, tokens and seconds at the tokens/s the machine gave). Quality is
+deterministic for a setting on one dtype (seeded); times move with the machine (docs/benchmarks.md), so compare
+train tokens, and seconds only at like tokens/s. The points are merged by name into <root>/_sweep/sweep.json, which
+every later eval report in that root draws beside its own run (the task-vs-forgetting plot).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SWEEP_FILE = "_sweep/sweep.json"  # evaluate/forgetting.SWEEP_FILE
 
 
-def score(run_dir: Path, max_new_tokens: int) -> dict:
-    """Tuned-model generations on val, scored like the eval stage (in this process: call it from a fresh one)."""
-    import unsloth  # noqa: F401  (the train stage's loader, imported before transformers)
-    from peft import PeftModel
-    from unsloth import FastLanguageModel
-
-    from common.config import load_config
-    from common.doctor import check
-    from common.generate import generate
-    from common.metrics import aggregate
-    from common.metrics import score as score_one
-    from common.runs import read_jsonl
-
-    cfg = load_config(run_dir / "train" / "config.yaml")
-    model, tok = FastLanguageModel.from_pretrained(cfg.model.name, max_seq_length=cfg.train.max_seq_length, load_in_4bit=False)
-    model = PeftModel.from_pretrained(model, str(run_dir / "train" / "adapter")).eval()
-    records = read_jsonl(run_dir / "curate" / "val.jsonl")
-    prompts = [tok.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True) for r in records]
-    gens = generate(model, tok, prompts, max_new_tokens, 32, check(cfg.model.name).end_of_turn_id)
-    m = aggregate([score_one(g["text"], r["messages"][-1]["content"]) for g, r in zip(gens, records)])
-    m["stopped_at_end_of_turn"] = sum(g["stopped"] for g in gens) / len(gens)
-    return m
-
-
-def score_in_child(run_dir: Path, max_new_tokens: int) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--score", str(run_dir), "--max-new-tokens", str(max_new_tokens)],
-                          capture_output=True, text=True, cwd=ROOT)
+def stage(module: str, args: list[str]) -> float:
+    """Run one stage in its own process; its seconds. A failure stops the sweep with the stage's last output."""
+    t0 = time.time()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, env=env)
     if proc.returncode:
-        raise SystemExit(proc.stderr[-3000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"{module} {' '.join(args)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return round(time.time() - t0, 1)
+
+
+def point(name: str, overrides: list[str], root: Path) -> dict:
+    run = [f"run.root={root}", f"run.name=sweep-{name}", *overrides]
+    seconds = {"curate": stage("curate", run), "train": stage("train", ["--fresh", *run]), "eval": stage("evaluate", run)}
+    d = root / f"sweep-{name}"
+    s = json.loads((d / "train" / "summary.json").read_text())
+    m = json.loads((d / "eval" / "metrics.json").read_text())
+    c = json.loads((d / "curate" / "report.json").read_text())
+    fp, t, main = m["forgetting_probe"], m["tuned"], m["main_metric"]
+    return {"name": name, "overrides": overrides, "main_metric": main, "task": t.get(main),
+            "exact_match": t.get("exact_match"), "field_accuracy": t.get("field_accuracy"),
+            "stopped": t.get("stopped_at_end_of_turn"), "probe_chrf": fp["answer_similarity_chrf_mean"],
+            "changed_in_meaning": fp["answers_changed_in_meaning"], "changed": fp["answers_changed"], "probes": fp["prompts"],
+            "perplexity_base": m["base"]["general_text_perplexity"], "perplexity": t["general_text_perplexity"],
+            "perplexity_rise": fp["general_text_perplexity_rise"], "general_rows": sum(
+                v["drawn"] for v in ((c.get("mix") or {}).get("sources") or {}).values()),
+            "train_rows": c["train"], "steps": s["steps"], "tokens_seen": s["tokens_seen"],
+            "tokens_per_second": s["tokens_per_second"], "train_seconds": s["train_seconds"], "stage_seconds": seconds,
+            "dtype": m.get("dtype")}
+
+
+def merge(path: Path, rows: list[dict]) -> None:
+    old = json.loads(path.read_text()).get("points", []) if path.is_file() else []
+    names = {r["name"] for r in rows}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"points": [p for p in old if p["name"] not in names] + rows}, indent=2) + "\n")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("settings", nargs="*", help="NAME:key=value,key=value")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--root", type=Path, default=None, help="run root to keep (default: a temporary folder)")
-    ap.add_argument("--score", type=Path, help=argparse.SUPPRESS)  # internal: score one run dir in this process
+    ap.add_argument("settings", nargs="+", help="NAME:key=value,key=value")
+    ap.add_argument("--root", type=Path, default=Path("runs"), help="run root (default runs: `make eval` reports then draw the points)")
+    ap.add_argument("--out", type=Path, default=None, help="also write the points here (e.g. docs/sweep_forgetting.json)")
     args = ap.parse_args()
-    if args.score:
-        print(json.dumps(score(args.score, args.max_new_tokens)))
-        return 0
-    from common.config import load_config
-    from curate import run as curate
-
-    with tempfile.TemporaryDirectory() as tmp:
-        root = args.root or Path(tmp)
-        curate(load_config(None, [f"run.root={root}", "run.name=sweep"]))
-        rows = []
-        for setting in args.settings:
-            name, _, spec = setting.partition(":")
-            overrides = [kv for kv in spec.split(",") if kv]
-            t0 = time.time()
-            proc = subprocess.run([sys.executable, "-m", "train", "--fresh", f"run.root={root}", "run.name=sweep", *overrides],
-                                  cwd=ROOT, capture_output=True, text=True)
-            if proc.returncode:
-                raise SystemExit(proc.stdout[-2000:] + proc.stderr[-2000:])
-            s = json.loads((root / "sweep" / "train" / "summary.json").read_text())
-            m = score_in_child(root / "sweep", args.max_new_tokens)
-            row = {"name": name, "overrides": overrides, "steps": s["steps"], "tokens_seen": s["tokens_seen"],
-                   "train_seconds": s["train_seconds"], "tokens_per_second": s["tokens_per_second"],
-                   "final_train_loss": s["final_train_loss"], "final_val_loss": s["final_val_loss"],
-                   "exact_match": m["exact_match"], "field_accuracy": m.get("field_accuracy"),
-                   "valid_json": m.get("valid_json"), "stopped": round(m["stopped_at_end_of_turn"], 4),
-                   "wall_seconds": round(time.time() - t0, 1)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    rows = []
+    for setting in args.settings:
+        name, _, spec = setting.partition(":")
+        rows.append(point(name, [kv for kv in spec.split(",") if kv], args.root))
+        print(json.dumps(rows[-1]), flush=True)
+        merge(args.root / SWEEP_FILE, rows[-1:])
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
