@@ -13,10 +13,11 @@ FILE = "data_map.jsonl"
 
 
 def ranked(path: Path) -> list[dict]:
-    """The scored lines of a data map, most suspect first (ties in file order)."""
+    """The scored lines of a data map, most suspect first (ties in file order). The self-replay rows (train.replay:
+    the base model's own samples, curate/replay.py) are no suspects: no person wrote their answers to be wrong."""
     if not path.is_file():
         raise UserError(f"{path} does not exist: run `make train` first (train.data_map: true writes it)")
-    lines = [ln for ln in read_jsonl(path) if ln.get("scored")]
+    lines = [ln for ln in read_jsonl(path) if ln.get("scored") and ln.get("pool") != "replay"]
     return sorted(lines, key=lambda ln: -ln["suspicion"])
 
 

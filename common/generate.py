@@ -7,8 +7,9 @@ MIN_SHARED_PREFIX = 8  # tokens; a shorter common prefix is not worth a separate
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, eot_id: int,
-             share_prefix: bool = True) -> list[dict]:
-    """Greedy, batched with left padding (prompts sorted by length so a batch wastes little padding).
+             share_prefix: bool = True, temperature: float = 0.0, seed: int = 0) -> list[dict]:
+    """Greedy, batched with left padding (prompts sorted by length so a batch wastes little padding). With a
+    `temperature`: sampled from the whole distribution at that temperature, each batch seeded with (`seed`, batch).
 
     share_prefix: the prompts of a batch usually open alike (system turn, task instruction); that common token
     prefix is run through the model once and its KV cache repeated for every row, so the batch only prefills
@@ -40,7 +41,12 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
                 cache = model(input_ids=ids[:1, :shared], use_cache=True).past_key_values
                 cache.batch_repeat_interleave(len(idx))
                 extra["past_key_values"] = cache
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+            if temperature:
+                torch.manual_seed(seed * 1_000_003 + start)
+                extra.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
+            else:
+                extra["do_sample"] = False
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                  eos_token_id=eot_id, pad_token_id=tokenizer.pad_token_id, **extra)
         for r, i in enumerate(idx):
             new = out[r, shared + width:].tolist()

@@ -19,14 +19,14 @@ def dedup_text(conv: Conversation) -> str:
 
 def quality(r: Row, order: int) -> tuple:
     """Which member of a near-duplicate cluster is kept (highest wins), documented in docs/curate.md:
-    a task row over general data (curate.mix), then reviewed-accepted/edited, then not SHOUTED (letters mostly upper case), then without doubled
+    reviewed-accepted/edited first, then not SHOUTED (letters mostly upper case), then without doubled
     punctuation or spaces, then the longer assistant reply, then the earlier input row."""
     text = dedup_text(r.conv)
     letters = [c for c in text if c.isalpha()]
     shouting = bool(letters) and sum(c.isupper() for c in letters) / len(letters) > 0.5
     sloppy = any(s in text for s in ("!!", "??", "  ", ",,"))
     reply = sum(len(m["content"]) for m in r.conv.messages if m["role"] == "assistant")
-    return (r.pool == "task", r.review in ("accept", "edit"), not shouting, not sloppy, reply, -order)
+    return (r.review in ("accept", "edit"), not shouting, not sloppy, reply, -order)
 
 
 def exact_dedup(rows: list[Row]) -> None:

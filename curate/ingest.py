@@ -6,6 +6,7 @@ workers and any chunk size (tests/test_curate_scale.py)."""
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,17 +77,19 @@ class Chunk:
 _CONTEXT: ChunkContext | None = None
 
 
-def chunks(cfg: Config, stats: Stats, files: list[tuple[Path, str, str | None]]) -> Iterator[tuple[str | None, list]]:
+def chunks(cfg: Config, stats: Stats, files: list[tuple]) -> Iterator[tuple[str | None, list]]:
     """(forced format, up to CHUNK_ROWS rows of one file) for every input file in order; JSONL and Parquet
     streamed, JSONL lines undecoded (the workers decode them). A file that cannot be read is one rejected row,
     so it is counted and listed like any other; a streamed file found corrupt part-way keeps the rows before
     the damage, and the error row stands for the rest."""
-    for path, display, forced in files:
+    for path, display, forced, *limit in files:  # limit: read only the file's first rows (the self-replay cache)
         stats.rows_per_file.setdefault(display, 0)  # an empty file is a source too (0 rows in)
         batch: list = []
         error = None
         try:
             items = read_file(path, display, lazy=True)
+            if limit:
+                items = itertools.islice(items, limit[0])
             if path.suffix.lower() not in (".jsonl", ".parquet"):
                 items = iter(list(items))  # read whole first: a bad file costs itself, not half its rows
             for item in items:
@@ -167,9 +170,9 @@ def _reject_contaminated(rows: list[Row], ctx: ChunkContext, stats: Stats) -> No
                      f"row {where} (curate.decontaminate)")
 
 
-def ingest(cfg: Config, ctx: ChunkContext, stats: Stats, files: list[tuple[Path, str, str | None]]
+def ingest(cfg: Config, ctx: ChunkContext, stats: Stats, files: list[tuple]
            ) -> tuple[list[Row], np.ndarray, np.ndarray, list[dict]]:
-    """Every row of `files` through process_chunk, on curate.workers processes, in input order: the rows, the
+    """Every row of `files` ((path, display name, forced format[, rows to read])) through process_chunk, on curate.workers processes, in input order: the rows, the
     signature arrays (Row.sig_row indexes them) and the review tallies."""
     global _CONTEXT
     _CONTEXT = ctx

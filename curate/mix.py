@@ -1,6 +1,6 @@
 """General data beside the task, against forgetting: the user's files (data.mix, a ratio per glob) and the base
 model's self replay (train.replay, curate.replay). Their rows are read, filtered and deduplicated like every row
-(a near-duplicate cluster keeps a task row over a general one), then set apart from the split: they only ever
+(apart from the task's rows: a general row never changes a task row), then set apart from the split: they only ever
 train, and never decide which task rows are held out. Before they are drawn, every general row whose prompt looks
 like the task - word n-gram Jaccard >= split.leakage_threshold with any task row's prompt or system prompt, train or
 val - is rejected `like_task`, and every one near a forgetting-probe prompt (or containing one) `probe_prompt`, so
@@ -17,8 +17,7 @@ from pathlib import Path
 from common.config import Config
 from common.errors import UserError
 from common.runs import read_jsonl
-from curate.dedup import DedupTexts
-from curate.minhash import ShingleSets, words
+from curate.minhash import words
 from curate.readers import glob_files
 from curate.rows import Row
 
@@ -56,15 +55,15 @@ def share(ratio: float, task_train: int) -> int:
     return 0 if ratio <= 0 else int(ratio) if ratio >= 1 else round(ratio * task_train)
 
 
-def set_aside(kept: list[Row], index, cfg: Config):
-    """(task rows, their signature rows, their shingle sets, the general rows): the split sees the task alone."""
-    import numpy as np
+def near_dedup_general(rows: list[Row], cfg: Config, sigs, clusters: list) -> tuple[list[Row], list]:
+    """The general rows' own near-dedup (apart from the task's): the kept ones, and every cluster of the run."""
+    from curate.dedup import near_dedup
 
-    mask = np.fromiter((r.pool == TASK for r in kept), dtype=bool, count=len(kept))
-    if mask.all():
-        return kept, index, None, []
-    task = [r for r, m in zip(kept, mask) if m]
-    return task, index[mask], ShingleSets(DedupTexts(task), cfg.curate.minhash_ngram), [r for r, m in zip(kept, mask) if not m]
+    general = [r for r in rows if r.pool != TASK]
+    if not general:
+        return [], clusters
+    kept, _, _, more = near_dedup(general, cfg, sigs)
+    return kept, sorted(clusters + more, key=lambda c: (-len(c), c[0].id))
 
 
 def _grams(text: str, n: int) -> frozenset:

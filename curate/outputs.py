@@ -17,7 +17,8 @@ def canonical(r: Row) -> dict:
     return {"id": r.id, "messages": r.conv.messages, "text": r.conv.text,
             "source": {"file": r.file, "row": r.row, "line": r.line}, "format": r.format, "lang": r.conv.lang,
             "tokens": r.conv.tokens, "cluster": r.cluster, "cluster_size": r.cluster_size,
-            "review": r.review, **({"original_id": r.original_id} if r.original_id != r.id else {}), **_pii(r)}
+            "review": r.review, **({"original_id": r.original_id} if r.original_id != r.id else {}), **_pii(r),
+            **({"pool": r.pool} if r.pool != "task" else {})}  # general data (curate.mix): replay, or its data.mix glob
 
 
 def _pii(r: Row) -> dict:

@@ -71,8 +71,8 @@ def _read(cfg: Config, ctx, stats: Stats):
         r.pool = source_of[r.file][0] if r.file in source_of else mix.TASK
     if cfg.train.replay > 0:
         expected = round(sum(r.kept and r.pool == mix.TASK for r in rows) * (1 - cfg.split.val_fraction))
-        path = replay.ensure(cfg, resolve_model(cfg.model.name), replay.wanted(cfg, expected))
-        more, more_sigs, more_check, more_tallies = ingest(cfg, ctx, stats, [(path, display_name(path), "openai")])
+        path, need = replay.ensure(cfg, resolve_model(cfg.model.name), replay.wanted(cfg, expected))
+        more, more_sigs, more_check, more_tallies = ingest(cfg, ctx, stats, [(path, display_name(path), "openai", need)])
         for r in more:
             r.pool = mix.REPLAY
             r.sig_row += len(sigs) if r.kept else 0
@@ -96,10 +96,12 @@ def run(cfg: Config) -> dict:
     clock.lap("read, parse, review, filters, render, MinHash", len(rows))
     exact_dedup(rows)
     stats.step("exact dedup", rows)
-    kept, index, shingles, clusters = near_dedup(rows, cfg, sigs)
+    # the task's rows and the general data (data.mix, train.replay: train only) are deduplicated apart, so general
+    # data never changes a task row or the split; curate.mix rejects the general rows that look like the task
+    task_rows = [r for r in rows if r.pool == mix.TASK]
+    kept, index, shingles, clusters = near_dedup(task_rows, cfg, sigs)
+    general, clusters = mix.near_dedup_general(rows, cfg, sigs, clusters)
     stats.step("near dedup", rows)
-    kept, index, task_shingles, general = mix.set_aside(kept, index, cfg)  # data.mix, train.replay: train only
-    shingles = task_shingles or shingles
     clock.lap("exact and near dedup", len(rows))
     # the leakage check's signatures come from other hash functions, so LSH misses of the first pass differ
     split_info = (split(kept, sigs[index], shingles, cfg, check_sigs[index]) if kept else

@@ -4,13 +4,12 @@ points `scripts/sweep_demo.py` wrote) as the eval report's plot.
 
 The meaning rule (docs/evaluate.md), for a tuned answer against the base's answer to the same probe prompt:
   - the same text (chrF >= SAME_ANSWER_CHRF): unchanged;
-  - the facts of the base answer's first sentence - numbers, and capitalised words that do not open a sentence
-    ("Tokyo", "Celsius"; "I" aside): one missing is a change ("The capital of Japan is Kyoto."), all there is the
-    same answer ("12 times 7 equals 84." for "12 multiplied by 7 is 84.");
-  - an answer with no such facts (an explanation, a poem) changed when chrF < MEANING_CHRF: a different answer,
-    not a rewording of the same one.
-A rule of thumb, not a judge: it catches a wrong fact and a different answer, and lets a reworded or longer answer
-with the base's facts pass.
+  - a fact of the base answer's first sentence missing - a number, or a capitalised word that does not open a
+    sentence ("Tokyo", "Celsius"; "I" aside) -: changed ("The capital of Japan is Kyoto.", however alike the text);
+  - else changed when chrF < MEANING_CHRF: a different answer, not a rewording of the same one.
+A rule of thumb, not a judge, and a strict one: it catches a wrong fact and a different answer, lets a rewording
+that keeps most of the base's words and all its facts pass, and counts a terse rewording of a short answer ("12 times
+7 equals 84." for "12 multiplied by 7 is 84.", chrF 0.19) as changed.
 """
 
 from __future__ import annotations
@@ -49,8 +48,6 @@ def meaning_changed(base: str, tuned: str) -> tuple[bool, str]:
     missing = [f for f in facts(base) if f.lower() not in low]
     if missing:
         return True, "drops " + ", ".join(dict.fromkeys(missing))
-    if facts(base):
-        return False, f"keeps the base's facts (chrF {chrf:.2f})"
     if chrf < MEANING_CHRF:
         return True, f"a different answer (chrF {chrf:.2f} < {MEANING_CHRF})"
     return False, f"reworded (chrF {chrf:.2f}), the base's facts kept"

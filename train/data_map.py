@@ -67,7 +67,7 @@ def build(records: list[dict], tokenized, points: dict, tuned: list, base: list,
     epochs, passes = points.get("epochs", {}), points.get("passes", {})
     lines = []
     for index, rec in enumerate(records):
-        line = {"id": rec.get("id"), "source": rec.get("source")}
+        line = {"id": rec.get("id"), "source": rec.get("source"), **({"pool": rec["pool"]} if rec.get("pool") else {})}
         e = by_row.get(index)
         if e is None or tuned[e] is None:
             lines.append({**line, "scored": False, "why": "no answer token left after truncation to train.max_seq_length"})
@@ -110,7 +110,8 @@ def write(out: Path, records: list[dict], tokenized, points, model, tokenizer) -
     with model.disable_adapter():
         base, alone = base_scores(model, examples, tokenizer, "data map")
     lines = build(records, tokenized, points, tuned, base, alone, tokenizer)
-    ranked = sorted((ln for ln in lines if ln["scored"]), key=lambda ln: -ln["suspicion"])
+    # the self-replay rows (the base's own samples) are mapped but never suspects (common.data_map.ranked)
+    ranked = sorted((ln for ln in lines if ln["scored"] and ln.get("pool") != "replay"), key=lambda ln: -ln["suspicion"])
     name_the_alternative(tuned_model, tokenizer, tokenized, ranked[:WORDS_FOR])
     del tuned_model
     for ln in lines:

@@ -24,13 +24,13 @@ from common.errors import UserError
 from common.model import START_ADAPTER, auto_cpu_dtype, dtype_of, dtype_why, load_unsloth, resolve_model, save_tokenizer, write_adapter_identity
 from common.preflight import require, unwritable
 from common.runs import atomic_write_json, links_out, package_versions, read_split, stage_dir, written_whole
-from train import distributed
+from train import distributed, replay_loss
 from train.scoring import ROW_KEY
 
 # Keys whose change makes an existing checkpoint a different run (the rest: how long, how often to log).
 RESUME_KEYS = ("model", "lora", "train.max_seq_length", "train.batch_size", "train.grad_accum", "train.learning_rate",
                "train.lr_scheduler", "train.warmup_ratio", "train.weight_decay", "train.seed", "train.packing",
-               "train.max_steps", "train.epochs")
+               "train.max_steps", "train.epochs", "train.replay_loss")
 COMPLETE = "complete.json"  # written into a checkpoint after the trainer finished saving it
 
 
@@ -192,9 +192,25 @@ def _run(cfg: Config, fresh: bool) -> dict:
 def _setup_inputs(cfg: Config) -> tuple[list[dict], list[dict], str]:
     """curate's train and val rows and the model directory, after every check of checks(cfg)."""
     require(checks(cfg))
+    _curated_with(cfg)
     train_records = read_split(cfg, "train", "training learns from them")
     val_records = read_split(cfg, "val", "val loss is measured on them", required=False)
     return train_records, val_records, resolve_model(cfg.model.name)
+
+
+def _curated_with(cfg: Config) -> None:
+    """train.replay and data.mix act in curate (the rows they add are in train.jsonl): a value that differs from the
+    one curate ran with would train on other data than asked, so it stops with what to run."""
+    from common.config import load_config
+
+    path = cfg.run_dir / "curate" / "config.yaml"
+    if not path.is_file():
+        return
+    curated = load_config(path)
+    for key, now, then in (("train.replay", cfg.train.replay, curated.train.replay), ("data.mix", cfg.data.mix, curated.data.mix)):
+        if now != then:
+            raise UserError(f"{key} is {now} but {path.parent} was curated with {then}: the general rows it adds are "
+                            f"chosen by curate; run `make curate` with the same setting first (or set {key}={then})")
 
 
 def _setup_checkpoints(cfg: Config, out: Path, fresh: bool) -> tuple[Path | None, dict]:
@@ -270,7 +286,12 @@ def _setup_data(cfg: Config, train_records, val_records, tokenizer, end_of_turn_
         for ex, row in zip(tok_train.examples, tok_train.rows):
             ex[ROW_KEY] = row
     carry = ROW_KEY if cfg.train.data_map else None
-    train_rows = pack(tok_train.examples, limit, carry) if cfg.train.packing else tok_train.examples
+    examples = tok_train.examples
+    if cfg.train.replay_loss == "kl":  # self-replay rows: their answer tokens marked for distillation (a copy: the data
+        replay = {k for k, row in enumerate(tok_train.rows) if train_records[row].get("pool") == "replay"}  # map scores
+        examples = [{**ex, "labels": replay_loss.mark(ex["labels"])} if k in replay else ex  # the unmarked ones)
+                    for k, ex in enumerate(examples)]
+    train_rows = pack(examples, limit, carry) if cfg.train.packing else examples
     val_rows = tok_val.examples  # unpacked: val loss per example as in the eval stage
     print(f"train: {len(tok_train.examples)} examples ({tok_train.tokens} tokens, {tok_train.loss_tokens} with loss) "
           f"-> {len(train_rows)} rows{' packed' if cfg.train.packing else ''}; {tok_train.truncated} truncated; val {len(val_rows)}")
@@ -336,13 +357,19 @@ def _trainer_class(SFTTrainer, progress, recorder, pad_token_id: int, gpu: bool)
 
         def compute_loss(self, model, inputs, *a, **k):
             rows = inputs.pop(ROW_KEY, None)
-            if recorder and model.training:
-                recorder.rows = rows
-            try:
-                return super().compute_loss(model, inputs, *a, **k)
-            finally:
-                if recorder:
-                    recorder.rows = None
+
+            def trainer_loss(batch, batch_rows):
+                if recorder and model.training:
+                    recorder.rows = batch_rows
+                try:
+                    return super(Trainer, self).compute_loss(model, batch, *a, **k)
+                finally:
+                    if recorder:
+                        recorder.rows = None
+
+            if model.training and "labels" in inputs:  # self-replay rows: distilled from the base (train/replay_loss.py)
+                return replay_loss.compute(trainer_loss, model, inputs, rows, k.get("num_items_in_batch"))
+            return trainer_loss(inputs, rows)
 
         def _load_optimizer_and_scheduler(self, checkpoint):
             if checkpoint is None or gpu or distributed.world_size() == 1:
