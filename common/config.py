@@ -171,7 +171,7 @@ class TrainSection:
                         "with its own answers, mixed into train as their own source (curate/replay.py, cached per base "
                         "model in run.root/_replay/): a fraction of the task's train rows (< 1) or a row count; 0: off",
                         ge=0)
-    replay_loss: Literal["kl", "ce"] = key("ce", "the self-replay rows' loss: kl (towards the base's whole next-token "
+    replay_loss: Literal["kl", "ce"] = key("kl", "the self-replay rows' loss: kl (towards the base's whole next-token "
                                            "distribution, the base = this model with its LoRA off: train/replay_loss.py) "
                                            "or ce (cross-entropy on the base's sampled answer)")
     method: Literal["sft", "dpo", "kto", "orpo"] = key(

@@ -28,7 +28,8 @@ from common.runs import atomic_write_text, jsonl_text, read_jsonl
 
 REPLAY_BATCH = 32  # prompts sampled together; part of the cache key (the sampled rows depend on it)
 PROMPT_TOKENS = 64  # a sampled prompt that does not end its turn within this is dropped
-ANSWER_TOKENS = 128  # the base's greedy answer; one still going is cut after its last whole sentence
+ANSWER_TOKENS = 64  # the base's answer, as long as the probe's (evaluate: PROBE_MAX_NEW_TOKENS); one still going is
+# cut after its last whole sentence
 TEMPERATURE, TOP_P = 1.0, 0.95  # Magpie samples the user turn at temperature 1
 ANSWER_TEMPERATURE = 1.0  # answers sampled from the base's own distribution (0: greedy); see generate_rows
 OVERSAMPLE = 1.5  # rows generated per row wanted: some fail curate's filters or look like the task

@@ -212,7 +212,7 @@ def test_chain_replay_rows_train_clean_and_are_no_suspects(chain):
 
 def test_replay_loss_distils_from_the_base_and_leaves_task_rows_alone(model_dir):
     """train/replay_loss.py on the real model with a fresh LoRA (B = 0: the tuned model is the base): the KL of
-    marked replay tokens is 0, so the batch loss is the task tokens' cross-entropy alone, on the trainer's scale; a
+    marked replay tokens is 0, so the batch loss is the task tokens' mean cross-entropy, undiluted; a
     trained adapter makes it positive and it carries a gradient; a batch without replay rows is the trainer's own."""
     import torch
     import unsloth  # noqa: F401
@@ -235,21 +235,21 @@ def test_replay_loss_distils_from_the_base_and_leaves_task_rows_alone(model_dir)
     marked[1] = torch.tensor(replay_loss.mark(labels[1].tolist()))
     inputs = {"input_ids": ids, "attention_mask": mask, "labels": marked}
 
-    def ce_mean(batch, rows):  # the trainer's loss: mean cross-entropy over the batch's task tokens
+    def ce_mean(batch, rows, own_mean=False):  # the trainer's loss: mean cross-entropy over the batch's task tokens
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         lab = batch["labels"][:, 1:]
         return torch.nn.functional.cross_entropy(logits[lab >= 0].float(), lab[lab >= 0])
 
-    n_task, n_all = int((labels[0] != -100).sum()), int((marked != -100).sum())
-    loss = replay_loss.compute(ce_mean, model, inputs, None, None)
+    loss = replay_loss.compute(ce_mean, model, inputs, None)
     with torch.no_grad():
         task_only = ce_mean({k: v[:1] for k, v in inputs.items()}, None)
-    assert float(loss) == pytest.approx(float(task_only) * n_task / n_all, rel=1e-4)  # KL(base || base) = 0
+    # KL(base || base) = 0, and the task's mean is its own: replay rows do not dilute it
+    assert float(loss) == pytest.approx(float(task_only), rel=1e-4)
     for name, p in model.named_parameters():
         if "lora_B" in name:
             p.data.normal_(0, 0.02)
     replay_only = {k: v[1:] for k, v in inputs.items()}
-    kl = replay_loss.compute(ce_mean, model, replay_only, None, None)
+    kl = replay_loss.compute(ce_mean, model, replay_only, None)
     assert float(kl) > 0 and kl.requires_grad
     plain = {k: v[:1] for k, v in inputs.items()}
-    assert float(replay_loss.compute(ce_mean, model, plain, None, None)) == pytest.approx(float(ce_mean(plain, None)))
+    assert float(replay_loss.compute(ce_mean, model, plain, None)) == pytest.approx(float(ce_mean(plain, None)))

@@ -358,17 +358,18 @@ def _trainer_class(SFTTrainer, progress, recorder, pad_token_id: int, gpu: bool)
         def compute_loss(self, model, inputs, *a, **k):
             rows = inputs.pop(ROW_KEY, None)
 
-            def trainer_loss(batch, batch_rows):
+            def trainer_loss(batch, batch_rows, own_mean=False):  # own_mean: over this batch's tokens, not the step's
                 if recorder and model.training:
                     recorder.rows = batch_rows
                 try:
-                    return super(Trainer, self).compute_loss(model, batch, *a, **k)
+                    return super(Trainer, self).compute_loss(model, batch, *a, **({**k, "num_items_in_batch": None}
+                                                                                  if own_mean else k))
                 finally:
                     if recorder:
                         recorder.rows = None
 
             if model.training and "labels" in inputs:  # self-replay rows: distilled from the base (train/replay_loss.py)
-                return replay_loss.compute(trainer_loss, model, inputs, rows, k.get("num_items_in_batch"))
+                return replay_loss.compute(trainer_loss, model, inputs, rows)
             return trainer_loss(inputs, rows)
 
         def _load_optimizer_and_scheduler(self, checkpoint):

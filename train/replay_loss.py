@@ -9,8 +9,8 @@ tuned model keeps the base's distribution on general text, greedy answers includ
 distillation's forward KL, Agarwal et al., 2024, on the base's own outputs as in self-distillation fine-tuning).
 
 Replay examples are marked in their labels: an answer token t is stored as DISTILL - t (below -100, so the Trainer
-still counts it as an item of the batch for the loss normaliser). `compute` runs the task rows of a batch through the
-trainer's usual loss (and the data map's recorder) and the rows holding replay tokens through `distill_loss`.
+still counts it as a loss token). `compute` runs the task rows of a batch through the trainer's usual loss (and the
+data map's recorder) and the rows holding replay tokens through `distill_loss`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def unmark(labels):
 
 
 def distill_loss(model, inputs: dict) -> tuple:
-    """(sum of cross-entropy over the task tokens + sum of KL(base || tuned) over the marked tokens, tokens counted)
-    for a sub-batch, from one forward with the adapter off (no gradient) and one with it on."""
+    """(sum of KL(base || tuned) over the marked tokens, their count; sum of cross-entropy over the other loss tokens,
+    their count) for a sub-batch, from one forward with the adapter off (no gradient) and one with it on."""
     import torch
     import torch.nn.functional as F
 
@@ -40,25 +40,24 @@ def distill_loss(model, inputs: dict) -> tuple:
     with torch.no_grad(), model.disable_adapter():
         teacher = model(**feed).logits[:, :-1][marked].float().log_softmax(-1)
     logits = model(**feed).logits[:, :-1]
-    student = logits[marked].float().log_softmax(-1)
-    kl = F.kl_div(student, teacher, log_target=True, reduction="sum")
+    kl = F.kl_div(logits[marked].float().log_softmax(-1), teacher, log_target=True, reduction="sum")
     ce = F.cross_entropy(logits[plain].float(), labels[plain], reduction="sum") if plain.any() else kl.new_zeros(())
-    return ce + kl, int(marked.sum() + plain.sum())
+    return kl, int(marked.sum()), ce, int(plain.sum())
 
 
-def compute(trainer_loss, model, inputs: dict, rows, num_items) -> object:
-    """The batch's loss: rows without replay tokens through `trainer_loss` (the SFT loss, normalised by the batch's
-    items), rows with them through distill_loss, added on the same scale."""
+def compute(trainer_loss, model, inputs: dict, rows) -> object:
+    """The batch's loss: the task's own loss (the trainer's, a mean over the task tokens: rows without replay tokens
+    through `trainer_loss`, with the data map's recorder) plus the mean KL over the replay tokens. Each objective is
+    its own mean, so a batch's replay rows do not dilute what it teaches of the task (one mean over both would: a
+    replay answer holds ~4x the loss tokens of a JSON answer)."""
     marked = (inputs["labels"] <= DISTILL).any(dim=1)
     if not marked.any():
         return trainer_loss(inputs, rows)
     keep, dist = (~marked).nonzero().flatten(), marked.nonzero().flatten()
-    total, count = distill_loss(model, {k: v[dist] for k, v in inputs.items()})
+    kl, n_kl, ce, n_ce = distill_loss(model, {k: v[dist] for k, v in inputs.items()})
     if len(keep):
         task = {k: v[keep] for k, v in inputs.items()}
-        task_items = int((task["labels"] != -100).sum())
-        loss = trainer_loss(task, None if rows is None else rows[keep])  # mean over its items (or over num_items)
-        # back to a sum over the task tokens, then one mean over the whole batch's items
-        total = total + loss * (task_items if num_items is None else num_items)
-        count += task_items
-    return total / (count if num_items is None else num_items)
+        n_task = int((task["labels"][:, 1:] != -100).sum())
+        ce = ce + trainer_loss(task, None if rows is None else rows[keep], own_mean=True) * n_task  # mean -> sum
+        n_ce += n_task
+    return kl / max(1, n_kl) + (ce / n_ce if n_ce else 0)
