@@ -18,8 +18,26 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
+from common.config import TrainSection
 from common.runs import read_jsonl
 from scripts.zoo import sample_rows
+
+NO_REPLAY = "train.replay=0"
+
+
+def _suite_default_without_replay() -> None:
+    """The suite's curate runs count the task's own rows (the sample: 576 train): self replay (train.replay, on by
+    default) is off in this process unless a test sets it, and subprocesses that curate get NO_REPLAY on their command
+    line. tests/test_forgetting.py and the chain (CHAIN_SET) run the replay path for real."""
+    import inspect
+
+    names = list(inspect.signature(TrainSection.__init__).parameters)[1:]
+    defaults = list(TrainSection.__init__.__defaults__)
+    defaults[names.index("replay") - (len(names) - len(defaults))] = 0.0
+    TrainSection.__init__.__defaults__ = tuple(defaults)
+
+
+_suite_default_without_replay()
 
 MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
 SOURCE_GGUF = ROOT / "models" / "_source" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -34,7 +52,7 @@ CHAIN_SET = ["run.name=t", "train.batch_size=4", "train.max_seq_length=256",
              "train.save_steps=50", "train.eval_steps=72",
              f"eval.max_samples={CHAIN_VAL_ROWS}", "eval.max_new_tokens=40", f"eval.probe_prompts={CHAIN_PROBE_PROMPTS}",
              f"export.roundtrip_prompts={CHAIN_ROUNDTRIP_PROMPTS}", "export.kld_tokens=1500", "export.imatrix_tokens=2048",
-             "eval.ab_train_prompts=8"]
+             "eval.ab_train_prompts=8", "train.replay=32"]  # the real self-replay path, on fewer rows than the default
 
 
 @pytest.fixture(scope="session")
@@ -186,7 +204,7 @@ def routing(tmp_path_factory) -> Path:
     test that uses it again runs after other modules' tests, and a module fixture would be built twice."""
     root = tmp_path_factory.mktemp("routing")
     relabelled_data(root / "routing.jsonl")
-    common = [f"run.root={root}", "run.name=routing", f"data.inputs=[{root / 'routing.jsonl'}]"]
+    common = [f"run.root={root}", "run.name=routing", f"data.inputs=[{root / 'routing.jsonl'}]", NO_REPLAY]
     for cmd in (["-m", "curate", *common],
                 ["-m", "train", *common, "train.max_steps=10", "train.batch_size=4", "train.max_seq_length=256",
                  "train.warmup_ratio=0", "train.learning_rate=2e-3", "train.eval_steps=10", "train.save_steps=10"],

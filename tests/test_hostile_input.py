@@ -26,7 +26,7 @@ from common.runs import read_jsonl
 def curate_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     """`python -m curate` as `make curate` runs it."""
     return subprocess.run([sys.executable, "-m", "curate", f"run.root={tmp_path / 'runs'}", "run.name=t",
-                           f"data.inputs=[{tmp_path / 'in'}/*]", *overrides], cwd=ROOT, capture_output=True,
+                           f"data.inputs=[{tmp_path / 'in'}/*]", "train.replay=0", *overrides], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
 
 

@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import NO_REPLAY
 
 from common.runs import read_jsonl
 from curate.review import append_decision, edit_problem, load_decisions, plain, review_sample
@@ -31,7 +32,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 def curated(tmp_path_factory, model_dir) -> Path:
     """One real curate run on the sample data; tests copy it (a review dir of their own)."""
     root = tmp_path_factory.mktemp("curated")
-    proc = subprocess.run([sys.executable, "-m", "curate", f"run.root={root}", "run.name=t"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "curate", f"run.root={root}", "run.name=t", NO_REPLAY], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / "t" / "curate"
@@ -307,7 +308,7 @@ def test_real_browser_accept_reject_edit_then_curate_applies_them(run_root, tmp_
     assert [x["action"] for x in d] == ["accept", "reject", "edit"], d
     assert d[1]["note"] == "not a real ticket"
 
-    proc = subprocess.run([sys.executable, "-m", "curate", f"run.root={run_root}", "run.name=t"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "curate", f"run.root={run_root}", "run.name=t", NO_REPLAY], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((run_root / "t/curate/report.json").read_text())
@@ -352,7 +353,7 @@ def test_real_browser_suspects_first_then_curate_applies_the_decision(chain, tmp
         expect(page.get_by_text("reviewed 1 /")).to_be_visible(timeout=30_000)
     d = decisions(tmp_path)
     assert [(x["id"], x["action"]) for x in d] == [(top["id"], "reject")]
-    proc = subprocess.run([sys.executable, "-m", "curate", f"run.root={tmp_path}", "run.name=t"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "curate", f"run.root={tmp_path}", "run.name=t", NO_REPLAY], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rejected = read_jsonl(tmp_path / "t/curate/rejected.jsonl")
@@ -419,7 +420,7 @@ def test_real_browser_blind_ab_then_curate_and_dpo_train_on_the_judgements(chain
         assert j["winner"] == {"left": j["left"], "right": next(s for s in j["systems"] if s != j["left"])}.get(j["choice"])
 
     def stage(*argv):
-        proc = subprocess.run([sys.executable, "-m", *argv, f"run.root={tmp_path}", "run.name=t"], cwd=ROOT,
+        proc = subprocess.run([sys.executable, "-m", *argv, f"run.root={tmp_path}", "run.name=t", NO_REPLAY], cwd=ROOT,
                               capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc

@@ -200,7 +200,7 @@ def _setup_inputs(cfg: Config) -> tuple[list[dict], list[dict], str]:
 
 def _curated_with(cfg: Config) -> None:
     """train.replay and data.mix act in curate (the rows they add are in train.jsonl): a value that differs from the
-    one curate ran with would train on other data than asked, so it stops with what to run."""
+    one curate ran with is said, since training follows curate's rows, not the setting."""
     from common.config import load_config
 
     path = cfg.run_dir / "curate" / "config.yaml"
@@ -209,8 +209,8 @@ def _curated_with(cfg: Config) -> None:
     curated = load_config(path)
     for key, now, then in (("train.replay", cfg.train.replay, curated.train.replay), ("data.mix", cfg.data.mix, curated.data.mix)):
         if now != then:
-            raise UserError(f"{key} is {now} but {path.parent} was curated with {then}: the general rows it adds are "
-                            f"chosen by curate; run `make curate` with the same setting first (or set {key}={then})")
+            print(f"train: {key} is {now} but {path.parent} was curated with {then}: training on curate's rows "
+                  f"(the general rows are chosen there); run `make curate` with {key}={now} to apply it")
 
 
 def _setup_checkpoints(cfg: Config, out: Path, fresh: bool) -> tuple[Path | None, dict]:
