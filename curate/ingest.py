@@ -172,8 +172,9 @@ def _reject_contaminated(rows: list[Row], ctx: ChunkContext, stats: Stats) -> No
 
 def ingest(cfg: Config, ctx: ChunkContext, stats: Stats, files: list[tuple]
            ) -> tuple[list[Row], np.ndarray, np.ndarray, list[dict]]:
-    """Every row of `files` ((path, display name, forced format[, rows to read])) through process_chunk, on curate.workers processes, in input order: the rows, the
-    signature arrays (Row.sig_row indexes them) and the review tallies."""
+    """Every row of `files` ((path, display name, forced format[, rows to read])) through process_chunk, on
+    curate.workers processes, in input order: the rows, the signature arrays (Row.sig_row indexes them) and the
+    review tallies."""
     global _CONTEXT
     _CONTEXT = ctx
     rows: list[Row] = []

@@ -37,8 +37,9 @@ def distill_loss(model, inputs: dict) -> tuple:
     feed = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
     labels = inputs["labels"][:, 1:]
     marked, plain = labels <= DISTILL, labels >= 0
-    with torch.no_grad(), model.disable_adapter():
-        teacher = model(**feed).logits[:, :-1][marked].float().log_softmax(-1)
+    inner = getattr(model, "module", model)  # under torchrun the trainer's model is DDP's wrapper
+    with torch.no_grad(), inner.disable_adapter():
+        teacher = inner(**feed).logits[:, :-1][marked].float().log_softmax(-1)
     logits = model(**feed).logits[:, :-1]
     kl = F.kl_div(logits[marked].float().log_softmax(-1), teacher, log_target=True, reduction="sum")
     ce = F.cross_entropy(logits[plain].float(), labels[plain], reduction="sum") if plain.any() else kl.new_zeros(())
