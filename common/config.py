@@ -167,7 +167,7 @@ class TrainSection:
     data_map_passes: int = key(0, "extra points for the data map: scoring passes over the train rows at evenly spaced "
                                "steps (each epoch's training forward and the end are always points; a pass costs ~10% "
                                "of an epoch's training: docs/data_map.md)", ge=0)
-    replay: float = key(0.25, "self replay against forgetting: general prompts the base model writes itself (Magpie) "
+    replay: float = key(0.1, "self replay against forgetting: general prompts the base model writes itself (Magpie) "
                         "with its own answers, mixed into train as their own source (curate/replay.py, cached per base "
                         "model in run.root/_replay/): a fraction of the task's train rows (< 1) or a row count; 0: off",
                         ge=0)
