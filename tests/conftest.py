@@ -52,7 +52,7 @@ CHAIN_SET = ["run.name=t", "train.batch_size=4", "train.max_seq_length=256",
              "train.save_steps=50", "train.eval_steps=72",
              f"eval.max_samples={CHAIN_VAL_ROWS}", "eval.max_new_tokens=40", f"eval.probe_prompts={CHAIN_PROBE_PROMPTS}",
              f"export.roundtrip_prompts={CHAIN_ROUNDTRIP_PROMPTS}", "export.kld_tokens=1500", "export.imatrix_tokens=2048",
-             "eval.ab_train_prompts=8", "train.replay=32"]  # the real self-replay path, on fewer rows than the default
+             "eval.ab_train_prompts=8", "train.replay=16"]  # the real self-replay path, on fewer rows than the default
 
 
 @pytest.fixture(scope="session")
