@@ -183,7 +183,7 @@ def whole_run(rows) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = write_jsonl(rows, Path(tmp) / "synthetic.jsonl")
-        cfg = load_config(None, [f"run.root={tmp}/runs", "run.name=bench", f"data.inputs=[{path}]"])
+        cfg = load_config(None, [f"run.root={tmp}/runs", "run.name=bench", f"data.inputs=[{path}]", "train.replay=0"])
         t = time.perf_counter()
         report = run(cfg)
         seconds = time.perf_counter() - t
@@ -219,7 +219,7 @@ def one_curate(path: Path, root: Path, workers: int, tree: Path = ROOT) -> dict:
 
     shutil.rmtree(root, ignore_errors=True)
     cmd = [sys.executable, "-m", "curate", f"run.root={root}", "run.name=bench", f"data.inputs=[{path}]",
-           f"curate.workers={workers}", f"model.name={ROOT / 'models' / 'smollm2-135m-instruct'}"]
+           f"curate.workers={workers}", f"model.name={ROOT / 'models' / 'smollm2-135m-instruct'}", "train.replay=0"]
     proc = subprocess.Popen(cmd, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak = 0
     while proc.poll() is None:

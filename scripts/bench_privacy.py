@@ -90,7 +90,7 @@ def curate_cost(n: int, rounds: int) -> dict:
                 root = Path(tmp) / "runs"
                 shutil.rmtree(root, ignore_errors=True)
                 subprocess.run([sys.executable, "-m", "curate", f"run.root={root}", "run.name=b", f"data.inputs=[{path}]",
-                                f"curate.pii={mode}"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                f"curate.pii={mode}", "train.replay=0"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 times.append(json.loads((root / "b/curate/timing.json").read_text())["seconds"])
                 print(f"curate.pii={mode}: {times[-1]} s", flush=True)
     return {"rows": n, "seconds": {m: spread(v, 1) for m, v in seconds.items()},

@@ -166,7 +166,7 @@ def main() -> int:
         root = Path(tmp)
         from curate import run as curate
 
-        curate(load_config(None, [f"run.root={root}", "run.name=bench-train"]))
+        curate(load_config(None, [f"run.root={root}", "run.name=bench-train", "train.replay=0"]))  # the task's rows
         data = root / "bench-train" / "curate" / "train.jsonl"
         for r in range(args.rounds):
             for v in variants:

@@ -339,7 +339,8 @@ def run_chain(family: Family, model: Path, root: Path, stages=("curate", "train"
             f"data.inputs=[{','.join(str(ROOT / 'data/sample' / f) for f in family.chain_data)}]", f"train.max_steps={steps}",
             "train.batch_size=4", "train.max_seq_length=256", f"train.save_steps={steps}", f"train.eval_steps={steps}",
             "train.warmup_ratio=0", "train.learning_rate=5e-3", "eval.max_samples=4", "eval.max_new_tokens=24",
-            "eval.probe_prompts=2", f"export.roundtrip_prompts={prompts}"]
+            "eval.probe_prompts=2", f"export.roundtrip_prompts={prompts}",
+            "train.replay=0"]  # the template, not forgetting: no self replay from a tiny random model
     if family.lora_targets:
         sets.append(f"lora.target_modules=[{','.join(family.lora_targets)}]")
     result: dict = {"run": root / "runs" / "zoo"}

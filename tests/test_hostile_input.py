@@ -277,7 +277,7 @@ def peak_curate_mib(tmp_path: Path, inputs_dir: Path, name: str) -> tuple[subpro
                "print('PEAK_KIB', max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))\n"
                "sys.exit(code)")
     proc = subprocess.run([sys.executable, "-c", measure, f"run.root={tmp_path / 'runs'}", f"run.name={name}",
-                           f"data.inputs=[{inputs_dir}/*]", "curate.workers=2"], cwd=ROOT, capture_output=True, text=True,
+                           f"data.inputs=[{inputs_dir}/*]", "curate.workers=2", "train.replay=0"], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, int(proc.stdout.split("PEAK_KIB")[1].split()[0]) / 1024
