@@ -18,26 +18,29 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
-from common.config import TrainSection
 from common.runs import read_jsonl
 from scripts.zoo import sample_rows
 
 NO_REPLAY = "train.replay=0"
 
 
-def _suite_default_without_replay() -> None:
-    """The suite's curate runs count the task's own rows (the sample: 576 train): self replay (train.replay, on by
-    default) is off in this process unless a test sets it, and subprocesses that curate get NO_REPLAY on their command
-    line. tests/test_forgetting.py and the chain (CHAIN_SET) run the replay path for real."""
-    import inspect
+def _suite_config_without_replay() -> None:
+    """The suite's curate runs count the task's own rows (the sample: 576 train): load_config's default file in this
+    process is config.yaml with self replay (train.replay, on by default) off, unless a test sets it; subprocesses that
+    curate get NO_REPLAY on their command line. tests/test_forgetting.py and the chain (CHAIN_SET) run replay for real."""
+    import tempfile
 
-    names = list(inspect.signature(TrainSection.__init__).parameters)[1:]
-    defaults = list(TrainSection.__init__.__defaults__)
-    defaults[names.index("replay") - (len(names) - len(defaults))] = 0.0
-    TrainSection.__init__.__defaults__ = tuple(defaults)
+    import common.config
+
+    text = common.config.DEFAULT_CONFIG.read_text(encoding="utf-8")
+    lines = [ln for ln in text.splitlines() if ln.startswith("  replay:")]
+    assert len(lines) == 1, "config.yaml holds train.replay once"
+    suite = Path(tempfile.mkdtemp(prefix="suite-config-")) / "config.yaml"
+    suite.write_text(text.replace(lines[0], "  replay: 0"), encoding="utf-8")
+    common.config.DEFAULT_CONFIG = suite
 
 
-_suite_default_without_replay()
+_suite_config_without_replay()
 
 MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
 SOURCE_GGUF = ROOT / "models" / "_source" / "SmolLM2-135M-Instruct.Q4_1.gguf"
