@@ -26,8 +26,9 @@ from export.modelfile import template_of
 from export.pipeline import roundtrip_failures
 from export.roundtrip import compare, gguf_answers, hf_answers
 
-PROMPTS = 2  # val prompts per wrong-base check: a wrong base answers differently on every one; the right base is
-             # checked on the chain's own round trip (10 prompts)
+PROMPTS = 6  # val prompts per wrong-base check: a wrong base answers differently on some (a confident triage
+             # model gave the same 24 tokens on 2 of 2 with its adapter applied twice); the right base is checked on
+             # the chain's own round trip (10 prompts)
 
 
 def export_dir(chain) -> Path:
@@ -89,7 +90,7 @@ def test_an_adapter_not_applied_or_applied_to_other_weights_fails_the_round_trip
     roundtrip = {"prompts": PROMPTS, "gguf": {"f16+lora": compare(hf, answers, refs)},
                  "files": {"f16+lora": [str(base), str(out / "t-lora-f16.gguf")]}}
     failures = roundtrip_failures(load_config(None, ["export.min_f16_exact=0.9"]), roundtrip, "f16")
-    assert any(re.search(r"answers \d+% of 2 prompts token for token like the trained model", f) and "wrong or changed base" in f
+    assert any(re.search(rf"answers \d+% of {PROMPTS} prompts token for token like the trained model", f) and "wrong or changed base" in f
                for f in failures), failures
 
 
