@@ -52,6 +52,7 @@ def sources(cfg: Config, mix: list[tuple[Path, str, str | None]]) -> dict[str, t
 
 
 def share(ratio: float, task_train: int) -> int:
+    """Rows a general source gives: a fraction of the task's train rows (< 1) or a count (>= 1)."""
     return 0 if ratio <= 0 else int(ratio) if ratio >= 1 else round(ratio * task_train)
 
 

@@ -41,8 +41,9 @@ SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 
 def wanted(cfg: Config, task_train_rows: int) -> int:
     """Replay rows to train on: train.replay as a fraction of the task's train rows (< 1) or a count (>= 1)."""
-    r = cfg.train.replay
-    return 0 if r <= 0 else int(r) if r >= 1 else round(r * task_train_rows)
+    from curate.mix import share
+
+    return share(cfg.train.replay, task_train_rows)
 
 
 def cache_file(cfg: Config, model_dir: str) -> Path:

@@ -99,7 +99,7 @@ def run(cfg: Config) -> dict:
                 results[name]["ab_train"] = _answers(cfg, model, tokenizer, eot_id, train_rows)
     main = main_metric(refs)
     samples = _samples(points, refs, results, main)
-    metrics = _metrics(results, samples, main, len(records), adapter, model_dir)
+    metrics, probe_verdicts = _metrics(results, samples, main, len(records), adapter, model_dir)
     metrics["answers_scored"] = len(points)
     metrics["ab"] = preference.ab_summary(cfg)  # the review app's blind A/B judgements so far (None: none)
     if cfg.eval.judge and "tuned" in results:
@@ -108,7 +108,7 @@ def run(cfg: Config) -> dict:
         metrics["judge"] = judge.run(cfg, _judge_items(points, results), ["base", "tuned"], _threads())
     metrics["dtype"] = dtype_of(model)  # bfloat16 on a CPU with AVX-512 BF16 (model.dtype auto): other numbers
     metrics["dtype_why"] = dtype_why(cfg.model.dtype, metrics["dtype"], next(model.parameters()).is_cuda)
-    probe_rows = _probe_rows(results, probe_prompts)
+    probe_rows = _probe_rows(results, probe_prompts, probe_verdicts)
     metrics["seconds"] = round(time.time() - t0, 1)
     with built_whole(cfg, "eval") as staging:  # a failure leaves an existing eval/ exactly as it was
         atomic_write_json(staging / "metrics.json", metrics)
@@ -290,30 +290,29 @@ def _samples(points, refs, results: dict, main: str) -> list[dict]:
     return samples
 
 
-def _metrics(results: dict, samples: list[dict], main: str, val_rows: int, adapter, model_dir: str) -> dict:
+def _metrics(results: dict, samples: list[dict], main: str, val_rows: int, adapter, model_dir: str) -> tuple[dict, list]:
+    """metrics.json, and each probe answer's similarity and meaning verdict (none before training)."""
     metrics = {"main_metric": main, "val_rows": val_rows, "adapter": str(adapter) if adapter else None,
                "model": model_dir, **{name: {"teacher_forced": res["teacher_forced"], **res["metrics"],
                                               "general_text_perplexity": res["general_text_perplexity"],
                                               "preference_pairs": {k: v for k, v in res["pairs"].items() if k != "margins"}}
                                       for name, res in results.items()}}
     if "tuned" not in results:
-        return metrics
+        return metrics, []
     b, t = metrics["base"], metrics["tuned"]
     metrics["delta"] = {k: round(t[k] - b[k], 4) for k in b if isinstance(b[k], float) and k in t}
     metrics["delta"]["teacher_forced_loss"] = round(t["teacher_forced"]["loss"] - b["teacher_forced"]["loss"], 4)
     metrics["flips"] = {f: sum(s["flip"] == f for s in samples) for f in ("fixed", "broke", "same")}
-    fp, _ = probe_summary(results["tuned"]["probe"], results["base"]["probe"], b["general_text_perplexity"],
+    fp, verdicts = probe_summary(results["tuned"]["probe"], results["base"]["probe"], b["general_text_perplexity"],
                           t["general_text_perplexity"])
     fp["stopped_at_end_of_turn"] = {n: round(sum(g["stopped"] for g in res["probe"]) / max(1, fp["prompts"]), 4)
                                     for n, res in results.items()}
     metrics["forgetting_probe"] = fp
-    return metrics
+    return metrics, verdicts
 
 
-def _probe_rows(results: dict, probe_prompts: list[str]) -> list[dict]:
+def _probe_rows(results: dict, probe_prompts: list[str], verdicts: list[dict]) -> list[dict]:
     rows = [{"prompt": p, **{n: res["probe"][i]["text"] for n, res in results.items()}} for i, p in enumerate(probe_prompts)]
-    if "tuned" in results:
-        _, per = probe_summary(results["tuned"]["probe"], results["base"]["probe"], 1.0, 1.0)
-        for row, p in zip(rows, per):
-            row.update(p)
+    for row, v in zip(rows, verdicts):
+        row.update(v)
     return rows

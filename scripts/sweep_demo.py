@@ -23,8 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+from evaluate.forgetting import SWEEP_FILE
+
 ROOT = Path(__file__).resolve().parent.parent
-SWEEP_FILE = "_sweep/sweep.json"  # evaluate/forgetting.SWEEP_FILE
 
 
 def stage(module: str, args: list[str]) -> float:

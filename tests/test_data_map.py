@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import NO_REPLAY
 
 from common.chat import Collator, pack, tokenize
 from tests.test_train import records
@@ -163,7 +164,7 @@ def test_make_suspects_prints_file_line_and_the_dispute(tmp_path):
 # ------------------------------------------------------------------------------------------ selection
 def curate(root: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "curate", f"run.root={root}", "run.name=s",
-                           "data.inputs=[data/sample/support_openai.jsonl]", "train.replay=0", *extra],
+                           "data.inputs=[data/sample/support_openai.jsonl]", NO_REPLAY, *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 

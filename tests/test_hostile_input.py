@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import NO_REPLAY
 from test_bad_input import GOOD, ROOT, curate, inputs
 
 from common.config import load_config
@@ -26,7 +27,7 @@ from common.runs import read_jsonl
 def curate_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     """`python -m curate` as `make curate` runs it."""
     return subprocess.run([sys.executable, "-m", "curate", f"run.root={tmp_path / 'runs'}", "run.name=t",
-                           f"data.inputs=[{tmp_path / 'in'}/*]", "train.replay=0", *overrides], cwd=ROOT, capture_output=True,
+                           f"data.inputs=[{tmp_path / 'in'}/*]", NO_REPLAY, *overrides], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
 
 
@@ -277,7 +278,7 @@ def peak_curate_mib(tmp_path: Path, inputs_dir: Path, name: str) -> tuple[subpro
                "print('PEAK_KIB', max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))\n"
                "sys.exit(code)")
     proc = subprocess.run([sys.executable, "-c", measure, f"run.root={tmp_path / 'runs'}", f"run.name={name}",
-                           f"data.inputs=[{inputs_dir}/*]", "curate.workers=2", "train.replay=0"], cwd=ROOT, capture_output=True, text=True,
+                           f"data.inputs=[{inputs_dir}/*]", "curate.workers=2", NO_REPLAY], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, int(proc.stdout.split("PEAK_KIB")[1].split()[0]) / 1024
